@@ -1,0 +1,9 @@
+//! The public gRPC API of the messenger: the types and the tonic clients and
+//! servers generated from `chat/v1/*.proto`.
+
+pub mod v1 {
+    tonic::include_proto!("chat.v1");
+}
+
+/// The encoded descriptors of every service here, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));

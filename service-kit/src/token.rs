@@ -1,0 +1,145 @@
+//! Access tokens: HS256 JWTs whose claims carry the user id (`UID`) and the
+//! expiry (`exp`), as the original Go server issued them.
+
+use chrono::{DateTime, Duration, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    #[serde(rename = "UID")]
+    uid: i64,
+    exp: i64,
+    iat: i64,
+}
+
+/// Why a token was refused. The texts are safe to show to the client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("missing token")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token")]
+    Invalid,
+}
+
+/// Signs and verifies tokens with one shared secret.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKeys(<secret>)")
+    }
+}
+
+/// A token just issued, and when it stops being valid.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl TokenKeys {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    pub fn issue(&self, uid: i64, lifetime: Duration) -> IssuedToken {
+        let now = Utc::now();
+        let expires_at = now + lifetime;
+        let claims = Claims {
+            uid,
+            exp: expires_at.timestamp(),
+            iat: now.timestamp(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing of plain claims cannot fail");
+        IssuedToken { token, expires_at }
+    }
+
+    /// The user id of a valid token.
+    pub fn verify(&self, token: &str) -> Result<i64, TokenError> {
+        match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
+            Ok(data) if data.claims.uid > 0 => Ok(data.claims.uid),
+            Ok(_) => Err(TokenError::Invalid),
+            Err(error) => match error.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),
+                _ => Err(TokenError::Invalid),
+            },
+        }
+    }
+
+    /// Verifies the value of an `Authorization` header: the bare token, as the
+    /// original clients send it, or `Bearer <token>`.
+    pub fn verify_header(&self, value: Option<&str>) -> Result<i64, TokenError> {
+        let value = value.map(str::trim).filter(|v| !v.is_empty()).ok_or(TokenError::Missing)?;
+        self.verify(strip_bearer(value))
+    }
+}
+
+/// The token inside an `Authorization` value, with or without `Bearer `.
+pub fn strip_bearer(value: &str) -> &str {
+    let value = value.trim();
+    match value.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> TokenKeys {
+        TokenKeys::new(b"test secret")
+    }
+
+    #[test]
+    fn issued_token_verifies_to_its_user() {
+        let issued = keys().issue(42, Duration::hours(1));
+        assert_eq!(keys().verify(&issued.token), Ok(42));
+        assert!(issued.expires_at > Utc::now());
+    }
+
+    #[test]
+    fn bearer_prefix_is_optional_and_case_insensitive() {
+        let token = keys().issue(7, Duration::hours(1)).token;
+        for value in [token.clone(), format!("Bearer {token}"), format!("bearer  {token}")] {
+            assert_eq!(keys().verify_header(Some(&value)), Ok(7), "{value}");
+        }
+    }
+
+    #[test]
+    fn missing_expired_tampered_and_foreign_tokens_are_refused() {
+        assert_eq!(keys().verify_header(None), Err(TokenError::Missing));
+        assert_eq!(keys().verify_header(Some("  ")), Err(TokenError::Missing));
+        let expired = keys().issue(1, Duration::seconds(-10)).token;
+        assert_eq!(keys().verify(&expired), Err(TokenError::Expired));
+        let foreign = TokenKeys::new(b"another secret").issue(1, Duration::hours(1)).token;
+        assert_eq!(keys().verify(&foreign), Err(TokenError::Invalid));
+        let mut tampered = keys().issue(1, Duration::hours(1)).token;
+        tampered.insert(tampered.len() / 2, 'x');
+        assert_eq!(keys().verify(&tampered), Err(TokenError::Invalid));
+        assert_eq!(keys().verify("not.a.jwt"), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn unsigned_tokens_are_refused() {
+        // {"alg":"none"} with a UID claim and no signature.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJVSUQiOjEsImV4cCI6NDEwMjQ0NDgwMH0.";
+        assert_eq!(keys().verify(none), Err(TokenError::Invalid));
+    }
+}
