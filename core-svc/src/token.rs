@@ -85,13 +85,16 @@ impl TokenKeys {
     /// Verifies the value of an `Authorization` header: the bare token, as the
     /// original clients send it, or `Bearer <token>`.
     pub fn verify_header(&self, value: Option<&str>) -> Result<i64, TokenError> {
-        let value = value.map(str::trim).filter(|v| !v.is_empty()).ok_or(TokenError::Missing)?;
+        let value = value
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .ok_or(TokenError::Missing)?;
         self.verify(strip_bearer(value))
     }
 }
 
 /// The token inside an `Authorization` value, with or without `Bearer `.
-pub fn strip_bearer(value: &str) -> &str {
+fn strip_bearer(value: &str) -> &str {
     let value = value.trim();
     match value.split_once(' ') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
@@ -117,7 +120,11 @@ mod tests {
     #[test]
     fn bearer_prefix_is_optional_and_case_insensitive() {
         let token = keys().issue(7, Duration::hours(1)).token;
-        for value in [token.clone(), format!("Bearer {token}"), format!("bearer  {token}")] {
+        for value in [
+            token.clone(),
+            format!("Bearer {token}"),
+            format!("bearer  {token}"),
+        ] {
             assert_eq!(keys().verify_header(Some(&value)), Ok(7), "{value}");
         }
     }
@@ -128,7 +135,9 @@ mod tests {
         assert_eq!(keys().verify_header(Some("  ")), Err(TokenError::Missing));
         let expired = keys().issue(1, Duration::seconds(-10)).token;
         assert_eq!(keys().verify(&expired), Err(TokenError::Expired));
-        let foreign = TokenKeys::new(b"another secret").issue(1, Duration::hours(1)).token;
+        let foreign = TokenKeys::new(b"another secret")
+            .issue(1, Duration::hours(1))
+            .token;
         assert_eq!(keys().verify(&foreign), Err(TokenError::Invalid));
         let mut tampered = keys().issue(1, Duration::hours(1)).token;
         tampered.insert(tampered.len() / 2, 'x');

@@ -1,0 +1,125 @@
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// core-svc's settings: flags, each with an environment fallback, and
+/// defaults that work with the services on their standard local ports.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "core-svc", about = "The messenger's core gRPC service")]
+pub struct Config {
+    /// Where to serve gRPC and grpc-web.
+    #[arg(long, env = "GRPC_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    pub listen_addr: SocketAddr,
+
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/chat"
+    )]
+    pub database_url: String,
+
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prepended to every Redis key, so several deployments (or tests) can
+    /// share one Redis.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chat:")]
+    pub redis_key_prefix: String,
+
+    /// The HS256 secret that signs access tokens. Required in production.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// How long an access token is valid, in seconds.
+    #[arg(long, env = "TOKEN_LIFETIME_SECS", default_value_t = 24 * 3600)]
+    pub token_lifetime_secs: u32,
+
+    /// Failed logins for one account before it is locked for a while.
+    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: u32,
+
+    /// How long, in seconds, failed logins are counted and an account stays locked.
+    #[arg(long, env = "LOGIN_LOCKOUT_SECS", default_value_t = 300)]
+    pub login_lockout_secs: u32,
+
+    #[arg(long, env = "APP_ENV", value_enum, default_value = "development")]
+    pub environment: Environment,
+}
+
+impl Config {
+    /// The token secret, or why there is none. A development start without
+    /// one gets a random secret: tokens then die with the process.
+    pub fn jwt_secret(&self) -> anyhow::Result<Vec<u8>> {
+        match (&self.jwt_secret, self.environment) {
+            (Some(secret), _) if secret.len() >= 32 => Ok(secret.clone().into_bytes()),
+            (Some(_), Environment::Production) => {
+                anyhow::bail!("JWT_SECRET must be at least 32 bytes long in production")
+            }
+            (Some(secret), Environment::Development) => {
+                tracing::warn!(
+                    "JWT_SECRET is shorter than 32 bytes; acceptable only in development"
+                );
+                Ok(secret.clone().into_bytes())
+            }
+            (None, Environment::Production) => anyhow::bail!(
+                "JWT_SECRET is not set: a production start needs the secret that signs access tokens \
+                 (set JWT_SECRET to 32 or more random bytes, or APP_ENV=development to generate one)"
+            ),
+            (None, Environment::Development) => {
+                tracing::warn!(
+                    "JWT_SECRET is not set: generated a random one for this development run; \
+                     tokens will not survive a restart"
+                );
+                Ok(rand::random::<[u8; 32]>().to_vec())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        Config::parse_from(std::iter::once("core-svc").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn production_without_a_secret_fails_with_a_clear_message() {
+        let error = config(&["--environment", "production"])
+            .jwt_secret()
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("JWT_SECRET is not set"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn production_refuses_a_short_secret_and_accepts_a_long_one() {
+        assert!(
+            config(&["--environment", "production", "--jwt-secret", "short"])
+                .jwt_secret()
+                .is_err()
+        );
+        let long = "x".repeat(32);
+        let secret = config(&["--environment", "production", "--jwt-secret", &long])
+            .jwt_secret()
+            .unwrap();
+        assert_eq!(secret, long.as_bytes());
+    }
+
+    #[test]
+    fn development_generates_a_secret() {
+        assert_eq!(config(&[]).jwt_secret().unwrap().len(), 32);
+    }
+}

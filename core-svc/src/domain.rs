@@ -1,0 +1,208 @@
+//! Input from clients, parsed once at the edge: a value of these types is
+//! valid by construction. Each `parse` says what is wrong in words meant for
+//! the person who typed it. Also the conversions of values to the wire.
+
+use std::fmt;
+
+macro_rules! text_newtype {
+    ($name:ident) => {
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+/// 3–20 letters (any script), digits or underscores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+text_newtype!(Username);
+
+impl Username {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let length = input.chars().count();
+        if !(3..=20).contains(&length) {
+            return Err("username must be 3 to 20 characters".into());
+        }
+        if !input.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            return Err("username may contain only letters, digits and underscores".into());
+        }
+        Ok(Self(input.to_owned()))
+    }
+}
+
+/// A `local@domain.tld` address, lower-cased so that comparisons ignore case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+text_newtype!(Email);
+
+impl Email {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let invalid = || "email must look like name@example.com".to_owned();
+        let email = input.trim().to_lowercase();
+        if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid());
+        }
+        let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+        let labels: Vec<&str> = domain.split('.').collect();
+        let well_formed = !local.is_empty()
+            && local.len() <= 64
+            && !domain.contains('@')
+            && labels.len() >= 2
+            && labels
+                .iter()
+                .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
+        if well_formed {
+            Ok(Self(email))
+        } else {
+            Err(invalid())
+        }
+    }
+}
+
+/// 8–128 characters. Never logged, never displayed.
+pub struct Password(String);
+
+impl Password {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if (8..=128).contains(&input.chars().count()) {
+            Ok(Self(input.to_owned()))
+        } else {
+            Err("password must be 8 to 128 characters".into())
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<hidden>)")
+    }
+}
+
+/// 1–100 characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomName(String);
+text_newtype!(RoomName);
+
+impl RoomName {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let name = input.trim();
+        if !(1..=100).contains(&name.chars().count()) {
+            return Err("room name must be 1 to 100 characters".into());
+        }
+        if name.chars().any(char::is_control) {
+            return Err("room name must not contain control characters".into());
+        }
+        Ok(Self(name.to_owned()))
+    }
+}
+
+/// A positive database id from a request, or the problem with it.
+pub fn parse_id(id: i64, what: &'static str) -> Result<i64, String> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(format!("invalid {what} id"))
+    }
+}
+
+/// A point in time as the gRPC API carries it.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for ok in [
+            "bob",
+            "user_1",
+            "Zoë_Ђорђе",
+            "a".repeat(20).as_str(),
+            "名前です",
+        ] {
+            assert!(Username::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "ab",
+            "a".repeat(21).as_str(),
+            "has space",
+            "semi;colon",
+            "<script>",
+            "tab\t",
+            "dash-ed",
+        ] {
+            assert!(Username::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails_are_lower_cased() {
+        assert_eq!(
+            Email::parse(" User@Example.COM ").unwrap().as_ref(),
+            "user@example.com"
+        );
+        for bad in [
+            "",
+            "user",
+            "user@",
+            "@example.com",
+            "user@example",
+            "a@b@c.com",
+            "u ser@example.com",
+            "user@.com",
+            "user@example..com",
+            "user@-x.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Email::parse(&format!("{}@example.com", "a".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn passwords_count_characters_and_stay_hidden() {
+        assert!(Password::parse("1234567").is_err());
+        assert!(Password::parse("12345678").is_ok());
+        assert!(Password::parse(&"é".repeat(128)).is_ok());
+        assert!(Password::parse(&"x".repeat(129)).is_err());
+        assert_eq!(
+            format!("{:?}", Password::parse("secret-password").unwrap()),
+            "Password(<hidden>)"
+        );
+    }
+
+    #[test]
+    fn room_names_are_trimmed() {
+        assert_eq!(RoomName::parse("  General  ").unwrap().as_ref(), "General");
+        assert!(RoomName::parse("   ").is_err());
+        assert!(RoomName::parse(&"r".repeat(101)).is_err());
+        assert!(RoomName::parse(&"r".repeat(100)).is_ok());
+        assert!(RoomName::parse("bell\u{7}").is_err());
+        assert!(RoomName::parse("new\nline").is_err());
+    }
+
+    #[test]
+    fn ids_must_be_positive() {
+        assert_eq!(parse_id(5, "room"), Ok(5));
+        assert_eq!(parse_id(0, "room"), Err("invalid room id".into()));
+        assert!(parse_id(-1, "user").is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! core-svc: the one gRPC service behind every client. It owns the schema
+//! and answers for users, sessions and rooms.
+//!
+//! - [`config`]: flags and environment.
+//! - [`app`]: wires everything together and serves it ([`Application`]).
+//! - [`users`], [`rooms`]: the gRPC services, one module per resource.
+//! - [`domain`]: the input types, parsed and validated at the edge.
+//! - [`auth`]: who the caller is, from the bearer token in the metadata.
+//! - [`token`], [`password`]: access tokens and password hashes.
+//! - [`cache`]: Redis in front of the hot reads; never the source of truth.
+//! - [`health`]: the `grpc.health.v1` status, from probing the dependencies.
+//! - [`error`]: the one error type, and how it maps to gRPC status codes.
+
+pub mod app;
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod health;
+pub mod password;
+pub mod rooms;
+pub mod token;
+pub mod users;
+
+pub use app::Application;
+pub use config::Config;

@@ -1,0 +1,75 @@
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, extract::DefaultBodyLimit, http::HeaderName};
+use tokio::net::TcpListener;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+use crate::{
+    config::Config,
+    core_client::CoreClient,
+    extract::{BODY_LIMIT, TrustForwardedFor},
+    login_limit::LoginLimit,
+    routes::{self, AppState},
+};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The gateway, built and bound but not yet serving. Binding happens in
+/// [`Application::build`] so tests can ask for port 0.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let state = AppState {
+            core: CoreClient::connect_lazy(&config.core_grpc_addr).context("CORE_GRPC_ADDR")?,
+            login_limit: LoginLimit::per_minute(config.login_attempts_per_minute_per_ip),
+            trust_forwarded_for: TrustForwardedFor(config.trust_forwarded_for),
+        };
+        let trace = TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let request_id = request.headers().get(REQUEST_ID).and_then(|id| id.to_str().ok()).unwrap_or("");
+            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+        });
+        let router = routes::router(state)
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(TimeoutLayer::with_status_code(
+                axum::http::StatusCode::GATEWAY_TIMEOUT,
+                Duration::from_secs(30),
+            ))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(trace)
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        Ok(Self { listener, router })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the requests in flight.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}

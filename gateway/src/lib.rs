@@ -1,0 +1,24 @@
+//! gateway: the REST (and WebSocket) front door. It holds no state of its
+//! own: every request becomes a call to core-svc, made with the caller's own
+//! token.
+//!
+//! - [`config`]: flags and environment.
+//! - [`app`]: wires everything together and serves it ([`Application`]).
+//! - [`routes`]: the HTTP API, one module per resource, with its OpenAPI
+//!   description beside each handler.
+//! - [`core_client`]: the gRPC clients of core-svc.
+//! - [`extract`]: what handlers take from a request: JSON bodies with
+//!   case-insensitive field names, the caller's token, the client's address.
+//! - [`login_limit`]: login attempts per client address.
+//! - [`error`]: the one error type and its JSON body.
+
+pub mod app;
+pub mod config;
+pub mod core_client;
+pub mod error;
+pub mod extract;
+pub mod login_limit;
+pub mod routes;
+
+pub use app::Application;
+pub use config::Config;

@@ -1,0 +1,90 @@
+//! The HTTP API. Each resource's module lists its routes; each handler
+//! carries its OpenAPI description, so `/openapi.json` is built from the
+//! same code that answers.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router, extract::FromRef, http::StatusCode, response::IntoResponse, routing::get,
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{ApiKey, ApiKeyValue, SecurityScheme},
+};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::{
+    core_client::CoreClient, error::ApiError, extract::TrustForwardedFor, login_limit::LoginLimit,
+};
+
+mod ops;
+mod rooms;
+mod users;
+
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub core: CoreClient,
+    pub login_limit: LoginLimit,
+    pub trust_forwarded_for: TrustForwardedFor,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Messenger REST API", description = "The gateway's REST API. Request field names match case-insensitively; every error is `{\"Error\": \"...\"}`."),
+    modifiers(&TokenAuth),
+    tags(
+        (name = "users", description = "Accounts and sessions"),
+        (name = "rooms", description = "Rooms and members"),
+        (name = "operations", description = "Health and API description"),
+    )
+)]
+struct ApiDoc;
+
+/// The `Authorization` header: a JWT from `PUT /login`, bare or after `Bearer `.
+struct TokenAuth;
+
+impl Modify for TokenAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("Authorization"))),
+        );
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(users::routes())
+        .merge(rooms::routes())
+        .merge(ops::routes())
+        .split_for_parts();
+    let api = Arc::new(api);
+    router
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(api.as_ref().clone()) }),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response()
+        })
+        .with_state(state)
+}
+
+/// A timestamp as the API writes it: RFC 3339, UTC, microseconds.
+fn rfc3339(at: Option<prost_types::Timestamp>) -> String {
+    let at = at.unwrap_or_default();
+    chrono::DateTime::from_timestamp(at.seconds, at.nanos.max(0) as u32)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+/// A positive id from the path; anything else is 400.
+fn parse_path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
+}

@@ -1,0 +1,208 @@
+//! Rooms and members: create, join, invite, list mine, details.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use chat_proto::v1::{
+    CreateRoomRequest, GetRoomRequest, InviteRequest, JoinRoomRequest, ListMyRoomsRequest,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{AppState, parse_path_id, rfc3339, users::StatusBody};
+use crate::{
+    core_client::CoreClient,
+    error::{ApiError, ErrorBody},
+    extract::{JsonBody, Token, grpc_request},
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_room))
+        .routes(routes!(join))
+        .routes(routes!(invite))
+        .routes(routes!(my_rooms))
+        .routes(routes!(room))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(default)]
+struct CreateRoomBody {
+    /// 1–100 characters after trimming; unique, ignoring case.
+    #[schema(rename = "Name")]
+    name: String,
+    #[schema(rename = "IsPrivate")]
+    isprivate: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+struct RoomIdBody {
+    #[serde(rename = "RoomID")]
+    room_id: i64,
+}
+
+/// Create a room; the caller becomes its creator and first member.
+#[utoipa::path(post, path = "/create-room", tag = "rooms", security(("token" = [])), request_body = CreateRoomBody, responses(
+    (status = 201, body = RoomIdBody),
+    (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody),
+    (status = 409, description = "room name taken", body = ErrorBody),
+    (status = 413, body = ErrorBody),
+))]
+async fn create_room(
+    State(mut core): State<CoreClient>,
+    token: Token,
+    JsonBody(body): JsonBody<CreateRoomBody>,
+) -> Result<(StatusCode, Json<RoomIdBody>), ApiError> {
+    let request = CreateRoomRequest {
+        name: body.name,
+        is_private: body.isprivate,
+    };
+    let reply = core
+        .rooms
+        .create_room(token.request(request))
+        .await?
+        .into_inner();
+    Ok((
+        StatusCode::CREATED,
+        Json(RoomIdBody {
+            room_id: reply.room_id,
+        }),
+    ))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(default)]
+struct JoinBody {
+    #[schema(rename = "RoomID")]
+    roomid: i64,
+}
+
+/// Join a public room.
+#[utoipa::path(put, path = "/join", tag = "rooms", security(("token" = [])), request_body = JoinBody, responses(
+    (status = 200, body = StatusBody, example = json!({"status": "joined"})),
+    (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody),
+    (status = 403, description = "the room is private", body = ErrorBody),
+    (status = 404, body = ErrorBody),
+    (status = 409, description = "already a member", body = ErrorBody),
+    (status = 413, body = ErrorBody),
+))]
+async fn join(
+    State(mut core): State<CoreClient>,
+    token: Token,
+    JsonBody(body): JsonBody<JoinBody>,
+) -> Result<Json<StatusBody>, ApiError> {
+    core.rooms
+        .join_room(token.request(JoinRoomRequest {
+            room_id: body.roomid,
+        }))
+        .await?;
+    Ok(Json(StatusBody { status: "joined" }))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(default)]
+struct InviteBody {
+    #[schema(rename = "RoomID")]
+    roomid: i64,
+    /// The user to add.
+    #[schema(rename = "UID")]
+    uid: i64,
+}
+
+/// Add a user to a room; only the room's creator may.
+#[utoipa::path(put, path = "/invite", tag = "rooms", security(("token" = [])), request_body = InviteBody, responses(
+    (status = 200, body = StatusBody, example = json!({"status": "invited"})),
+    (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody),
+    (status = 403, description = "the caller is not the room's creator", body = ErrorBody),
+    (status = 404, description = "no such room or user", body = ErrorBody),
+    (status = 409, description = "already a member", body = ErrorBody),
+    (status = 413, body = ErrorBody),
+))]
+async fn invite(
+    State(mut core): State<CoreClient>,
+    token: Token,
+    JsonBody(body): JsonBody<InviteBody>,
+) -> Result<Json<StatusBody>, ApiError> {
+    core.rooms
+        .invite(token.request(InviteRequest {
+            room_id: body.roomid,
+            uid: body.uid,
+        }))
+        .await?;
+    Ok(Json(StatusBody { status: "invited" }))
+}
+
+#[derive(Serialize, ToSchema)]
+struct RoomIdsBody {
+    /// Ascending.
+    #[serde(rename = "IDs")]
+    ids: Vec<i64>,
+}
+
+/// The ids of the caller's rooms.
+#[utoipa::path(get, path = "/rooms", tag = "rooms", security(("token" = [])), responses(
+    (status = 200, body = RoomIdsBody),
+    (status = 401, body = ErrorBody),
+))]
+async fn my_rooms(
+    State(mut core): State<CoreClient>,
+    token: Token,
+) -> Result<Json<RoomIdsBody>, ApiError> {
+    let reply = core
+        .rooms
+        .list_my_rooms(token.request(ListMyRoomsRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(RoomIdsBody {
+        ids: reply.room_ids,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+struct RoomBody {
+    #[serde(rename = "RoomID")]
+    room_id: i64,
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "CreatorUID")]
+    creator_uid: i64,
+    #[serde(rename = "IsPrivate")]
+    is_private: bool,
+    #[serde(rename = "CreatedAt")]
+    created_at: String,
+}
+
+/// A room's details. A private room is shown only to its members.
+#[utoipa::path(get, path = "/room/{roomID}", tag = "rooms", security((), ("token" = [])),
+    params(("roomID" = i64, Path, description = "the room's id")),
+    responses(
+        (status = 200, body = RoomBody),
+        (status = 400, body = ErrorBody),
+        (status = 401, description = "a token was sent and is invalid", body = ErrorBody),
+        (status = 404, description = "no such room, or a private one and the caller is not a member", body = ErrorBody),
+    ))]
+async fn room(
+    State(mut core): State<CoreClient>,
+    token: Option<Token>,
+    Path(room_id): Path<String>,
+) -> Result<Json<RoomBody>, ApiError> {
+    let room_id = parse_path_id(&room_id, "room")?;
+    let room = core
+        .rooms
+        .get_room(grpc_request(token.as_ref(), GetRoomRequest { room_id }))
+        .await?
+        .into_inner();
+    Ok(Json(RoomBody {
+        room_id: room.room_id,
+        name: room.name,
+        creator_uid: room.creator_uid,
+        is_private: room.is_private,
+        created_at: rfc3339(room.created_at),
+    }))
+}

@@ -1,0 +1,212 @@
+//! Accounts and sessions: register, login, profiles, change name.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use chat_proto::v1::{ChangeNameRequest, GetProfileRequest, LoginRequest, RegisterRequest};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{AppState, rfc3339};
+use crate::{
+    core_client::CoreClient,
+    error::{ApiError, ErrorBody},
+    extract::{ClientIp, JsonBody, Token, grpc_request},
+    login_limit::LoginLimit,
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(own_profile))
+        .routes(routes!(profile))
+        .routes(routes!(change_name))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(default)]
+struct RegisterBody {
+    /// 3–20 letters, digits or `_`.
+    #[schema(rename = "Username")]
+    username: String,
+    #[schema(rename = "Email")]
+    email: String,
+    /// 8–128 characters.
+    #[schema(rename = "Password")]
+    password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct UidBody {
+    #[serde(rename = "UID")]
+    uid: i64,
+}
+
+/// Create an account.
+#[utoipa::path(post, path = "/register", tag = "users", request_body = RegisterBody, responses(
+    (status = 201, body = UidBody),
+    (status = 400, description = "invalid JSON or fields; every problem, joined by `; `", body = ErrorBody),
+    (status = 409, description = "username or e-mail taken", body = ErrorBody),
+    (status = 413, body = ErrorBody),
+))]
+async fn register(
+    State(mut core): State<CoreClient>,
+    JsonBody(body): JsonBody<RegisterBody>,
+) -> Result<(StatusCode, Json<UidBody>), ApiError> {
+    let request = RegisterRequest {
+        username: body.username,
+        email: body.email,
+        password: body.password,
+    };
+    let reply = core.users.register(request).await?.into_inner();
+    Ok((StatusCode::CREATED, Json(UidBody { uid: reply.uid })))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(default)]
+struct LoginBody {
+    #[schema(rename = "Email")]
+    email: String,
+    #[schema(rename = "Password")]
+    password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct LoginReply {
+    token: String,
+    #[serde(rename = "UID")]
+    uid: i64,
+    #[serde(rename = "ExpiresAt")]
+    expires_at: String,
+}
+
+/// Exchange an e-mail and password for an access token.
+#[utoipa::path(put, path = "/login", tag = "users", request_body = LoginBody, responses(
+    (status = 200, body = LoginReply),
+    (status = 400, body = ErrorBody),
+    (status = 401, description = "wrong e-mail or password", body = ErrorBody),
+    (status = 413, body = ErrorBody),
+    (status = 429, description = "too many attempts from this address or for this account; see `Retry-After`", body = ErrorBody),
+))]
+async fn login(
+    State(mut core): State<CoreClient>,
+    State(limit): State<LoginLimit>,
+    ClientIp(ip): ClientIp,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> Result<Json<LoginReply>, ApiError> {
+    limit.check(ip)?;
+    let reply = core
+        .users
+        .login(LoginRequest {
+            email: body.email,
+            password: body.password,
+        })
+        .await?
+        .into_inner();
+    Ok(Json(LoginReply {
+        token: reply.token,
+        uid: reply.uid,
+        expires_at: rfc3339(reply.expires_at),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+struct ProfileBody {
+    #[serde(rename = "UID")]
+    uid: i64,
+    #[serde(rename = "Username")]
+    username: String,
+    /// Only in the caller's own profile.
+    #[serde(rename = "Email", skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+    #[serde(rename = "CreatedAt")]
+    created_at: String,
+}
+
+async fn fetch_profile(
+    core: &mut CoreClient,
+    token: Option<&Token>,
+    uid: i64,
+) -> Result<Json<ProfileBody>, ApiError> {
+    let profile = core
+        .users
+        .get_profile(grpc_request(token, GetProfileRequest { uid }))
+        .await?
+        .into_inner();
+    Ok(Json(ProfileBody {
+        uid: profile.uid,
+        username: profile.username,
+        email: profile.email,
+        created_at: rfc3339(profile.created_at),
+    }))
+}
+
+/// The caller's own profile, e-mail included.
+#[utoipa::path(get, path = "/profile", tag = "users", security(("token" = [])), responses(
+    (status = 200, body = ProfileBody),
+    (status = 401, body = ErrorBody),
+    (status = 404, description = "the token's user no longer exists", body = ErrorBody),
+))]
+async fn own_profile(
+    State(mut core): State<CoreClient>,
+    token: Token,
+) -> Result<Json<ProfileBody>, ApiError> {
+    fetch_profile(&mut core, Some(&token), 0).await
+}
+
+/// A user's public profile; the e-mail only when the caller is that user.
+#[utoipa::path(get, path = "/profile/{UID}", tag = "users", security((), ("token" = [])),
+    params(("UID" = i64, Path, description = "the user's id")),
+    responses(
+        (status = 200, body = ProfileBody),
+        (status = 400, description = "not a valid user id", body = ErrorBody),
+        (status = 401, description = "a token was sent and is invalid", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn profile(
+    State(mut core): State<CoreClient>,
+    token: Option<Token>,
+    Path(uid): Path<String>,
+) -> Result<Json<ProfileBody>, ApiError> {
+    let uid = super::parse_path_id(&uid, "user")?;
+    fetch_profile(&mut core, token.as_ref(), uid).await
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(default)]
+struct ChangeNameBody {
+    #[schema(rename = "NewName")]
+    newname: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct StatusBody {
+    pub(super) status: &'static str,
+}
+
+/// Change the caller's username.
+#[utoipa::path(put, path = "/change-name", tag = "users", security(("token" = [])), request_body = ChangeNameBody, responses(
+    (status = 200, body = StatusBody, example = json!({"status": "name changed"})),
+    (status = 400, description = "invalid name, or the same as the current one", body = ErrorBody),
+    (status = 401, body = ErrorBody),
+    (status = 409, body = ErrorBody),
+    (status = 413, body = ErrorBody),
+))]
+async fn change_name(
+    State(mut core): State<CoreClient>,
+    token: Token,
+    JsonBody(body): JsonBody<ChangeNameBody>,
+) -> Result<Json<StatusBody>, ApiError> {
+    core.users
+        .change_name(token.request(ChangeNameRequest {
+            new_name: body.newname,
+        }))
+        .await?;
+    Ok(Json(StatusBody {
+        status: "name changed",
+    }))
+}
