@@ -1,0 +1,101 @@
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{Settings, TestApp};
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_when_everything_is_up() {
+    let app = TestApp::spawn().await;
+    let (status, _) = app.get("/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = app.get("/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["Checks"]["postgres"], "ok");
+    assert_eq!(body["Checks"]["redis"], "ok");
+}
+
+#[tokio::test]
+async fn readyz_names_a_missing_redis_as_degraded_but_stays_ready() {
+    let app = TestApp::spawn_with(Settings {
+        redis_url: "redis://127.0.0.1:1".into(),
+        ..Settings::default()
+    })
+    .await;
+    let (status, body) = app.get("/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["Checks"]["redis"], "degraded");
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_core_svc_when_it_is_unreachable() {
+    let gateway = gateway::Application::build(gateway::Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        core_grpc_addr: "http://127.0.0.1:1".into(),
+        login_attempts_per_minute_per_ip: 10.try_into().unwrap(),
+        trust_forwarded_for: false,
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", gateway.local_addr());
+    tokio::spawn(gateway.run_until_stopped(std::future::pending()));
+    let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["Error"], "core-svc unavailable");
+    // Any API call is a clean 503 without internals.
+    let response = reqwest::get(format!("{base}/profile/1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        !body["Error"].as_str().unwrap().contains("127.0.0.1"),
+        "{body}"
+    );
+}
+
+/// The OpenAPI document lists every route the gateway answers, with the
+/// status codes it really returns.
+#[tokio::test]
+async fn openapi_document_describes_the_api() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = app.get("/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = [
+        ("/register", "post", "201"),
+        ("/login", "put", "200"),
+        ("/profile", "get", "200"),
+        ("/profile/{UID}", "get", "200"),
+        ("/change-name", "put", "200"),
+        ("/create-room", "post", "201"),
+        ("/join", "put", "409"),
+        ("/invite", "put", "403"),
+        ("/rooms", "get", "200"),
+        ("/room/{roomID}", "get", "404"),
+        ("/healthz", "get", "200"),
+        ("/readyz", "get", "503"),
+    ];
+    for (path, method, code) in expected {
+        let operation = &doc["paths"][path][method];
+        assert!(
+            operation["responses"][code].is_object(),
+            "{method} {path} {code} missing"
+        );
+    }
+    let register = &doc["components"]["schemas"]["RegisterBody"]["properties"];
+    assert!(
+        register["Username"].is_object() && register["Password"].is_object(),
+        "{register}"
+    );
+    assert!(doc["components"]["schemas"]["UidBody"]["properties"]["UID"].is_object());
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_get_json_errors() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.get("/nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["Error"].is_string());
+    let (status, body) = app.get("/register", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["Error"].is_string());
+}
