@@ -2,18 +2,22 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use chat_proto::v1::{
-    room_service_server::RoomServiceServer, user_service_server::UserServiceServer,
+    message_service_server::MessageServiceServer, room_service_server::RoomServiceServer,
+    user_service_server::UserServiceServer,
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::{service::interceptor::InterceptedService, transport::Server};
 
 use crate::{
     auth::Authenticator,
     cache::Cache,
     config::Config,
+    events::{Events, KafkaSettings},
     health,
+    ids::NodeLease,
+    messages::Messages,
     rooms::Rooms,
     token::TokenKeys,
     users::{LoginLimit, Users},
@@ -26,6 +30,8 @@ pub struct Application {
     listener: TcpListener,
     router: tonic::transport::server::Router,
     db: PgPool,
+    events: Arc<Events>,
+    node: i32,
 }
 
 impl Application {
@@ -39,18 +45,23 @@ impl Application {
             .context("connecting to PostgreSQL (DATABASE_URL)")?;
         // core-svc owns the schema; concurrent replicas serialise on sqlx's
         // advisory lock.
-        sqlx::migrate!("../migrations")
-            .run(&db)
-            .await
-            .context("migrating the database")?;
+        sqlx::migrate!("../migrations").run(&db).await.context("migrating the database")?;
         let cache = Arc::new(Cache::new(&config.redis_url, &config.redis_key_prefix));
 
+        let (lease, ids) = NodeLease::acquire(db.clone()).await?;
+        let node = lease.node;
+        let ids = Arc::new(ids);
+        tokio::spawn(lease.renew_forever(ids.clone()));
+        let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (NATS_URL)")?;
+        let kafka = KafkaSettings {
+            brokers: &config.kafka_brokers,
+            topic: &config.kafka_topic,
+            partitions: config.kafka_partitions,
+        };
+        let events = Arc::new(Events::connect(kafka, ids, cache.clone(), nats, &config.nats_subject_prefix).await?);
+
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        tokio::spawn(health::probe_forever(
-            health_reporter,
-            db.clone(),
-            cache.clone(),
-        ));
+        tokio::spawn(health::probe_forever(health_reporter, db.clone(), cache.clone()));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -68,41 +79,42 @@ impl Application {
             },
         )
         .await?;
-        let rooms = Rooms::new(db.clone(), cache);
-        let authenticator = Authenticator::new(TokenKeys::new(&secret));
+        let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone()));
+        let messages = Messages::new(
+            db.clone(),
+            cache,
+            rooms.clone(),
+            events.clone(),
+            config.send_rate_per_second,
+            config.send_burst,
+        );
+        let auth = Authenticator::new(TokenKeys::new(&secret));
 
         let router = Server::builder()
             .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(UserServiceServer::with_interceptor(
-                users,
-                authenticator.clone(),
-            ))
-            .add_service(RoomServiceServer::with_interceptor(rooms, authenticator));
+            .add_service(UserServiceServer::with_interceptor(users, auth.clone()))
+            .add_service(InterceptedService::new(RoomServiceServer::from_arc(rooms), auth.clone()))
+            .add_service(MessageServiceServer::with_interceptor(messages, auth));
 
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self {
-            listener,
-            router,
-            db,
-        })
+        let listener =
+            TcpListener::bind(config.listen_addr).await.with_context(|| format!("binding {}", config.listen_addr))?;
+        Ok(Self { listener, router, db, events, node })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then finishes the calls in flight.
+    /// Serves until `shutdown` resolves, then finishes the calls in flight,
+    /// flushes the message log and gives back the id node.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let incoming = TcpListenerStream::new(self.listener);
-        self.router
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+        self.router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || events.flush()).await?;
+        NodeLease::release(&self.db, self.node).await;
         self.db.close().await;
         tracing::info!("core-svc stopped");
         Ok(())

@@ -31,9 +31,7 @@ impl Interceptor for Authenticator {
         let caller = match request.metadata().get("authorization") {
             None => None,
             Some(value) => {
-                let value = value
-                    .to_str()
-                    .map_err(|_| Error::Unauthenticated("invalid token"))?;
+                let value = value.to_str().map_err(|_| Error::Unauthenticated("invalid token"))?;
                 Some(self.keys.verify_header(Some(value)).map_err(token_error)?)
             }
         };
@@ -57,8 +55,5 @@ pub fn required<T>(request: &Request<T>) -> Result<i64, Error> {
 
 /// The caller, if the call carried a token.
 pub fn optional<T>(request: &Request<T>) -> Option<i64> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .and_then(|caller| caller.0)
+    request.extensions().get::<Caller>().and_then(|caller| caller.0)
 }

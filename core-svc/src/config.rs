@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, num::NonZeroU32};
 
 use clap::{Parser, ValueEnum};
 
@@ -17,11 +17,7 @@ pub struct Config {
     #[arg(long, env = "GRPC_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
     pub listen_addr: SocketAddr,
 
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/chat"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/chat")]
     pub database_url: String,
 
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
@@ -51,6 +47,32 @@ pub struct Config {
     #[arg(long, env = "LOGIN_LOCKOUT_SECS", default_value_t = 300)]
     pub login_lockout_secs: u32,
 
+    /// Kafka bootstrap servers of the message log.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// The message log's topic; created (with `KAFKA_PARTITIONS`) if missing.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "chat.messages")]
+    pub kafka_topic: String,
+
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 8)]
+    pub kafka_partitions: i32,
+
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Live events of room N go to `<prefix>.room.N`.
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "chat")]
+    pub nats_subject_prefix: String,
+
+    /// Messages one user may send per second, sustained.
+    #[arg(long, env = "SEND_RATE_PER_SECOND", default_value = "10")]
+    pub send_rate_per_second: NonZeroU32,
+
+    /// Messages one user may send in a burst.
+    #[arg(long, env = "SEND_BURST", default_value = "30")]
+    pub send_burst: NonZeroU32,
+
     #[arg(long, env = "APP_ENV", value_enum, default_value = "development")]
     pub environment: Environment,
 }
@@ -65,9 +87,7 @@ impl Config {
                 anyhow::bail!("JWT_SECRET must be at least 32 bytes long in production")
             }
             (Some(secret), Environment::Development) => {
-                tracing::warn!(
-                    "JWT_SECRET is shorter than 32 bytes; acceptable only in development"
-                );
+                tracing::warn!("JWT_SECRET is shorter than 32 bytes; acceptable only in development");
                 Ok(secret.clone().into_bytes())
             }
             (None, Environment::Production) => anyhow::bail!(
@@ -95,26 +115,15 @@ mod tests {
 
     #[test]
     fn production_without_a_secret_fails_with_a_clear_message() {
-        let error = config(&["--environment", "production"])
-            .jwt_secret()
-            .unwrap_err();
-        assert!(
-            error.to_string().contains("JWT_SECRET is not set"),
-            "{error}"
-        );
+        let error = config(&["--environment", "production"]).jwt_secret().unwrap_err();
+        assert!(error.to_string().contains("JWT_SECRET is not set"), "{error}");
     }
 
     #[test]
     fn production_refuses_a_short_secret_and_accepts_a_long_one() {
-        assert!(
-            config(&["--environment", "production", "--jwt-secret", "short"])
-                .jwt_secret()
-                .is_err()
-        );
+        assert!(config(&["--environment", "production", "--jwt-secret", "short"]).jwt_secret().is_err());
         let long = "x".repeat(32);
-        let secret = config(&["--environment", "production", "--jwt-secret", &long])
-            .jwt_secret()
-            .unwrap();
+        let secret = config(&["--environment", "production", "--jwt-secret", &long]).jwt_secret().unwrap();
         assert_eq!(secret, long.as_bytes());
     }
 

@@ -56,14 +56,8 @@ impl Email {
             && local.len() <= 64
             && !domain.contains('@')
             && labels.len() >= 2
-            && labels
-                .iter()
-                .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
-        if well_formed {
-            Ok(Self(email))
-        } else {
-            Err(invalid())
-        }
+            && labels.iter().all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
+        if well_formed { Ok(Self(email)) } else { Err(invalid()) }
     }
 }
 
@@ -108,21 +102,37 @@ impl RoomName {
     }
 }
 
+/// A chat message's text: 1–2000 Unicode scalar values, not only white space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageText(String);
+text_newtype!(MessageText);
+
+impl MessageText {
+    pub const MAX_CHARS: usize = 2000;
+
+    pub fn parse(input: String) -> Result<Self, String> {
+        if input.trim().is_empty() {
+            Err("empty message".into())
+        } else if input.chars().count() > Self::MAX_CHARS {
+            Err("message too long".into())
+        } else {
+            Ok(Self(input))
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
 /// A positive database id from a request, or the problem with it.
 pub fn parse_id(id: i64, what: &'static str) -> Result<i64, String> {
-    if id > 0 {
-        Ok(id)
-    } else {
-        Err(format!("invalid {what} id"))
-    }
+    if id > 0 { Ok(id) } else { Err(format!("invalid {what} id")) }
 }
 
 /// A point in time as the gRPC API carries it.
 pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
 
 #[cfg(test)]
@@ -131,35 +141,17 @@ mod tests {
 
     #[test]
     fn usernames() {
-        for ok in [
-            "bob",
-            "user_1",
-            "Zoë_Ђорђе",
-            "a".repeat(20).as_str(),
-            "名前です",
-        ] {
+        for ok in ["bob", "user_1", "Zoë_Ђорђе", "a".repeat(20).as_str(), "名前です"] {
             assert!(Username::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "ab",
-            "a".repeat(21).as_str(),
-            "has space",
-            "semi;colon",
-            "<script>",
-            "tab\t",
-            "dash-ed",
-        ] {
+        for bad in ["", "ab", "a".repeat(21).as_str(), "has space", "semi;colon", "<script>", "tab\t", "dash-ed"] {
             assert!(Username::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn emails_are_lower_cased() {
-        assert_eq!(
-            Email::parse(" User@Example.COM ").unwrap().as_ref(),
-            "user@example.com"
-        );
+        assert_eq!(Email::parse(" User@Example.COM ").unwrap().as_ref(), "user@example.com");
         for bad in [
             "",
             "user",
@@ -183,10 +175,7 @@ mod tests {
         assert!(Password::parse("12345678").is_ok());
         assert!(Password::parse(&"é".repeat(128)).is_ok());
         assert!(Password::parse(&"x".repeat(129)).is_err());
-        assert_eq!(
-            format!("{:?}", Password::parse("secret-password").unwrap()),
-            "Password(<hidden>)"
-        );
+        assert_eq!(format!("{:?}", Password::parse("secret-password").unwrap()), "Password(<hidden>)");
     }
 
     #[test]
@@ -197,6 +186,15 @@ mod tests {
         assert!(RoomName::parse(&"r".repeat(100)).is_ok());
         assert!(RoomName::parse("bell\u{7}").is_err());
         assert!(RoomName::parse("new\nline").is_err());
+    }
+
+    #[test]
+    fn message_texts() {
+        assert!(MessageText::parse("hi".into()).is_ok());
+        assert!(MessageText::parse("é".repeat(2000)).is_ok());
+        assert_eq!(MessageText::parse("x".repeat(2001)), Err("message too long".into()));
+        assert_eq!(MessageText::parse("".into()), Err("empty message".into()));
+        assert_eq!(MessageText::parse(" \n\t ".into()), Err("empty message".into()));
     }
 
     #[test]

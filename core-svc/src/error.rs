@@ -15,8 +15,9 @@ pub enum Error {
     NotFound(&'static str),
     #[error("{0}")]
     AlreadyExists(&'static str),
-    #[error("too many attempts, retry in {retry_after_secs} s")]
-    RateLimited { retry_after_secs: u64 },
+    /// Too many attempts of `what` (a message for the client).
+    #[error("{what}")]
+    RateLimited { retry_after_secs: u64, what: &'static str },
     /// A dependency is down; the client may retry.
     #[error("{0}")]
     Unavailable(&'static str),
@@ -60,11 +61,9 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Status::permission_denied(message),
             Error::NotFound(_) => Status::not_found(message),
             Error::AlreadyExists(_) => Status::already_exists(message),
-            Error::RateLimited { retry_after_secs } => {
+            Error::RateLimited { retry_after_secs, .. } => {
                 let mut status = Status::new(Code::ResourceExhausted, message);
-                status
-                    .metadata_mut()
-                    .insert("retry-after", retry_after_secs.into());
+                status.metadata_mut().insert("retry-after", retry_after_secs.into());
                 status
             }
             Error::Unavailable(_) => Status::unavailable(message),
@@ -108,12 +107,7 @@ mod tests {
             (Error::PermissionDenied("no"), Code::PermissionDenied),
             (Error::NotFound("no"), Code::NotFound),
             (Error::AlreadyExists("no"), Code::AlreadyExists),
-            (
-                Error::RateLimited {
-                    retry_after_secs: 3,
-                },
-                Code::ResourceExhausted,
-            ),
+            (Error::RateLimited { retry_after_secs: 3 }, Code::ResourceExhausted),
             (Error::Unavailable("down"), Code::Unavailable),
             (Error::Internal(anyhow::anyhow!("boom")), Code::Internal),
         ];
@@ -130,25 +124,18 @@ mod tests {
 
     #[test]
     fn internal_details_never_reach_the_client() {
-        let status = Status::from(Error::Internal(anyhow::anyhow!(
-            "relation users at db-host-7"
-        )));
+        let status = Status::from(Error::Internal(anyhow::anyhow!("relation users at db-host-7")));
         assert_eq!(status.message(), "internal error");
     }
 
     #[test]
     fn rate_limit_carries_retry_after() {
-        let status = Status::from(Error::RateLimited {
-            retry_after_secs: 42,
-        });
+        let status = Status::from(Error::RateLimited { retry_after_secs: 42 });
         assert_eq!(status.metadata().get("retry-after").unwrap(), "42");
     }
 
     #[test]
     fn pool_exhaustion_is_unavailable_not_internal() {
-        assert_eq!(
-            Status::from(Error::from(sqlx::Error::PoolTimedOut)).code(),
-            Code::Unavailable
-        );
+        assert_eq!(Status::from(Error::from(sqlx::Error::PoolTimedOut)).code(), Code::Unavailable);
     }
 }

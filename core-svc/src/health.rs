@@ -24,15 +24,9 @@ pub async fn probe_forever(reporter: HealthReporter, db: PgPool, cache: Arc<Cach
         let postgres = tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&db))
             .await
             .is_ok_and(|result| result.is_ok());
-        let redis = tokio::time::timeout(PROBE_TIMEOUT, cache.ping())
-            .await
-            .unwrap_or(false);
+        let redis = tokio::time::timeout(PROBE_TIMEOUT, cache.ping()).await.unwrap_or(false);
         for (service, up) in [("", postgres), (POSTGRES, postgres), (REDIS, redis)] {
-            let status = if up {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
+            let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
             reporter.set_service_status(service, status).await;
         }
     }

@@ -1,9 +1,13 @@
 //! core-svc: the one gRPC service behind every client. It owns the schema
-//! and answers for users, sessions and rooms.
+//! and answers for users, sessions, rooms and messages.
 //!
 //! - [`config`]: flags and environment.
 //! - [`app`]: wires everything together and serves it ([`Application`]).
-//! - [`users`], [`rooms`]: the gRPC services, one module per resource.
+//! - [`users`], [`rooms`], [`messages`]: the gRPC services, one module per
+//!   resource.
+//! - [`events`]: the path of every message: Kafka, then the recent-history
+//!   cache, then NATS.
+//! - [`ids`]: message ids (53-bit Snowflakes) and the node leases behind them.
 //! - [`domain`]: the input types, parsed and validated at the edge.
 //! - [`auth`]: who the caller is, from the bearer token in the metadata.
 //! - [`token`], [`password`]: access tokens and password hashes.
@@ -17,7 +21,10 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod health;
+pub mod ids;
+pub mod messages;
 pub mod password;
 pub mod rooms;
 pub mod token;

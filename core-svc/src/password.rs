@@ -26,11 +26,9 @@ pub async fn hash(password: Password) -> anyhow::Result<String> {
 /// not a mismatch: it means the data is broken.
 pub async fn verify(password: String, phc_hash: String) -> anyhow::Result<bool> {
     tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&phc_hash)
-            .map_err(|error| anyhow::anyhow!("stored hash is malformed: {error}"))?;
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
+        let parsed =
+            PasswordHash::new(&phc_hash).map_err(|error| anyhow::anyhow!("stored hash is malformed: {error}"))?;
+        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
     })
     .await
     .context("password verification task")?
@@ -42,15 +40,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_hash_verifies_only_its_password() {
-        let hashed = hash(Password::parse("correct horse").unwrap())
-            .await
-            .unwrap();
+        let hashed = hash(Password::parse("correct horse").unwrap()).await.unwrap();
         assert!(hashed.starts_with("$argon2id$"));
-        assert!(
-            verify("correct horse".into(), hashed.clone())
-                .await
-                .unwrap()
-        );
+        assert!(verify("correct horse".into(), hashed.clone()).await.unwrap());
         assert!(!verify("wrong horse!".into(), hashed).await.unwrap());
     }
 

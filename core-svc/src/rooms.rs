@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use chat_proto::v1::{
-    CheckMembershipRequest, CheckMembershipResponse, CreateRoomRequest, CreateRoomResponse,
-    GetRoomRequest, InviteRequest, InviteResponse, JoinRoomRequest, JoinRoomResponse,
-    ListMyRoomsRequest, ListMyRoomsResponse, Room, room_service_server::RoomService,
+    CheckMembershipRequest, CheckMembershipResponse, CreateRoomRequest, CreateRoomResponse, GetRoomRequest,
+    InviteRequest, InviteResponse, JoinRoomRequest, JoinRoomResponse, ListMyRoomsRequest, ListMyRoomsResponse,
+    MessageKind, Room, room_service_server::RoomService,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use crate::{
     cache::{Cache, key},
     domain::{RoomName, parse_id, timestamp},
     error::{Error, Result, ResultExt},
+    events::Events,
 };
 
 const ROOM_NOT_FOUND: Error = Error::NotFound("room not found");
@@ -34,23 +35,31 @@ pub struct RoomRow {
 pub struct Rooms {
     db: PgPool,
     cache: Arc<Cache>,
+    events: Arc<Events>,
 }
 
 impl Rooms {
-    pub fn new(db: PgPool, cache: Arc<Cache>) -> Self {
-        Self { db, cache }
+    pub fn new(db: PgPool, cache: Arc<Cache>, events: Arc<Events>) -> Self {
+        Self { db, cache, events }
+    }
+
+    /// Tells the room that `uid` joined. The membership is committed already;
+    /// if the message log is down the announcement is lost, not the join.
+    async fn announce_join(&self, room_id: i64, uid: i64) {
+        if let Err(error) = self.events.publish(room_id, uid, MessageKind::Join, String::new()).await {
+            tracing::warn!(%error, room_id, uid, "join not announced");
+        }
     }
 
     pub async fn find(&self, room_id: i64) -> Result<Option<RoomRow>> {
         if let Some(room) = self.cache.get::<RoomRow>(&key::room(room_id)).await {
             return Ok(Some(room));
         }
-        let room: Option<RoomRow> = sqlx::query_as(
-            "SELECT id, name, creator_id, is_private, created_at FROM rooms WHERE id = $1",
-        )
-        .bind(room_id)
-        .fetch_optional(&self.db)
-        .await?;
+        let room: Option<RoomRow> =
+            sqlx::query_as("SELECT id, name, creator_id, is_private, created_at FROM rooms WHERE id = $1")
+                .bind(room_id)
+                .fetch_optional(&self.db)
+                .await?;
         if let Some(room) = &room {
             self.cache.set(&key::room(room_id), room).await;
         }
@@ -62,20 +71,19 @@ impl Rooms {
         if let Some(member) = self.cache.get::<bool>(&key).await {
             return Ok(member);
         }
-        let member: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)",
-        )
-        .bind(room_id)
-        .bind(uid)
-        .fetch_one(&self.db)
-        .await?;
+        let member: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)")
+                .bind(room_id)
+                .bind(uid)
+                .fetch_one(&self.db)
+                .await?;
         self.cache.set(&key, &member).await;
         Ok(member)
     }
 
     /// The room, if `caller` may know it exists: a private room is hidden
     /// from everyone but its members.
-    async fn visible(&self, room_id: i64, caller: Option<i64>) -> Result<RoomRow> {
+    pub async fn visible(&self, room_id: i64, caller: Option<i64>) -> Result<RoomRow> {
         let room = self.find(room_id).await?.ok_or(ROOM_NOT_FOUND)?;
         if !room.is_private {
             return Ok(room);
@@ -88,17 +96,15 @@ impl Rooms {
 
     /// Adds a member; `AlreadyExists` if they were one.
     async fn add_member(&self, room_id: i64, uid: i64) -> Result<()> {
-        let added = sqlx::query(
-            "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(room_id)
-        .bind(uid)
-        .execute(&self.db)
-        .await
-        .on_constraint(|constraint| {
-            (constraint == "room_members_user_id_fkey").then_some(Error::NotFound("user not found"))
-        })?
-        .rows_affected();
+        let added = sqlx::query("INSERT INTO room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(room_id)
+            .bind(uid)
+            .execute(&self.db)
+            .await
+            .on_constraint(|constraint| {
+                (constraint == "room_members_user_id_fkey").then_some(Error::NotFound("user not found"))
+            })?
+            .rows_affected();
         self.forget_membership(room_id, uid).await;
         if added == 0 {
             return Err(Error::AlreadyExists("already a member"));
@@ -107,9 +113,7 @@ impl Rooms {
     }
 
     async fn forget_membership(&self, room_id: i64, uid: i64) {
-        self.cache
-            .delete(&[key::member(room_id, uid), key::user_rooms(uid)])
-            .await;
+        self.cache.delete(&[key::member(room_id, uid), key::user_rooms(uid)]).await;
     }
 }
 
@@ -119,27 +123,23 @@ fn room_id(id: i64) -> Result<i64> {
 
 #[tonic::async_trait]
 impl RoomService for Rooms {
-    async fn create_room(
-        &self,
-        request: Request<CreateRoomRequest>,
-    ) -> Result<Response<CreateRoomResponse>, Status> {
+    async fn create_room(&self, request: Request<CreateRoomRequest>) -> Result<Response<CreateRoomResponse>, Status> {
         let uid = auth::required(&request)?;
         let CreateRoomRequest { name, is_private } = request.into_inner();
         let name = RoomName::parse(&name).map_err(Error::invalid)?;
         let mut tx = self.db.begin().await.map_err(Error::from)?;
-        let room_id: i64 = sqlx::query_scalar(
-            "INSERT INTO rooms (name, creator_id, is_private) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(name.as_ref())
-        .bind(uid)
-        .bind(is_private)
-        .fetch_one(&mut *tx)
-        .await
-        .on_constraint(|constraint| match constraint {
-            "rooms_name_key" => Some(Error::AlreadyExists("room name already taken")),
-            "rooms_creator_id_fkey" => Some(Error::NotFound("user not found")),
-            _ => None,
-        })?;
+        let room_id: i64 =
+            sqlx::query_scalar("INSERT INTO rooms (name, creator_id, is_private) VALUES ($1, $2, $3) RETURNING id")
+                .bind(name.as_ref())
+                .bind(uid)
+                .bind(is_private)
+                .fetch_one(&mut *tx)
+                .await
+                .on_constraint(|constraint| match constraint {
+                    "rooms_name_key" => Some(Error::AlreadyExists("room name already taken")),
+                    "rooms_creator_id_fkey" => Some(Error::NotFound("user not found")),
+                    _ => None,
+                })?;
         sqlx::query("INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)")
             .bind(room_id)
             .bind(uid)
@@ -152,10 +152,7 @@ impl RoomService for Rooms {
         Ok(Response::new(CreateRoomResponse { room_id }))
     }
 
-    async fn join_room(
-        &self,
-        request: Request<JoinRoomRequest>,
-    ) -> Result<Response<JoinRoomResponse>, Status> {
+    async fn join_room(&self, request: Request<JoinRoomRequest>) -> Result<Response<JoinRoomResponse>, Status> {
         let uid = auth::required(&request)?;
         let room_id = room_id(request.get_ref().room_id)?;
         let room = self.find(room_id).await?.ok_or(ROOM_NOT_FOUND)?;
@@ -163,14 +160,12 @@ impl RoomService for Rooms {
             return Err(Error::PermissionDenied("room is private").into());
         }
         self.add_member(room_id, uid).await?;
+        self.announce_join(room_id, uid).await;
         tracing::info!(uid, room_id, "joined");
         Ok(Response::new(JoinRoomResponse {}))
     }
 
-    async fn invite(
-        &self,
-        request: Request<InviteRequest>,
-    ) -> Result<Response<InviteResponse>, Status> {
+    async fn invite(&self, request: Request<InviteRequest>) -> Result<Response<InviteResponse>, Status> {
         let caller = auth::required(&request)?;
         let InviteRequest { room_id, uid } = *request.get_ref();
         let (room_id, uid) = match (parse_id(room_id, "room"), parse_id(uid, "user")) {
@@ -182,6 +177,7 @@ impl RoomService for Rooms {
             return Err(Error::PermissionDenied("only the room's creator can invite").into());
         }
         self.add_member(room_id, uid).await?;
+        self.announce_join(room_id, uid).await;
         tracing::info!(caller, uid, room_id, "invited");
         Ok(Response::new(InviteResponse {}))
     }
@@ -207,13 +203,12 @@ impl RoomService for Rooms {
         let room_ids = match self.cache.get::<Vec<i64>>(&key).await {
             Some(room_ids) => room_ids,
             None => {
-                let room_ids: Vec<i64> = sqlx::query_scalar(
-                    "SELECT room_id FROM room_members WHERE user_id = $1 ORDER BY room_id",
-                )
-                .bind(uid)
-                .fetch_all(&self.db)
-                .await
-                .map_err(Error::from)?;
+                let room_ids: Vec<i64> =
+                    sqlx::query_scalar("SELECT room_id FROM room_members WHERE user_id = $1 ORDER BY room_id")
+                        .bind(uid)
+                        .fetch_all(&self.db)
+                        .await
+                        .map_err(Error::from)?;
                 self.cache.set(&key, &room_ids).await;
                 room_ids
             }

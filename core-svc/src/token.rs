@@ -50,21 +50,13 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp"]);
-        Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
-        }
+        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
     }
 
     pub fn issue(&self, uid: i64, lifetime: Duration) -> IssuedToken {
         let now = Utc::now();
         let expires_at = now + lifetime;
-        let claims = Claims {
-            uid,
-            exp: expires_at.timestamp(),
-            iat: now.timestamp(),
-        };
+        let claims = Claims { uid, exp: expires_at.timestamp(), iat: now.timestamp() };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail");
         IssuedToken { token, expires_at }
@@ -85,10 +77,7 @@ impl TokenKeys {
     /// Verifies the value of an `Authorization` header: the bare token, as the
     /// original clients send it, or `Bearer <token>`.
     pub fn verify_header(&self, value: Option<&str>) -> Result<i64, TokenError> {
-        let value = value
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .ok_or(TokenError::Missing)?;
+        let value = value.map(str::trim).filter(|v| !v.is_empty()).ok_or(TokenError::Missing)?;
         self.verify(strip_bearer(value))
     }
 }
@@ -120,11 +109,7 @@ mod tests {
     #[test]
     fn bearer_prefix_is_optional_and_case_insensitive() {
         let token = keys().issue(7, Duration::hours(1)).token;
-        for value in [
-            token.clone(),
-            format!("Bearer {token}"),
-            format!("bearer  {token}"),
-        ] {
+        for value in [token.clone(), format!("Bearer {token}"), format!("bearer  {token}")] {
             assert_eq!(keys().verify_header(Some(&value)), Ok(7), "{value}");
         }
     }
@@ -135,9 +120,7 @@ mod tests {
         assert_eq!(keys().verify_header(Some("  ")), Err(TokenError::Missing));
         let expired = keys().issue(1, Duration::seconds(-10)).token;
         assert_eq!(keys().verify(&expired), Err(TokenError::Expired));
-        let foreign = TokenKeys::new(b"another secret")
-            .issue(1, Duration::hours(1))
-            .token;
+        let foreign = TokenKeys::new(b"another secret").issue(1, Duration::hours(1)).token;
         assert_eq!(keys().verify(&foreign), Err(TokenError::Invalid));
         let mut tampered = keys().issue(1, Duration::hours(1)).token;
         tampered.insert(tampered.len() / 2, 'x');

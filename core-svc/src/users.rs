@@ -3,8 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use chat_proto::v1::{
-    ChangeNameRequest, ChangeNameResponse, GetProfileRequest, LoginRequest, LoginResponse, Profile,
-    RegisterRequest, RegisterResponse, user_service_server::UserService,
+    ChangeNameRequest, ChangeNameResponse, GetProfileRequest, LoginRequest, LoginResponse, Profile, RegisterRequest,
+    RegisterResponse, user_service_server::UserService,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -58,25 +58,17 @@ impl Users {
         login_limit: LoginLimit,
     ) -> anyhow::Result<Self> {
         let decoy_hash = password::hash(Password::parse("decoy password").expect("valid")).await?;
-        Ok(Self {
-            db,
-            cache,
-            tokens,
-            token_lifetime,
-            login_limit,
-            decoy_hash,
-        })
+        Ok(Self { db, cache, tokens, token_lifetime, login_limit, decoy_hash })
     }
 
     pub async fn find(&self, uid: i64) -> Result<Option<User>> {
         if let Some(user) = self.cache.get::<User>(&key::user(uid)).await {
             return Ok(Some(user));
         }
-        let user: Option<User> =
-            sqlx::query_as("SELECT id, username, email, created_at FROM users WHERE id = $1")
-                .bind(uid)
-                .fetch_optional(&self.db)
-                .await?;
+        let user: Option<User> = sqlx::query_as("SELECT id, username, email, created_at FROM users WHERE id = $1")
+            .bind(uid)
+            .fetch_optional(&self.db)
+            .await?;
         if let Some(user) = &user {
             self.cache.set(&key::user(uid), user).await;
         }
@@ -86,7 +78,7 @@ impl Users {
     async fn check_not_locked(&self, email: &str) -> Result<()> {
         match self.cache.counter(&key::login_failures(email)).await {
             Some((failures, retry_after_secs)) if failures >= self.login_limit.max_failures => {
-                Err(Error::RateLimited { retry_after_secs })
+                Err(Error::RateLimited { retry_after_secs, what: "too many failed logins, try again later" })
             }
             _ => Ok(()),
         }
@@ -108,29 +100,20 @@ impl Users {
         };
         let matches = password::verify(request.password, hash).await?;
         let Some(uid) = uid.filter(|_| matches) else {
-            self.cache
-                .increment(&key::login_failures(&email), self.login_limit.window)
-                .await;
+            self.cache.increment(&key::login_failures(&email), self.login_limit.window).await;
             tracing::info!(outcome = "refused", "login");
             return Err(Error::Unauthenticated(WRONG_CREDENTIALS));
         };
         self.cache.delete(&[key::login_failures(&email)]).await;
         let issued = self.tokens.issue(uid, self.token_lifetime);
         tracing::info!(uid, outcome = "ok", "login");
-        Ok(LoginResponse {
-            token: issued.token,
-            uid,
-            expires_at: Some(timestamp(issued.expires_at)),
-        })
+        Ok(LoginResponse { token: issued.token, uid, expires_at: Some(timestamp(issued.expires_at)) })
     }
 }
 
 #[tonic::async_trait]
 impl UserService for Users {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
         let request = request.into_inner();
         let (username, email, password) = match (
             Username::parse(&request.username),
@@ -143,45 +126,33 @@ impl UserService for Users {
             }
         };
         let hash = password::hash(password).await.map_err(Error::from)?;
-        let uid: i64 = sqlx::query_scalar(
-            "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(username.as_ref())
-        .bind(email.as_ref())
-        .bind(hash)
-        .fetch_one(&self.db)
-        .await
-        .on_constraint(|constraint| match constraint {
-            "users_username_key" => Some(Error::AlreadyExists("username already taken")),
-            "users_email_key" => Some(Error::AlreadyExists("email already registered")),
-            _ => None,
-        })?;
+        let uid: i64 =
+            sqlx::query_scalar("INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) RETURNING id")
+                .bind(username.as_ref())
+                .bind(email.as_ref())
+                .bind(hash)
+                .fetch_one(&self.db)
+                .await
+                .on_constraint(|constraint| match constraint {
+                    "users_username_key" => Some(Error::AlreadyExists("username already taken")),
+                    "users_email_key" => Some(Error::AlreadyExists("email already registered")),
+                    _ => None,
+                })?;
         tracing::info!(uid, "registered");
         Ok(Response::new(RegisterResponse { uid }))
     }
 
-    async fn login(
-        &self,
-        request: Request<LoginRequest>,
-    ) -> Result<Response<LoginResponse>, Status> {
-        Ok(Response::new(
-            self.authenticate(request.into_inner()).await?,
-        ))
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+        Ok(Response::new(self.authenticate(request.into_inner()).await?))
     }
 
-    async fn get_profile(
-        &self,
-        request: Request<GetProfileRequest>,
-    ) -> Result<Response<Profile>, Status> {
+    async fn get_profile(&self, request: Request<GetProfileRequest>) -> Result<Response<Profile>, Status> {
         let caller = auth::optional(&request);
         let uid = match request.get_ref().uid {
             0 => auth::required(&request)?,
             uid => parse_id(uid, "user").map_err(Error::invalid)?,
         };
-        let user = self
-            .find(uid)
-            .await?
-            .ok_or(Error::NotFound("user not found"))?;
+        let user = self.find(uid).await?.ok_or(Error::NotFound("user not found"))?;
         Ok(Response::new(Profile {
             uid: user.id,
             username: user.username,
@@ -190,16 +161,10 @@ impl UserService for Users {
         }))
     }
 
-    async fn change_name(
-        &self,
-        request: Request<ChangeNameRequest>,
-    ) -> Result<Response<ChangeNameResponse>, Status> {
+    async fn change_name(&self, request: Request<ChangeNameRequest>) -> Result<Response<ChangeNameResponse>, Status> {
         let uid = auth::required(&request)?;
         let new_name = Username::parse(&request.get_ref().new_name).map_err(Error::invalid)?;
-        let user = self
-            .find(uid)
-            .await?
-            .ok_or(Error::NotFound("user not found"))?;
+        let user = self.find(uid).await?.ok_or(Error::NotFound("user not found"))?;
         if user.username == new_name.as_ref() {
             return Err(Error::invalid("new name is the same as the current one").into());
         }
@@ -209,8 +174,7 @@ impl UserService for Users {
             .execute(&self.db)
             .await
             .on_constraint(|constraint| {
-                (constraint == "users_username_key")
-                    .then_some(Error::AlreadyExists("username already taken"))
+                (constraint == "users_username_key").then_some(Error::AlreadyExists("username already taken"))
             })?;
         self.cache.delete(&[key::user(uid)]).await;
         tracing::info!(uid, "name changed");

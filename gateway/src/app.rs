@@ -1,8 +1,9 @@
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit, http::HeaderName};
 use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
@@ -15,6 +16,7 @@ use crate::{
     extract::{BODY_LIMIT, TrustForwardedFor},
     login_limit::LoginLimit,
     routes::{self, AppState},
+    ws::{Sockets, hub::Hub},
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -24,12 +26,26 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    sockets: Sockets,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Starts even while NATS is down; the client keeps reconnecting and
+        // /readyz says so.
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(&config.nats_url)
+            .await
+            .context("NATS_URL")?;
+        let sockets = Sockets {
+            hub: Arc::new(Hub::new(nats, config.nats_subject_prefix, config.ws_queue_frames)),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
         let state = AppState {
             core: CoreClient::connect_lazy(&config.core_grpc_addr).context("CORE_GRPC_ADDR")?,
+            sockets: sockets.clone(),
             login_limit: LoginLimit::per_minute(config.login_attempts_per_minute_per_ip),
             trust_forwarded_for: TrustForwardedFor(config.trust_forwarded_for),
         };
@@ -39,36 +55,32 @@ impl Application {
         });
         let router = routes::router(state)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
-            .layer(TimeoutLayer::with_status_code(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
-                Duration::from_secs(30),
-            ))
+            .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(30)))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(trace)
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self { listener, router })
+        let listener =
+            TcpListener::bind(config.listen_addr).await.with_context(|| format!("binding {}", config.listen_addr))?;
+        Ok(Self { listener, router, sockets })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then finishes the requests in flight.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+    /// Serves until `shutdown` resolves, then finishes the requests in
+    /// flight and closes every WebSocket with 1001 once what was queued
+    /// for it is written.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let close_sockets = self.sockets.shutdown.clone();
+        let shutdown = async move {
+            shutdown.await;
+            close_sockets.cancel();
+        };
+        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
+        self.sockets.tracker.close();
+        self.sockets.tracker.wait().await;
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -1,7 +1,8 @@
 use std::time::Duration;
 
 use chat_proto::v1::{
-    room_service_client::RoomServiceClient, user_service_client::UserServiceClient,
+    message_service_client::MessageServiceClient, room_service_client::RoomServiceClient,
+    user_service_client::UserServiceClient,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
@@ -12,6 +13,7 @@ use tonic_health::pb::health_client::HealthClient;
 pub struct CoreClient {
     pub users: UserServiceClient<Channel>,
     pub rooms: RoomServiceClient<Channel>,
+    pub messages: MessageServiceClient<Channel>,
     pub health: HealthClient<Channel>,
 }
 
@@ -28,6 +30,7 @@ impl CoreClient {
         Ok(Self {
             users: UserServiceClient::new(channel.clone()),
             rooms: RoomServiceClient::new(channel.clone()),
+            messages: MessageServiceClient::new(channel.clone()),
             health: HealthClient::new(channel),
         })
     }

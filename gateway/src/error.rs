@@ -25,11 +25,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            retry_after_secs: None,
-        }
+        Self { status, message: message.into(), retry_after_secs: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -43,10 +39,7 @@ impl ApiError {
     pub fn too_many_requests(retry_after_secs: u64) -> Self {
         Self {
             retry_after_secs: Some(retry_after_secs),
-            ..Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many attempts, try again later",
-            )
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too many attempts, try again later")
         }
     }
 }
@@ -56,9 +49,7 @@ impl ApiError {
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let http = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-                StatusCode::BAD_REQUEST
-            }
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
@@ -78,31 +69,16 @@ impl From<tonic::Status> for ApiError {
             }
             _ => status.message().to_owned(),
         };
-        let retry_after_secs = status
-            .metadata()
-            .get("retry-after")
-            .and_then(|value| value.to_str().ok()?.parse().ok());
-        Self {
-            status: http,
-            message,
-            retry_after_secs,
-        }
+        let retry_after_secs = status.metadata().get("retry-after").and_then(|value| value.to_str().ok()?.parse().ok());
+        Self { status: http, message, retry_after_secs }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response();
+        let mut response = (self.status, Json(ErrorBody { error: self.message })).into_response();
         if let Some(secs) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -127,21 +103,13 @@ mod tests {
             (Code::Unknown, 500),
         ];
         for (code, http) in cases {
-            assert_eq!(
-                ApiError::from(tonic::Status::new(code, "m"))
-                    .status
-                    .as_u16(),
-                http,
-                "{code:?}"
-            );
+            assert_eq!(ApiError::from(tonic::Status::new(code, "m")).status.as_u16(), http, "{code:?}");
         }
     }
 
     #[test]
     fn server_errors_hide_the_details() {
-        let error = ApiError::from(tonic::Status::unavailable(
-            "tcp connect error: 10.0.0.7:50051",
-        ));
+        let error = ApiError::from(tonic::Status::unavailable("tcp connect error: 10.0.0.7:50051"));
         assert!(!error.message.contains("10.0.0.7"));
         let error = ApiError::from(tonic::Status::internal("relation \"users\" does not exist"));
         assert_eq!(error.message, "internal error");

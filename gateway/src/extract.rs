@@ -4,9 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::{
     body::Bytes,
-    extract::{
-        ConnectInfo, FromRef, FromRequest, FromRequestParts, OptionalFromRequestParts, Request,
-    },
+    extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, OptionalFromRequestParts, Request},
     http::{StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
@@ -28,36 +26,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body is larger than 64 KiB",
-                    )
-                } else {
-                    ApiError::bad_request("cannot read the request body")
-                }
-            })?;
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than 64 KiB")
+            } else {
+                ApiError::bad_request("cannot read the request body")
+            }
+        })?;
         parse_case_insensitive(&bytes).map(JsonBody)
     }
 }
 
 pub fn parse_case_insensitive<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|_| ApiError::bad_request("invalid json"))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| ApiError::bad_request("invalid json"))?;
     let Value::Object(fields) = value else {
-        return Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        ));
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
     };
-    let fields: Map<String, Value> = fields
-        .into_iter()
-        .map(|(name, value)| (name.to_lowercase(), value))
-        .collect();
-    T::deserialize(Value::Object(fields))
-        .map_err(|error| ApiError::bad_request(format!("invalid request: {error}")))
+    let fields: Map<String, Value> = fields.into_iter().map(|(name, value)| (name.to_lowercase(), value)).collect();
+    T::deserialize(Value::Object(fields)).map_err(|error| ApiError::bad_request(format!("invalid request: {error}")))
 }
 
 /// The caller's access token, from `Authorization: <jwt>` or
@@ -70,23 +56,22 @@ impl Token {
     /// A gRPC request that acts with this token.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("authorization", self.0.clone());
         request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        request
+    }
+
+    /// A token as a client sent it, bare or after `Bearer `.
+    pub fn parse(value: &str) -> Result<Self, ApiError> {
+        Some(value.trim())
+            .filter(|value| !value.is_empty())
+            .and_then(|value| MetadataValue::try_from(value).ok())
+            .map(Token)
+            .ok_or_else(|| ApiError::unauthorized("invalid token"))
     }
 
     fn from_parts(parts: &Parts) -> Option<Result<Self, ApiError>> {
         let value = parts.headers.get(header::AUTHORIZATION)?;
-        let token = value
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|value| !value.is_empty())
-            .and_then(|value| MetadataValue::try_from(value).ok())
-            .map(Token)
-            .ok_or_else(|| ApiError::unauthorized("invalid token"));
-        Some(token)
+        Some(value.to_str().map_err(|_| ApiError::unauthorized("invalid token")).and_then(Token::parse))
     }
 }
 
@@ -170,28 +155,13 @@ mod tests {
             r#"{"EMAIL":"a@b.co","ROOMID":3}"#,
         ] {
             let login: Login = parse_case_insensitive(body.as_bytes()).unwrap();
-            assert_eq!(
-                login,
-                Login {
-                    email: "a@b.co".into(),
-                    roomid: 3
-                },
-                "{body}"
-            );
+            assert_eq!(login, Login { email: "a@b.co".into(), roomid: 3 }, "{body}");
         }
     }
 
     #[test]
     fn malformed_bodies_are_400() {
-        for body in [
-            "",
-            "{",
-            "[1,2]",
-            "\"text\"",
-            "null",
-            r#"{"RoomID":"three"}"#,
-            r#"{"RoomID":1.5}"#,
-        ] {
+        for body in ["", "{", "[1,2]", "\"text\"", "null", r#"{"RoomID":"three"}"#, r#"{"RoomID":1.5}"#] {
             let error = parse_case_insensitive::<Login>(body.as_bytes()).unwrap_err();
             assert_eq!(error.status, StatusCode::BAD_REQUEST, "{body}");
         }

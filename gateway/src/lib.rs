@@ -1,4 +1,4 @@
-//! gateway: the REST (and WebSocket) front door. It holds no state of its
+//! gateway: the REST and WebSocket front door. It holds no state of its
 //! own: every request becomes a call to core-svc, made with the caller's own
 //! token.
 //!
@@ -6,6 +6,7 @@
 //! - [`app`]: wires everything together and serves it ([`Application`]).
 //! - [`routes`]: the HTTP API, one module per resource, with its OpenAPI
 //!   description beside each handler.
+//! - [`ws`]: the WebSocket protocol, and the room feeds from NATS behind it.
 //! - [`core_client`]: the gRPC clients of core-svc.
 //! - [`extract`]: what handlers take from a request: JSON bodies with
 //!   case-insensitive field names, the caller's token, the client's address.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod extract;
 pub mod login_limit;
 pub mod routes;
+pub mod ws;
 
 pub use app::Application;
 pub use config::Config;

@@ -7,9 +7,7 @@ pub fn init(service: &'static str) {
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
-        registry
-            .with(fmt::layer().json().flatten_event(true))
-            .try_init()
+        registry.with(fmt::layer().json().flatten_event(true)).try_init()
     } else {
         registry.with(fmt::layer()).try_init()
     };

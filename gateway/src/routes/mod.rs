@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::{
-    Json, Router, extract::FromRef, http::StatusCode, response::IntoResponse, routing::get,
-};
+use axum::{Json, Router, extract::FromRef, http::StatusCode, response::IntoResponse, routing::get};
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{ApiKey, ApiKeyValue, SecurityScheme},
@@ -14,16 +12,24 @@ use utoipa::{
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
-    core_client::CoreClient, error::ApiError, extract::TrustForwardedFor, login_limit::LoginLimit,
+    core_client::CoreClient,
+    error::ApiError,
+    extract::TrustForwardedFor,
+    login_limit::LoginLimit,
+    ws::{self, Sockets},
 };
 
+mod messages;
 mod ops;
 mod rooms;
 mod users;
 
+pub use messages::MessageBody;
+
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub core: CoreClient,
+    pub sockets: Sockets,
     pub login_limit: LoginLimit,
     pub trust_forwarded_for: TrustForwardedFor,
 }
@@ -35,6 +41,7 @@ pub struct AppState {
     tags(
         (name = "users", description = "Accounts and sessions"),
         (name = "rooms", description = "Rooms and members"),
+        (name = "messages", description = "History (live messages travel over the WebSocket at `/ws`)"),
         (name = "operations", description = "Health and API description"),
     )
 )]
@@ -46,10 +53,8 @@ struct TokenAuth;
 impl Modify for TokenAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "token",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("Authorization"))),
-        );
+        components
+            .add_security_scheme("token", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("Authorization"))));
     }
 }
 
@@ -57,14 +62,13 @@ pub fn router(state: AppState) -> Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(users::routes())
         .merge(rooms::routes())
+        .merge(messages::routes())
         .merge(ops::routes())
         .split_for_parts();
     let api = Arc::new(api);
     router
-        .route(
-            "/openapi.json",
-            get(move || async move { Json(api.as_ref().clone()) }),
-        )
+        .route("/openapi.json", get(move || async move { Json(api.as_ref().clone()) }))
+        .route("/ws", get(ws::upgrade))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response()
@@ -73,7 +77,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// A timestamp as the API writes it: RFC 3339, UTC, microseconds.
-fn rfc3339(at: Option<prost_types::Timestamp>) -> String {
+pub(crate) fn rfc3339(at: Option<prost_types::Timestamp>) -> String {
     let at = at.unwrap_or_default();
     chrono::DateTime::from_timestamp(at.seconds, at.nanos.max(0) as u32)
         .unwrap_or_default()
@@ -83,8 +87,5 @@ fn rfc3339(at: Option<prost_types::Timestamp>) -> String {
 
 /// A positive id from the path; anything else is 400.
 fn parse_path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
 }

@@ -9,12 +9,10 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::AppState;
-use crate::core_client::CoreClient;
+use crate::{core_client::CoreClient, ws::Sockets};
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
 }
 
 /// 200 while the process runs.
@@ -39,13 +37,10 @@ struct Readiness {
     (status = 200, body = Readiness),
     (status = 503, body = Readiness),
 ))]
-async fn readyz(State(core): State<CoreClient>) -> (StatusCode, Json<Readiness>) {
+async fn readyz(State(core): State<CoreClient>, State(sockets): State<Sockets>) -> (StatusCode, Json<Readiness>) {
     let serving = async |service: &str| {
-        let request = HealthCheckRequest {
-            service: service.to_owned(),
-        };
-        let answer =
-            tokio::time::timeout(Duration::from_secs(2), core.health.clone().check(request)).await;
+        let request = HealthCheckRequest { service: service.to_owned() };
+        let answer = tokio::time::timeout(Duration::from_secs(2), core.health.clone().check(request)).await;
         match answer {
             Ok(Ok(reply)) => Some(reply.into_inner().status() == ServingStatus::Serving),
             _ => None,
@@ -60,25 +55,14 @@ async fn readyz(State(core): State<CoreClient>) -> (StatusCode, Json<Readiness>)
         Some(core_up) => {
             checks.insert("core-svc", "ok");
             checks.insert("postgres", if core_up { "ok" } else { "unavailable" });
-            let redis = if serving("redis").await == Some(true) {
-                "ok"
-            } else {
-                "degraded"
-            };
+            let redis = if serving("redis").await == Some(true) { "ok" } else { "degraded" };
             checks.insert("redis", redis);
             (!core_up).then_some("postgres unavailable")
         }
     };
-    let status = if error.is_some() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    (
-        status,
-        Json(Readiness {
-            error: error.map(str::to_owned),
-            checks,
-        }),
-    )
+    let nats = sockets.hub.nats_connected();
+    checks.insert("nats", if nats { "ok" } else { "unavailable" });
+    let error = error.or((!nats).then_some("nats unavailable"));
+    let status = if error.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (status, Json(Readiness { error: error.map(str::to_owned), checks }))
 }

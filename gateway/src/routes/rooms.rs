@@ -5,9 +5,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use chat_proto::v1::{
-    CreateRoomRequest, GetRoomRequest, InviteRequest, JoinRoomRequest, ListMyRoomsRequest,
-};
+use chat_proto::v1::{CreateRoomRequest, GetRoomRequest, InviteRequest, JoinRoomRequest, ListMyRoomsRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -57,21 +55,9 @@ async fn create_room(
     token: Token,
     JsonBody(body): JsonBody<CreateRoomBody>,
 ) -> Result<(StatusCode, Json<RoomIdBody>), ApiError> {
-    let request = CreateRoomRequest {
-        name: body.name,
-        is_private: body.isprivate,
-    };
-    let reply = core
-        .rooms
-        .create_room(token.request(request))
-        .await?
-        .into_inner();
-    Ok((
-        StatusCode::CREATED,
-        Json(RoomIdBody {
-            room_id: reply.room_id,
-        }),
-    ))
+    let request = CreateRoomRequest { name: body.name, is_private: body.isprivate };
+    let reply = core.rooms.create_room(token.request(request)).await?.into_inner();
+    Ok((StatusCode::CREATED, Json(RoomIdBody { room_id: reply.room_id })))
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -96,11 +82,7 @@ async fn join(
     token: Token,
     JsonBody(body): JsonBody<JoinBody>,
 ) -> Result<Json<StatusBody>, ApiError> {
-    core.rooms
-        .join_room(token.request(JoinRoomRequest {
-            room_id: body.roomid,
-        }))
-        .await?;
+    core.rooms.join_room(token.request(JoinRoomRequest { room_id: body.roomid })).await?;
     Ok(Json(StatusBody { status: "joined" }))
 }
 
@@ -129,12 +111,7 @@ async fn invite(
     token: Token,
     JsonBody(body): JsonBody<InviteBody>,
 ) -> Result<Json<StatusBody>, ApiError> {
-    core.rooms
-        .invite(token.request(InviteRequest {
-            room_id: body.roomid,
-            uid: body.uid,
-        }))
-        .await?;
+    core.rooms.invite(token.request(InviteRequest { room_id: body.roomid, uid: body.uid })).await?;
     Ok(Json(StatusBody { status: "invited" }))
 }
 
@@ -150,18 +127,9 @@ struct RoomIdsBody {
     (status = 200, body = RoomIdsBody),
     (status = 401, body = ErrorBody),
 ))]
-async fn my_rooms(
-    State(mut core): State<CoreClient>,
-    token: Token,
-) -> Result<Json<RoomIdsBody>, ApiError> {
-    let reply = core
-        .rooms
-        .list_my_rooms(token.request(ListMyRoomsRequest {}))
-        .await?
-        .into_inner();
-    Ok(Json(RoomIdsBody {
-        ids: reply.room_ids,
-    }))
+async fn my_rooms(State(mut core): State<CoreClient>, token: Token) -> Result<Json<RoomIdsBody>, ApiError> {
+    let reply = core.rooms.list_my_rooms(token.request(ListMyRoomsRequest {})).await?.into_inner();
+    Ok(Json(RoomIdsBody { ids: reply.room_ids }))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -193,11 +161,7 @@ async fn room(
     Path(room_id): Path<String>,
 ) -> Result<Json<RoomBody>, ApiError> {
     let room_id = parse_path_id(&room_id, "room")?;
-    let room = core
-        .rooms
-        .get_room(grpc_request(token.as_ref(), GetRoomRequest { room_id }))
-        .await?
-        .into_inner();
+    let room = core.rooms.get_room(grpc_request(token.as_ref(), GetRoomRequest { room_id })).await?.into_inner();
     Ok(Json(RoomBody {
         room_id: room.room_id,
         name: room.name,

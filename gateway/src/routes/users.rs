@@ -57,11 +57,7 @@ async fn register(
     State(mut core): State<CoreClient>,
     JsonBody(body): JsonBody<RegisterBody>,
 ) -> Result<(StatusCode, Json<UidBody>), ApiError> {
-    let request = RegisterRequest {
-        username: body.username,
-        email: body.email,
-        password: body.password,
-    };
+    let request = RegisterRequest { username: body.username, email: body.email, password: body.password };
     let reply = core.users.register(request).await?.into_inner();
     Ok((StatusCode::CREATED, Json(UidBody { uid: reply.uid })))
 }
@@ -99,19 +95,8 @@ async fn login(
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Result<Json<LoginReply>, ApiError> {
     limit.check(ip)?;
-    let reply = core
-        .users
-        .login(LoginRequest {
-            email: body.email,
-            password: body.password,
-        })
-        .await?
-        .into_inner();
-    Ok(Json(LoginReply {
-        token: reply.token,
-        uid: reply.uid,
-        expires_at: rfc3339(reply.expires_at),
-    }))
+    let reply = core.users.login(LoginRequest { email: body.email, password: body.password }).await?.into_inner();
+    Ok(Json(LoginReply { token: reply.token, uid: reply.uid, expires_at: rfc3339(reply.expires_at) }))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -127,16 +112,8 @@ struct ProfileBody {
     created_at: String,
 }
 
-async fn fetch_profile(
-    core: &mut CoreClient,
-    token: Option<&Token>,
-    uid: i64,
-) -> Result<Json<ProfileBody>, ApiError> {
-    let profile = core
-        .users
-        .get_profile(grpc_request(token, GetProfileRequest { uid }))
-        .await?
-        .into_inner();
+async fn fetch_profile(core: &mut CoreClient, token: Option<&Token>, uid: i64) -> Result<Json<ProfileBody>, ApiError> {
+    let profile = core.users.get_profile(grpc_request(token, GetProfileRequest { uid })).await?.into_inner();
     Ok(Json(ProfileBody {
         uid: profile.uid,
         username: profile.username,
@@ -151,10 +128,7 @@ async fn fetch_profile(
     (status = 401, body = ErrorBody),
     (status = 404, description = "the token's user no longer exists", body = ErrorBody),
 ))]
-async fn own_profile(
-    State(mut core): State<CoreClient>,
-    token: Token,
-) -> Result<Json<ProfileBody>, ApiError> {
+async fn own_profile(State(mut core): State<CoreClient>, token: Token) -> Result<Json<ProfileBody>, ApiError> {
     fetch_profile(&mut core, Some(&token), 0).await
 }
 
@@ -201,12 +175,6 @@ async fn change_name(
     token: Token,
     JsonBody(body): JsonBody<ChangeNameBody>,
 ) -> Result<Json<StatusBody>, ApiError> {
-    core.users
-        .change_name(token.request(ChangeNameRequest {
-            new_name: body.newname,
-        }))
-        .await?;
-    Ok(Json(StatusBody {
-        status: "name changed",
-    }))
+    core.users.change_name(token.request(ChangeNameRequest { new_name: body.newname })).await?;
+    Ok(Json(StatusBody { status: "name changed" }))
 }

@@ -29,11 +29,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            redis_url: testkit::redis_url(),
-            login_per_ip: 10_000,
-            login_max_failures: 5,
-        }
+        Self { redis_url: testkit::redis_url(), login_per_ip: 10_000, login_max_failures: 5 }
     }
 }
 
@@ -112,48 +108,27 @@ impl TestApp {
     }
 
     pub async fn put(&self, path: &str, auth: Option<&str>, body: Value) -> (StatusCode, Value) {
-        self.call(Method::PUT, path, auth, Some(&body.to_string()))
-            .await
+        self.call(Method::PUT, path, auth, Some(&body.to_string())).await
     }
 
     pub async fn post(&self, path: &str, auth: Option<&str>, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, auth, Some(&body.to_string()))
-            .await
+        self.call(Method::POST, path, auth, Some(&body.to_string())).await
     }
 
     pub async fn register(&self, name: &str) -> User {
         let email = format!("{name}@example.com");
-        let (status, body) = self
-            .post(
-                "/register",
-                None,
-                json!({"Username": name, "Email": email, "Password": "password"}),
-            )
-            .await;
+        let (status, body) =
+            self.post("/register", None, json!({"Username": name, "Email": email, "Password": "password"})).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let uid = body["UID"].as_i64().expect("UID");
-        let (status, body) = self
-            .put(
-                "/login",
-                None,
-                json!({"Email": email, "Password": "password"}),
-            )
-            .await;
+        let (status, body) = self.put("/login", None, json!({"Email": email, "Password": "password"})).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        User {
-            uid,
-            token: body["token"].as_str().unwrap().into(),
-        }
+        User { uid, token: body["token"].as_str().unwrap().into() }
     }
 
     pub async fn create_room(&self, owner: &User, name: &str, private: bool) -> i64 {
-        let (status, body) = self
-            .post(
-                "/create-room",
-                Some(&owner.token),
-                json!({"Name": name, "IsPrivate": private}),
-            )
-            .await;
+        let (status, body) =
+            self.post("/create-room", Some(&owner.token), json!({"Name": name, "IsPrivate": private})).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["RoomID"].as_i64().unwrap()
     }
@@ -173,11 +148,6 @@ impl TestApp {
 pub fn assert_error(answer: (StatusCode, Value), status: StatusCode, text: &str) {
     let (got, body) = answer;
     assert_eq!(got, status, "{body}");
-    let message = body["Error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no Error field in {body}"));
-    assert!(
-        message.contains(text),
-        "{message:?} does not contain {text:?}"
-    );
+    let message = body["Error"].as_str().unwrap_or_else(|| panic!("no Error field in {body}"));
+    assert!(message.contains(text), "{message:?} does not contain {text:?}");
 }

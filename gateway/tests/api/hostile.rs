@@ -23,25 +23,9 @@ async fn malformed_json_is_400_on_every_endpoint_with_a_body() {
     let app = TestApp::spawn().await;
     let alice = app.register("alice").await;
     for (method, path) in BODY_ENDPOINTS {
-        for body in [
-            "",
-            "{",
-            "{\"Name\": }",
-            "[]",
-            "42",
-            "\"str\"",
-            WRONG_TYPES,
-            "\u{0}",
-        ] {
-            let answer = app
-                .call(method.clone(), path, Some(&alice.token), Some(body))
-                .await;
-            assert_eq!(
-                answer.0,
-                StatusCode::BAD_REQUEST,
-                "{method} {path} {body:?}: {}",
-                answer.1
-            );
+        for body in ["", "{", "{\"Name\": }", "[]", "42", "\"str\"", WRONG_TYPES, "\u{0}"] {
+            let answer = app.call(method.clone(), path, Some(&alice.token), Some(body)).await;
+            assert_eq!(answer.0, StatusCode::BAD_REQUEST, "{method} {path} {body:?}: {}", answer.1);
             assert!(answer.1["Error"].is_string(), "{}", answer.1);
         }
     }
@@ -53,21 +37,12 @@ async fn bodies_over_64_kib_are_413_on_every_endpoint_with_a_body() {
     let alice = app.register("alice").await;
     let huge = json!({"Username": "x".repeat(70 * 1024)}).to_string();
     for (method, path) in BODY_ENDPOINTS {
-        let answer = app
-            .call(method.clone(), path, Some(&alice.token), Some(&huge))
-            .await;
+        let answer = app.call(method.clone(), path, Some(&alice.token), Some(&huge)).await;
         assert_error(answer, StatusCode::PAYLOAD_TOO_LARGE, "64 KiB");
     }
     // Just under the limit is parsed (and then fails validation, not the size check).
     let near = json!({"Name": "n".repeat(60 * 1024)}).to_string();
-    let answer = app
-        .call(
-            Method::POST,
-            "/create-room",
-            Some(&alice.token),
-            Some(&near),
-        )
-        .await;
+    let answer = app.call(Method::POST, "/create-room", Some(&alice.token), Some(&near)).await;
     assert_error(answer, StatusCode::BAD_REQUEST, "1 to 100");
 }
 
@@ -75,40 +50,17 @@ async fn bodies_over_64_kib_are_413_on_every_endpoint_with_a_body() {
 async fn hostile_text_is_refused_or_stored_verbatim_never_interpreted() {
     let app = TestApp::spawn().await;
     let alice = app.register("alice").await;
-    let injection =
-        json!({"Username": "x';DROP--", "Email": "e@example.com", "Password": "password"});
-    assert_error(
-        app.post("/register", None, injection).await,
-        StatusCode::BAD_REQUEST,
-        "only letters",
-    );
+    let injection = json!({"Username": "x';DROP--", "Email": "e@example.com", "Password": "password"});
+    assert_error(app.post("/register", None, injection).await, StatusCode::BAD_REQUEST, "only letters");
     let evil = "Robert'); DROP TABLE rooms;-- <script>alert(1)</script> 🚀";
     let room = app.create_room(&alice, evil, false).await;
-    assert_eq!(
-        app.get(&format!("/room/{room}"), None).await.1["Name"],
-        evil
-    );
+    assert_eq!(app.get(&format!("/room/{room}"), None).await.1["Name"], evil);
     let login = json!({"Email": "' OR 1=1 --@example.com", "Password": "' OR '1'='1"});
-    assert_error(
-        app.put("/login", None, login).await,
-        StatusCode::UNAUTHORIZED,
-        "wrong email or password",
-    );
+    assert_error(app.put("/login", None, login).await, StatusCode::UNAUTHORIZED, "wrong email or password");
     // Numbers at the edges of i64 and beyond.
     let token = Some(alice.token.as_str());
-    assert_error(
-        app.put("/join", token, json!({"RoomID": i64::MAX})).await,
-        StatusCode::NOT_FOUND,
-        "room not found",
-    );
-    let answer = app
-        .call(
-            Method::PUT,
-            "/join",
-            token,
-            Some(r#"{"RoomID": 99999999999999999999999}"#),
-        )
-        .await;
+    assert_error(app.put("/join", token, json!({"RoomID": i64::MAX})).await, StatusCode::NOT_FOUND, "room not found");
+    let answer = app.call(Method::PUT, "/join", token, Some(r#"{"RoomID": 99999999999999999999999}"#)).await;
     assert_eq!(answer.0, StatusCode::BAD_REQUEST);
     // Everyone else is still served.
     assert_eq!(app.get("/profile", token).await.0, StatusCode::OK);
@@ -117,14 +69,9 @@ async fn hostile_text_is_refused_or_stored_verbatim_never_interpreted() {
 #[tokio::test]
 async fn tokens_in_odd_shapes_are_401_not_500() {
     let app = TestApp::spawn().await;
-    for auth in [
-        "Bearer",
-        "Bearer ",
-        "Basic dXNlcjpwYXNz",
-        "a.b.c",
-        &"x".repeat(8000),
-        "eyJhbGciOiJub25lIn0.eyJVSUQiOjF9.",
-    ] {
+    for auth in
+        ["Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "a.b.c", &"x".repeat(8000), "eyJhbGciOiJub25lIn0.eyJVSUQiOjF9."]
+    {
         let (status, body) = app.get("/profile", Some(auth)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth}: {body}");
     }
@@ -135,16 +82,8 @@ async fn passwords_and_tokens_never_appear_in_error_bodies() {
     let app = TestApp::spawn().await;
     let alice = app.register("alice").await;
     let secret = "SuperSecretPassword123";
-    let answer = app
-        .put(
-            "/login",
-            None,
-            json!({"Email": "alice@example.com", "Password": secret}),
-        )
-        .await;
+    let answer = app.put("/login", None, json!({"Email": "alice@example.com", "Password": secret})).await;
     assert!(!answer.1.to_string().contains(secret));
-    let answer = app
-        .get("/profile", Some(&format!("{}x", alice.token)))
-        .await;
+    let answer = app.get("/profile", Some(&format!("{}x", alice.token))).await;
     assert!(!answer.1.to_string().contains(&alice.token));
 }

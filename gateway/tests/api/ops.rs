@@ -16,11 +16,7 @@ async fn healthz_and_readyz_answer_when_everything_is_up() {
 
 #[tokio::test]
 async fn readyz_names_a_missing_redis_as_degraded_but_stays_ready() {
-    let app = TestApp::spawn_with(Settings {
-        redis_url: "redis://127.0.0.1:1".into(),
-        ..Settings::default()
-    })
-    .await;
+    let app = TestApp::spawn_with(Settings { redis_url: "redis://127.0.0.1:1".into(), ..Settings::default() }).await;
     let (status, body) = app.get("/readyz", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["Checks"]["redis"], "degraded");
@@ -46,10 +42,7 @@ async fn readyz_is_503_naming_core_svc_when_it_is_unreachable() {
     let response = reqwest::get(format!("{base}/profile/1")).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = response.json().await.unwrap();
-    assert!(
-        !body["Error"].as_str().unwrap().contains("127.0.0.1"),
-        "{body}"
-    );
+    assert!(!body["Error"].as_str().unwrap().contains("127.0.0.1"), "{body}");
 }
 
 /// The OpenAPI document lists every route the gateway answers, with the
@@ -76,16 +69,10 @@ async fn openapi_document_describes_the_api() {
     ];
     for (path, method, code) in expected {
         let operation = &doc["paths"][path][method];
-        assert!(
-            operation["responses"][code].is_object(),
-            "{method} {path} {code} missing"
-        );
+        assert!(operation["responses"][code].is_object(), "{method} {path} {code} missing");
     }
     let register = &doc["components"]["schemas"]["RegisterBody"]["properties"];
-    assert!(
-        register["Username"].is_object() && register["Password"].is_object(),
-        "{register}"
-    );
+    assert!(register["Username"].is_object() && register["Password"].is_object(), "{register}");
     assert!(doc["components"]["schemas"]["UidBody"]["properties"]["UID"].is_object());
 }
 

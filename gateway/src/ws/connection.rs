@@ -1,0 +1,269 @@
+//! One WebSocket connection: its frames in, its room's frames out, pings,
+//! and the limits that keep one client from hurting the others.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, close_code};
+use chat_proto::v1::{CheckMembershipRequest, HistoryRequest, SendRequest};
+use tokio::{
+    sync::broadcast::{Receiver, error::RecvError},
+    time::{Instant, MissedTickBehavior, interval, timeout},
+};
+use tonic::Code;
+
+use super::{
+    Sockets,
+    frames::{ClientFrame, ServerFrame},
+    hub::{Feed, Frame},
+};
+use crate::{core_client::CoreClient, extract::Token, routes::rfc3339};
+
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+/// A write that cannot finish in this time means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const REPLAY_PAGE: u32 = 100;
+
+pub struct Connection {
+    uid: i64,
+    token: Token,
+    core: CoreClient,
+    sockets: Sockets,
+    room: Option<InRoom>,
+}
+
+struct InRoom {
+    id: i64,
+    frames: Receiver<Frame>,
+    /// Ids sent while catching up, so the live copies of them are skipped.
+    replayed: HashSet<i64>,
+    _feed: Arc<Feed>,
+}
+
+/// Why the loop ended, and what close frame (if any) to send.
+enum End {
+    Quietly,
+    Close(u16, &'static str),
+}
+
+type Step = Result<(), End>;
+
+impl Connection {
+    pub fn new(uid: i64, token: Token, core: CoreClient, sockets: Sockets) -> Self {
+        Self { uid, token, core, sockets, room: None }
+    }
+
+    pub async fn run(mut self, mut socket: WebSocket) {
+        tracing::debug!(uid = self.uid, "socket open");
+        let end = match self.serve(&mut socket).await {
+            Ok(()) => End::Quietly,
+            Err(end) => end,
+        };
+        if let End::Close(code, reason) = end {
+            let close = CloseFrame { code, reason: reason.into() };
+            let _ = timeout(WRITE_TIMEOUT, socket.send(WsMessage::Close(Some(close)))).await;
+        }
+        tracing::debug!(uid = self.uid, "socket closed");
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> Step {
+        write(socket, ServerFrame::Enter { room_id: 0, reference: None }.to_json()).await?;
+        let mut ping = interval(PING_EVERY);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        let shutdown = self.sockets.shutdown.clone();
+        loop {
+            tokio::select! {
+                incoming = socket.recv() => {
+                    last_heard = Instant::now();
+                    match incoming {
+                        Some(Ok(WsMessage::Text(text))) => self.on_text(socket, &text).await?,
+                        Some(Ok(WsMessage::Binary(_))) => error(socket, "invalid operation", None).await?,
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                        Some(Ok(WsMessage::Close(_))) | None => return Ok(()),
+                        Some(Err(error)) if too_big(&error) => {
+                            return Err(End::Close(close_code::SIZE, "frame larger than 16 KiB"));
+                        }
+                        Some(Err(_)) => return Err(End::Quietly),
+                    }
+                }
+                frame = next_frame(&mut self.room) => match frame {
+                    Ok(frame) => self.forward(socket, frame).await?,
+                    Err(RecvError::Lagged(_)) => return Err(End::Close(close_code::POLICY, "too slow")),
+                    Err(RecvError::Closed) => return Err(End::Close(close_code::ERROR, "room feed ended")),
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > SILENCE_LIMIT {
+                        return Err(End::Close(close_code::AWAY, "no answer to pings"));
+                    }
+                    send(socket, WsMessage::Ping(Default::default())).await?;
+                }
+                () = shutdown.cancelled() => {
+                    self.flush(socket).await?;
+                    return Err(End::Close(close_code::AWAY, "server shutting down"));
+                }
+            }
+        }
+    }
+
+    async fn forward(&mut self, socket: &mut WebSocket, frame: Frame) -> Step {
+        match &self.room {
+            Some(room) if room.replayed.contains(&frame.id) => Ok(()),
+            _ => send(socket, WsMessage::Text(frame.json)).await,
+        }
+    }
+
+    /// Writes what the room had already queued for this socket.
+    async fn flush(&mut self, socket: &mut WebSocket) -> Step {
+        while let Some(Ok(frame)) = self.room.as_mut().map(|room| room.frames.try_recv()) {
+            self.forward(socket, frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Step {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(problem) => return error(socket, problem, None).await,
+        };
+        let reference = frame.reference.as_deref();
+        match frame.kind.as_str() {
+            "enter" => self.enter(socket, &frame).await,
+            "message" => self.message(socket, frame.text.as_deref(), reference).await,
+            _ => error(socket, "invalid operation", reference).await,
+        }
+    }
+
+    async fn enter(&mut self, socket: &mut WebSocket, frame: &ClientFrame) -> Step {
+        let reference = frame.reference.as_deref();
+        let room_id = match frame.roomid {
+            Some(room_id) if room_id >= 0 && frame.lastid.is_none_or(|id| id >= 0) => room_id,
+            _ => return error(socket, "invalid room id", reference).await,
+        };
+        if room_id == self.room.as_ref().map_or(0, |room| room.id) {
+            return error(socket, "already in room", reference).await;
+        }
+        if room_id == 0 {
+            self.room = None;
+            return write(socket, ServerFrame::Enter { room_id, reference }.to_json()).await;
+        }
+        let membership = self.core.rooms.check_membership(self.token.request(CheckMembershipRequest { room_id })).await;
+        match membership {
+            Ok(answer) if answer.get_ref().member => {}
+            Ok(_) => return error(socket, "not room member", reference).await,
+            Err(status) => return error(socket, status_text(&status), reference).await,
+        }
+        // Subscribe before reading history, so nothing published meanwhile is missed.
+        let Ok(feed) = self.sockets.hub.feed(room_id).await else {
+            return error(socket, "temporarily unavailable", reference).await;
+        };
+        let frames = feed.subscribe();
+        self.room = None;
+        write(socket, ServerFrame::Enter { room_id, reference }.to_json()).await?;
+        let mut room = InRoom { id: room_id, frames, replayed: HashSet::new(), _feed: feed };
+        if let Some(last_id) = frame.lastid {
+            if let Err(status) = self.replay(socket, &mut room, last_id).await? {
+                return error(socket, status_text(&status), reference).await;
+            }
+        }
+        self.room = Some(room);
+        Ok(())
+    }
+
+    /// Sends every message after `last_id`, oldest first.
+    async fn replay(
+        &mut self,
+        socket: &mut WebSocket,
+        room: &mut InRoom,
+        mut after: i64,
+    ) -> Result<Result<(), tonic::Status>, End> {
+        loop {
+            let request = HistoryRequest { room_id: room.id, last_id: 0, limit: REPLAY_PAGE, after_id: Some(after) };
+            let page = match self.core.messages.history(self.token.request(request)).await {
+                Ok(page) => page.into_inner().messages,
+                Err(status) => return Ok(Err(status)),
+            };
+            let full = page.len() == REPLAY_PAGE as usize;
+            for message in page {
+                after = after.max(message.id);
+                room.replayed.insert(message.id);
+                send(socket, WsMessage::Text(Frame::new(message).json)).await?;
+            }
+            if !full {
+                return Ok(Ok(()));
+            }
+        }
+    }
+
+    async fn message(&mut self, socket: &mut WebSocket, text: Option<&str>, reference: Option<&str>) -> Step {
+        let Some(room_id) = self.room.as_ref().map(|room| room.id) else {
+            return error(socket, "not in room", reference).await;
+        };
+        let text = text.unwrap_or_default();
+        if text.trim().is_empty() {
+            return error(socket, "empty message", reference).await;
+        }
+        if text.chars().count() > 2000 {
+            return error(socket, "message too long", reference).await;
+        }
+        let request = SendRequest { room_id, text: text.to_owned() };
+        match self.core.messages.send(self.token.request(request)).await {
+            Ok(sent) => {
+                let sent = sent.into_inner();
+                let timestamp = rfc3339(sent.timestamp);
+                write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }.to_json()).await
+            }
+            Err(status) if status.code() == Code::Unauthenticated => {
+                error(socket, "token expired", reference).await?;
+                Err(End::Close(close_code::POLICY, "token expired"))
+            }
+            Err(status) => error(socket, status_text(&status), reference).await,
+        }
+    }
+}
+
+async fn next_frame(room: &mut Option<InRoom>) -> Result<Frame, RecvError> {
+    match room {
+        Some(room) => room.frames.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The error text of the contract for a failed core-svc call.
+fn status_text(status: &tonic::Status) -> &'static str {
+    match status.code() {
+        Code::PermissionDenied | Code::NotFound => "not room member",
+        Code::ResourceExhausted => "too many messages",
+        Code::InvalidArgument if status.message() == "empty message" => "empty message",
+        Code::InvalidArgument if status.message() == "message too long" => "message too long",
+        Code::InvalidArgument => "invalid room id",
+        Code::Unavailable | Code::DeadlineExceeded => "temporarily unavailable",
+        _ => {
+            tracing::error!(code = ?status.code(), message = status.message(), "core-svc call failed");
+            "internal error"
+        }
+    }
+}
+
+fn too_big(error: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    let source = std::error::Error::source(error);
+    matches!(source.and_then(|e| e.downcast_ref::<Error>()), Some(Error::Capacity(_)))
+}
+
+async fn send(socket: &mut WebSocket, message: WsMessage) -> Step {
+    match timeout(WRITE_TIMEOUT, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Quietly),
+        Err(_) => Err(End::Close(close_code::POLICY, "too slow")),
+    }
+}
+
+async fn write(socket: &mut WebSocket, json: String) -> Step {
+    send(socket, WsMessage::Text(Utf8Bytes::from(json))).await
+}
+
+async fn error(socket: &mut WebSocket, error: &str, reference: Option<&str>) -> Step {
+    write(socket, ServerFrame::Error { error, reference }.to_json()).await
+}

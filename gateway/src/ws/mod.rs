@@ -1,0 +1,60 @@
+//! The WebSocket protocol at `/ws`: authentication before the upgrade, then
+//! one task per connection ([`connection`]) fed by this gateway's room feeds
+//! ([`hub`]).
+
+pub mod connection;
+pub mod frames;
+pub mod hub;
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    extract::{Query, State, WebSocketUpgrade},
+    response::Response,
+};
+use chat_proto::v1::GetProfileRequest;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{core_client::CoreClient, error::ApiError, extract::Token};
+
+/// The largest frame or message a client may send; a larger one closes the
+/// connection with 1009.
+pub const MAX_FRAME: usize = 16 * 1024;
+/// Reads are small; the default (128 KiB per socket) would dominate the
+/// memory of an idle connection.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// What every connection shares: the room feeds, and the signal and the
+/// tracker that let shutdown close every socket and wait for it.
+#[derive(Clone)]
+pub struct Sockets {
+    pub hub: Arc<hub::Hub>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// `GET /ws?token=<jwt>` (or with an `Authorization` header). A missing or
+/// bad token is refused with 401 before the upgrade.
+pub async fn upgrade(
+    State(mut core): State<CoreClient>,
+    State(sockets): State<Sockets>,
+    header_token: Option<Token>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let token = match (header_token, query.get("token")) {
+        (Some(token), _) => token,
+        (None, Some(value)) => Token::parse(value)?,
+        (None, None) => return Err(ApiError::unauthorized("missing token")),
+    };
+    let uid = core.users.get_profile(token.request(GetProfileRequest { uid: 0 })).await?.into_inner().uid;
+    let tracker = sockets.tracker.clone();
+    Ok(upgrade
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            tracker.track_future(connection::Connection::new(uid, token, core, sockets).run(socket))
+        }))
+}
