@@ -1,4 +1,4 @@
-use std::{future::Future, pin::pin, time::Duration};
+use std::{future::Future, pin::pin, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use chat_proto::v1::Message;
@@ -15,7 +15,7 @@ use crate::{config::Config, store};
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Archiver {
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     db: PgPool,
     batch_size: usize,
     batch_wait: Duration,
@@ -49,7 +49,7 @@ impl Archiver {
         consumer.subscribe(&[&config.kafka_topic]).context("subscribing to the message topic")?;
         tracing::info!(topic = config.kafka_topic, group = config.kafka_group, "archiver consuming");
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
             db,
             batch_size: config.batch_size.max(1),
             batch_wait: Duration::from_millis(config.batch_wait_ms),
@@ -68,7 +68,7 @@ impl Archiver {
             if !self.store(&batch, &mut shutdown).await {
                 break;
             }
-            self.commit(&batch.next_offsets)?;
+            self.commit(batch.next_offsets).await?;
         }
         tracing::info!("archiver stopped");
         Ok(())
@@ -110,8 +110,11 @@ impl Archiver {
         }
     }
 
-    fn commit(&self, offsets: &TopicPartitionList) -> anyhow::Result<()> {
-        tokio::task::block_in_place(|| self.consumer.commit(offsets, CommitMode::Sync)).context("committing offsets")
+    async fn commit(&self, offsets: TopicPartitionList) -> anyhow::Result<()> {
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
+            .await?
+            .context("committing offsets")
     }
 }
 

@@ -31,13 +31,21 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        // Starts even while NATS is down; the client keeps reconnecting and
-        // /readyz says so.
+        // Starts even while NATS is down (the client keeps reconnecting and
+        // /readyz says so), but gives it a moment to connect first.
         let nats = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(&config.nats_url)
             .await
             .context("NATS_URL")?;
+        let connected = async {
+            while nats.connection_state() != async_nats::connection::State::Connected {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(3), connected).await.is_err() {
+            tracing::warn!("NATS is not reachable yet; live messages wait for it");
+        }
         let sockets = Sockets {
             hub: Arc::new(Hub::new(nats, config.nats_subject_prefix, config.ws_queue_frames)),
             shutdown: CancellationToken::new(),

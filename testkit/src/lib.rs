@@ -1,9 +1,9 @@
-//! Test support for the integration tests: each test gets its own database
-//! and its own Redis key prefix on the real local services, so tests run in
-//! parallel without seeing each other.
+//! Test support for the integration tests: each test gets its own database,
+//! Redis key prefix, Kafka topic and NATS subjects on the real local
+//! services, so tests run in parallel without seeing each other.
 //!
-//! `TEST_POSTGRES_URL` names the server (default: the local one as
-//! `postgres`); `TEST_REDIS_URL` the Redis.
+//! `TEST_POSTGRES_URL`, `TEST_REDIS_URL`, `TEST_NATS_URL` and
+//! `TEST_KAFKA_BROKERS` name the servers; the defaults are the local ones.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +15,14 @@ pub fn postgres_url() -> String {
 
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
 /// Test databases are named `chat_test_<unix seconds>_<random>`, so that

@@ -1,10 +1,10 @@
 //! One WebSocket connection: its frames in, its room's frames out, pings,
 //! and the limits that keep one client from hurting the others.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, close_code};
-use chat_proto::v1::{CheckMembershipRequest, HistoryRequest, SendRequest};
+use chat_proto::v1::{CheckMembershipRequest, HistoryRequest, SendRequest, SendResponse};
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     time::{Instant, MissedTickBehavior, interval, timeout},
@@ -16,7 +16,7 @@ use super::{
     frames::{ClientFrame, ServerFrame},
     hub::{Feed, Frame},
 };
-use crate::{core_client::CoreClient, extract::Token, routes::rfc3339};
+use crate::{core_client::CoreClient, extract::Token, routes::rfc3339, ws::frames::MessageText};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
@@ -73,12 +73,15 @@ impl Connection {
         ping.tick().await;
         let mut last_heard = Instant::now();
         let shutdown = self.sockets.shutdown.clone();
+        // At most one send is in flight. Meanwhile the room's frames keep
+        // flowing to the client, and its next frame waits in the socket.
+        let mut sending: Option<Sending> = None;
         loop {
             tokio::select! {
-                incoming = socket.recv() => {
+                incoming = socket.recv(), if sending.is_none() => {
                     last_heard = Instant::now();
                     match incoming {
-                        Some(Ok(WsMessage::Text(text))) => self.on_text(socket, &text).await?,
+                        Some(Ok(WsMessage::Text(text))) => sending = self.on_text(socket, &text).await?,
                         Some(Ok(WsMessage::Binary(_))) => error(socket, "invalid operation", None).await?,
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                         Some(Ok(WsMessage::Close(_))) | None => return Ok(()),
@@ -87,6 +90,10 @@ impl Connection {
                         }
                         Some(Err(_)) => return Err(End::Quietly),
                     }
+                }
+                answer = async { sending.as_mut().expect("guarded").future.as_mut().await }, if sending.is_some() => {
+                    let reference = sending.take().expect("guarded").reference;
+                    self.on_sent(socket, answer, reference.as_deref()).await?;
                 }
                 frame = next_frame(&mut self.room) => match frame {
                     Ok(frame) => self.forward(socket, frame).await?,
@@ -100,6 +107,9 @@ impl Connection {
                     send(socket, WsMessage::Ping(Default::default())).await?;
                 }
                 () = shutdown.cancelled() => {
+                    if let Some(Sending { future, reference }) = sending.take() {
+                        self.on_sent(socket, future.await, reference.as_deref()).await?;
+                    }
                     self.flush(socket).await?;
                     return Err(End::Close(close_code::AWAY, "server shutting down"));
                 }
@@ -122,16 +132,18 @@ impl Connection {
         Ok(())
     }
 
-    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Step {
+    /// Handles a client frame; a message to send comes back as the send
+    /// to put in flight.
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<Option<Sending>, End> {
         let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
-            Err(problem) => return error(socket, problem, None).await,
+            Err(problem) => return error(socket, problem, None).await.map(|()| None),
         };
         let reference = frame.reference.as_deref();
         match frame.kind.as_str() {
-            "enter" => self.enter(socket, &frame).await,
+            "enter" => self.enter(socket, &frame).await.map(|()| None),
             "message" => self.message(socket, frame.text.as_deref(), reference).await,
-            _ => error(socket, "invalid operation", reference).await,
+            _ => error(socket, "invalid operation", reference).await.map(|()| None),
         }
     }
 
@@ -196,21 +208,28 @@ impl Connection {
         }
     }
 
-    async fn message(&mut self, socket: &mut WebSocket, text: Option<&str>, reference: Option<&str>) -> Step {
+    async fn message(
+        &mut self,
+        socket: &mut WebSocket,
+        text: Option<&str>,
+        reference: Option<&str>,
+    ) -> Result<Option<Sending>, End> {
         let Some(room_id) = self.room.as_ref().map(|room| room.id) else {
-            return error(socket, "not in room", reference).await;
+            return error(socket, "not in room", reference).await.map(|()| None);
         };
         let text = text.unwrap_or_default();
-        if text.trim().is_empty() {
-            return error(socket, "empty message", reference).await;
+        if let Err(problem) = MessageText::check(text) {
+            return error(socket, problem, reference).await.map(|()| None);
         }
-        if text.chars().count() > 2000 {
-            return error(socket, "message too long", reference).await;
-        }
-        let request = SendRequest { room_id, text: text.to_owned() };
-        match self.core.messages.send(self.token.request(request)).await {
+        let mut messages = self.core.messages.clone();
+        let request = self.token.request(SendRequest { room_id, text: text.to_owned() });
+        let future = Box::pin(async move { messages.send(request).await.map(|sent| sent.into_inner()) });
+        Ok(Some(Sending { future, reference: reference.map(str::to_owned) }))
+    }
+
+    async fn on_sent(&mut self, socket: &mut WebSocket, answer: SendAnswer, reference: Option<&str>) -> Step {
+        match answer {
             Ok(sent) => {
-                let sent = sent.into_inner();
                 let timestamp = rfc3339(sent.timestamp);
                 write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }.to_json()).await
             }
@@ -221,6 +240,14 @@ impl Connection {
             Err(status) => error(socket, status_text(&status), reference).await,
         }
     }
+}
+
+type SendAnswer = Result<SendResponse, tonic::Status>;
+
+/// A message on its way to core-svc.
+struct Sending {
+    future: Pin<Box<dyn Future<Output = SendAnswer> + Send>>,
+    reference: Option<String>,
 }
 
 async fn next_frame(room: &mut Option<InRoom>) -> Result<Frame, RecvError> {

@@ -31,6 +31,24 @@ impl ClientFrame {
     }
 }
 
+/// The rules for a message's text, checked here so a bad one is refused
+/// without a call to core-svc (which checks them again).
+pub struct MessageText;
+
+impl MessageText {
+    pub const MAX_CHARS: usize = 2000;
+
+    pub fn check(text: &str) -> Result<(), &'static str> {
+        if text.trim().is_empty() {
+            Err("empty message")
+        } else if text.chars().count() > Self::MAX_CHARS {
+            Err("message too long")
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// A frame from the server (other than room messages, which the hub makes).
 #[derive(Debug, Serialize)]
 #[serde(tag = "Type", rename_all = "lowercase")]

@@ -1,12 +1,129 @@
-use std::{net::SocketAddr, num::NonZeroU32};
+use std::{collections::VecDeque, net::SocketAddr, num::NonZeroU32, time::Duration};
+
+use futures::{SinkExt, StreamExt};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 
-/// core-svc and the gateway, started in this process on free ports.
+/// What one test's services share: a fresh database, and a Redis key
+/// prefix, Kafka topic and NATS subject prefix of its own.
+#[derive(Clone)]
+pub struct Shared {
+    pub database_url: String,
+    pub redis_prefix: String,
+    pub topic: String,
+    pub nats_prefix: String,
+}
+
+impl Shared {
+    pub async fn new() -> Self {
+        let unique = testkit::unique_prefix();
+        Self {
+            database_url: testkit::fresh_database().await,
+            redis_prefix: format!("{unique}:"),
+            topic: format!("{unique}.messages"),
+            nats_prefix: unique,
+        }
+    }
+}
+
+pub struct Settings {
+    pub redis_url: String,
+    pub login_per_ip: u32,
+    pub login_max_failures: u32,
+    pub send_per_second: u32,
+    pub ws_queue_frames: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            redis_url: testkit::redis_url(),
+            login_per_ip: 10_000,
+            login_max_failures: 5,
+            send_per_second: 10_000,
+            ws_queue_frames: 512,
+        }
+    }
+}
+
+/// Starts core-svc in this process; stops when the sender is dropped.
+pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, oneshot::Sender<()>) {
+    let core = core_svc::Application::build(core_svc::Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: shared.database_url.clone(),
+        database_max_connections: 5,
+        redis_url: settings.redis_url.clone(),
+        redis_key_prefix: shared.redis_prefix.clone(),
+        jwt_secret: Some(JWT_SECRET.into()),
+        token_lifetime_secs: 3600,
+        login_max_failures: settings.login_max_failures,
+        login_lockout_secs: 60,
+        kafka_brokers: testkit::kafka_brokers(),
+        kafka_topic: shared.topic.clone(),
+        kafka_partitions: 4,
+        nats_url: testkit::nats_url(),
+        nats_subject_prefix: shared.nats_prefix.clone(),
+        send_rate_per_second: NonZeroU32::new(settings.send_per_second).unwrap(),
+        send_burst: NonZeroU32::new(settings.send_per_second).unwrap(),
+        environment: core_svc::config::Environment::Development,
+    })
+    .await
+    .expect("core-svc starts");
+    let addr = core.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(core.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// Starts a gateway in this process in front of the core-svc at `core`.
+pub async fn spawn_gateway(shared: &Shared, settings: &Settings, core: SocketAddr) -> (String, oneshot::Sender<()>) {
+    let gateway = gateway::Application::build(gateway::Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        core_grpc_addr: format!("http://{core}"),
+        nats_url: testkit::nats_url(),
+        nats_subject_prefix: shared.nats_prefix.clone(),
+        ws_queue_frames: settings.ws_queue_frames,
+        login_attempts_per_minute_per_ip: NonZeroU32::new(settings.login_per_ip).unwrap(),
+        trust_forwarded_for: false,
+    })
+    .await
+    .expect("gateway starts");
+    let base = format!("http://{}", gateway.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(gateway.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    (base, stop)
+}
+
+/// Starts an archiver in this process.
+pub async fn spawn_archiver(shared: &Shared) -> oneshot::Sender<()> {
+    let archiver = archiver::Archiver::build(archiver::Config {
+        database_url: shared.database_url.clone(),
+        kafka_brokers: testkit::kafka_brokers(),
+        kafka_topic: shared.topic.clone(),
+        kafka_group: format!("{}-archiver", shared.nats_prefix),
+        batch_size: 500,
+        batch_wait_ms: 10,
+    })
+    .await
+    .expect("archiver starts");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(archiver.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    stop
+}
+
+/// core-svc, a gateway and an archiver, started in this process on free
+/// ports; they stop when this is dropped.
 pub struct TestApp {
     pub base: String,
     pub redis_prefix: String,
@@ -21,63 +138,27 @@ pub struct User {
     pub token: String,
 }
 
-pub struct Settings {
-    pub redis_url: String,
-    pub login_per_ip: u32,
-    pub login_max_failures: u32,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self { redis_url: testkit::redis_url(), login_per_ip: 10_000, login_max_failures: 5 }
-    }
-}
-
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::spawn_with(Settings::default()).await
     }
 
     pub async fn spawn_with(settings: Settings) -> Self {
-        let redis_prefix = format!("{}:", testkit::unique_prefix());
-        let core = core_svc::Application::build(core_svc::Config {
-            listen_addr: "127.0.0.1:0".parse().unwrap(),
-            database_url: testkit::fresh_database().await,
-            database_max_connections: 5,
-            redis_url: settings.redis_url,
-            redis_key_prefix: redis_prefix.clone(),
-            jwt_secret: Some(JWT_SECRET.into()),
-            token_lifetime_secs: 3600,
-            login_max_failures: settings.login_max_failures,
-            login_lockout_secs: 60,
-            environment: core_svc::config::Environment::Development,
-        })
-        .await
-        .expect("core-svc starts");
-        let core_addr = core.local_addr();
-        let gateway = gateway::Application::build(gateway::Config {
-            listen_addr: "127.0.0.1:0".parse().unwrap(),
-            core_grpc_addr: format!("http://{core_addr}"),
-            login_attempts_per_minute_per_ip: NonZeroU32::new(settings.login_per_ip).unwrap(),
-            trust_forwarded_for: false,
-        })
-        .await
-        .expect("gateway starts");
-        let gateway_addr: SocketAddr = gateway.local_addr();
-        let (stop_core, core_stopped) = oneshot::channel::<()>();
-        let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
-        tokio::spawn(core.run_until_stopped(async move {
-            let _ = core_stopped.await;
-        }));
-        tokio::spawn(gateway.run_until_stopped(async move {
-            let _ = gateway_stopped.await;
-        }));
+        let shared = Shared::new().await;
+        let (core, stop_core) = spawn_core(&shared, &settings).await;
+        let (base, stop_gateway) = spawn_gateway(&shared, &settings, core).await;
+        let stop_archiver = spawn_archiver(&shared).await;
         Self {
-            base: format!("http://{gateway_addr}"),
-            redis_prefix,
+            base,
+            redis_prefix: shared.redis_prefix.clone(),
             client: reqwest::Client::new(),
-            _stop: vec![stop_core, stop_gateway],
+            _stop: vec![stop_gateway, stop_archiver, stop_core],
         }
+    }
+
+    /// A client of this app's gateway at `base` (another gateway, say).
+    pub fn at(base: String, shared: &Shared) -> Self {
+        Self { base, redis_prefix: shared.redis_prefix.clone(), client: reqwest::Client::new(), _stop: vec![] }
     }
 
     /// Sends a request with a raw body (as clients do, often without a
@@ -150,4 +231,123 @@ pub fn assert_error(answer: (StatusCode, Value), status: StatusCode, text: &str)
     assert_eq!(got, status, "{body}");
     let message = body["Error"].as_str().unwrap_or_else(|| panic!("no Error field in {body}"));
     assert!(message.contains(text), "{message:?} does not contain {text:?}");
+}
+
+/// A WebSocket client of the gateway, as a browser or wscat would be.
+pub struct Ws {
+    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    /// Frames read ahead by [`Ws::say`], for [`Ws::recv`] to return first.
+    pending: VecDeque<Value>,
+}
+
+const WS_WAIT: Duration = Duration::from_secs(10);
+
+impl Ws {
+    /// Connects with `?token=` and reads the lobby frame.
+    pub async fn connect(base: &str, token: &str) -> Self {
+        let url = format!("{}/ws?token={token}", base.replacen("http", "ws", 1));
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("the upgrade succeeds");
+        Self::opened(stream).await
+    }
+
+    /// Connects over a socket with a tiny receive buffer, as a client on a
+    /// slow link would have.
+    pub async fn connect_with_small_buffer(base: &str, token: &str) -> Self {
+        let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
+        let url = format!("ws://{addr}/ws?token={token}");
+        let (stream, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("the upgrade succeeds");
+        Self::opened(stream).await
+    }
+
+    async fn opened(
+        stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ) -> Self {
+        let mut ws = Self { stream, pending: VecDeque::new() };
+        assert_eq!(ws.recv().await, json!({"Type": "enter", "RoomID": 0}));
+        ws
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_raw(WsMessage::text(frame.to_string())).await;
+    }
+
+    pub async fn send_raw(&mut self, message: WsMessage) {
+        self.stream.send(message).await.expect("the socket is open");
+    }
+
+    /// The next text frame, as JSON.
+    pub async fn recv(&mut self) -> Value {
+        if let Some(frame) = self.pending.pop_front() {
+            return frame;
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            let next = tokio::time::timeout(WS_WAIT, self.stream.next()).await.expect("a frame within 10 s");
+            match next.expect("the socket is open").expect("a valid frame") {
+                WsMessage::Text(text) => return serde_json::from_str(&text).expect("frames are JSON"),
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Enters a room and waits for the answer.
+    pub async fn enter(&mut self, room_id: i64) {
+        self.send(json!({"Type": "enter", "RoomID": room_id})).await;
+        assert_eq!(self.recv().await, json!({"Type": "enter", "RoomID": room_id}));
+    }
+
+    /// Sends a message; its `sent` frame and the copy the room delivers
+    /// back (in either order). Other frames stay queued for [`Ws::recv`].
+    pub async fn say(&mut self, text: &str) -> (Value, Value) {
+        self.send(json!({"Type": "message", "Text": text})).await;
+        let mut sent: Option<Value> = None;
+        let mut copies: Vec<Value> = Vec::new();
+        loop {
+            if let Some(sent) = &sent {
+                if let Some(at) = copies.iter().position(|c| c["ID"] == sent["MessageID"]) {
+                    let copy = copies.remove(at);
+                    self.pending.extend(copies);
+                    return (sent.clone(), copy);
+                }
+            }
+            let frame = self.read().await;
+            match frame["Type"].as_str() {
+                Some("sent") if sent.is_none() => sent = Some(frame),
+                Some("error") => panic!("{text:?} refused: {frame}"),
+                _ => copies.push(frame),
+            }
+        }
+    }
+
+    /// Asserts that nothing arrives for a while.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(WsMessage::Text(text)))) = tokio::time::timeout(wait, self.stream.next()).await {
+            panic!("expected nothing, got {text}");
+        }
+    }
+
+    /// Reads until the server closes the connection; its close code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let next = tokio::time::timeout(WS_WAIT, self.stream.next()).await.expect("closed within 10 s");
+            match next {
+                Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| f.code.into()),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
 }

@@ -5,6 +5,8 @@
 mod cache;
 mod helpers;
 mod hostile;
+mod messages;
 mod ops;
 mod rooms;
 mod users;
+mod ws;

@@ -12,6 +12,7 @@ async fn healthz_and_readyz_answer_when_everything_is_up() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["Checks"]["postgres"], "ok");
     assert_eq!(body["Checks"]["redis"], "ok");
+    assert_eq!(body["Checks"]["nats"], "ok");
 }
 
 #[tokio::test]
@@ -27,6 +28,9 @@ async fn readyz_is_503_naming_core_svc_when_it_is_unreachable() {
     let gateway = gateway::Application::build(gateway::Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         core_grpc_addr: "http://127.0.0.1:1".into(),
+        nats_url: testkit::nats_url(),
+        nats_subject_prefix: testkit::unique_prefix(),
+        ws_queue_frames: 16,
         login_attempts_per_minute_per_ip: 10.try_into().unwrap(),
         trust_forwarded_for: false,
     })
@@ -64,6 +68,7 @@ async fn openapi_document_describes_the_api() {
         ("/invite", "put", "403"),
         ("/rooms", "get", "200"),
         ("/room/{roomID}", "get", "404"),
+        ("/messages/{roomID}", "get", "403"),
         ("/healthz", "get", "200"),
         ("/readyz", "get", "503"),
     ];

@@ -1,0 +1,334 @@
+//! The WebSocket protocol over real sockets, with real NATS, Kafka and the
+//! archiver behind it.
+
+use std::{collections::HashSet, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::helpers::{Settings, Shared, TestApp, Ws, spawn_archiver, spawn_core, spawn_gateway};
+
+#[tokio::test]
+async fn a_missing_or_bad_token_is_refused_with_401_before_the_upgrade() {
+    let app = TestApp::spawn().await;
+    let url = format!("{}/ws", app.base.replacen("http", "ws", 1));
+    for url in [url.clone(), format!("{url}?token=forged.token.value"), format!("{url}?token=")] {
+        match tokio_tungstenite::connect_async(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{url}");
+            }
+            other => panic!("{url}: expected 401, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_authorization_header_works_too() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "{}/ws",
+        app.base.replacen("http", "ws", 1)
+    ))
+    .unwrap();
+    request.headers_mut().insert("Authorization", format!("Bearer {}", alice.token).parse().unwrap());
+    let (mut stream, _) = tokio_tungstenite::connect_async(request).await.expect("upgrade with a header token");
+    use futures::StreamExt;
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.into_text().unwrap().as_str(), r#"{"Type":"enter","RoomID":0}"#);
+}
+
+#[tokio::test]
+async fn two_members_exchange_messages() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    a.enter(room).await;
+    b.enter(room).await;
+
+    a.send(json!({"Type": "message", "Text": "hello bob", "Ref": "m-1"})).await;
+    let mut frames = vec![a.recv().await, a.recv().await];
+    frames.sort_by_key(|f| f["Type"].as_str().unwrap().to_owned());
+    let (message, sent) = (&frames[0], &frames[1]);
+    assert_eq!(sent["Type"], "sent");
+    assert_eq!(sent["Ref"], "m-1");
+    assert!(sent["Timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(message["Type"], "message");
+    assert_eq!(message["ID"], sent["MessageID"]);
+    assert_eq!(message["UID"], alice.uid);
+    assert_eq!(message["RoomID"], room);
+    assert_eq!(message["Text"], "hello bob");
+    assert_eq!(&b.recv().await, message);
+
+    let (sent, _) = b.say("hi alice").await;
+    let reply = a.recv().await;
+    assert_eq!((reply["Text"].as_str(), &reply["ID"]), (Some("hi alice"), &sent["MessageID"]));
+}
+
+#[tokio::test]
+async fn a_non_member_cannot_enter_and_leaving_stops_delivery() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    b.send(json!({"Type": "enter", "RoomID": room, "Ref": "e"})).await;
+    assert_eq!(b.recv().await, json!({"Type": "error", "Error": "not room member", "Ref": "e"}));
+    b.send(json!({"Type": "enter", "RoomID": 987654})).await;
+    assert_eq!(b.recv().await["Error"], "not room member");
+
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    b.enter(room).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    a.enter(room).await;
+    a.say("first").await;
+    assert_eq!(b.recv().await["Text"], "first");
+    b.enter(0).await;
+    a.say("second").await;
+    b.expect_silence(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn joins_and_invites_are_announced_to_the_room() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let room = app.create_room(&alice, "General", false).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    a.enter(room).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let join = a.recv().await;
+    assert_eq!((join["Type"].as_str(), &join["UID"], join["Text"].as_str()), (Some("join"), &json!(bob.uid), Some("")));
+    app.put("/invite", Some(&alice.token), json!({"RoomID": room, "UID": carol.uid})).await;
+    let invite = a.recv().await;
+    assert_eq!((invite["Type"].as_str(), &invite["UID"]), (Some("join"), &json!(carol.uid)));
+    assert!(invite["ID"].as_i64() > join["ID"].as_i64());
+}
+
+#[tokio::test]
+async fn a_sent_message_is_in_history_at_once() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "General", false).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    a.enter(room).await;
+    let (sent, _) = a.say("remember me").await;
+    let (status, history) = app.get(&format!("/messages/{room}"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(history[0]["ID"], sent["MessageID"]);
+    assert_eq!(history[0]["Text"], "remember me");
+    assert_eq!(history[0]["Type"], "message");
+}
+
+#[tokio::test]
+async fn resume_with_last_id_delivers_every_missed_message_once_then_live_ones() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    a.enter(room).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    b.enter(room).await;
+    let (seen, _) = a.say("before").await;
+    let last_seen = b.recv().await["ID"].as_i64().unwrap();
+    assert_eq!(json!(last_seen), seen["MessageID"]);
+    b.close().await;
+
+    // Alice goes on while Bob is away: more than one replay page.
+    let mut missed = Vec::new();
+    for i in 0..150 {
+        let (sent, _) = a.say(&format!("missed {i}")).await;
+        missed.push(sent["MessageID"].as_i64().unwrap());
+    }
+    // Bob comes back while Alice keeps sending.
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    b.send(json!({"Type": "enter", "RoomID": room, "LastID": last_seen})).await;
+    let mut sender = tokio::spawn(async move {
+        let mut live = Vec::new();
+        for i in 0..30 {
+            let (sent, _) = a.say(&format!("live {i}")).await;
+            live.push(sent["MessageID"].as_i64().unwrap());
+        }
+        live
+    });
+    assert_eq!(b.recv().await, json!({"Type": "enter", "RoomID": room}));
+    let live = (&mut sender).await.unwrap();
+    let expected: Vec<i64> = missed.iter().chain(&live).copied().collect();
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        received.push(b.recv().await["ID"].as_i64().unwrap());
+    }
+    assert_eq!(received.iter().collect::<HashSet<_>>().len(), received.len(), "no duplicates");
+    assert_eq!(received, expected, "every message once, in order");
+    b.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn clients_on_two_gateways_and_two_core_replicas_talk_and_ids_stay_unique() {
+    let shared = Shared::new().await;
+    let settings = Settings::default();
+    let (core_a, _stop_core_a) = spawn_core(&shared, &settings).await;
+    let (core_b, _stop_core_b) = spawn_core(&shared, &settings).await;
+    let (gateway_a, _stop_a) = spawn_gateway(&shared, &settings, core_a).await;
+    let (gateway_b, _stop_b) = spawn_gateway(&shared, &settings, core_b).await;
+    let _stop_archiver = spawn_archiver(&shared).await;
+    let app_a = TestApp::at(gateway_a.clone(), &shared);
+    let app_b = TestApp::at(gateway_b.clone(), &shared);
+    let alice = app_a.register("alice").await;
+    let bob = app_b.register("bob").await;
+    let room = app_a.create_room(&alice, "General", false).await;
+    app_b.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut a = Ws::connect(&gateway_a, &alice.token).await;
+    let mut b = Ws::connect(&gateway_b, &bob.token).await;
+    a.enter(room).await;
+    b.enter(room).await;
+
+    let mut ids = HashSet::new();
+    for i in 0..50 {
+        let (sent, _) = a.say(&format!("a{i}")).await;
+        assert!(ids.insert(sent["MessageID"].as_i64().unwrap()));
+        let (sent, _) = b.say(&format!("b{i}")).await;
+        assert!(ids.insert(sent["MessageID"].as_i64().unwrap()));
+    }
+    // Each side has read its own copies in `say`; the other side's arrive too.
+    let (mut from_b, mut from_a) = (HashSet::new(), HashSet::new());
+    while from_b.len() < 50 {
+        let frame = a.recv().await;
+        assert_eq!(frame["UID"], bob.uid);
+        from_b.insert(frame["ID"].as_i64().unwrap());
+    }
+    while from_a.len() < 50 {
+        let frame = b.recv().await;
+        assert_eq!(frame["UID"], alice.uid);
+        from_a.insert(frame["ID"].as_i64().unwrap());
+    }
+    assert_eq!(from_a.union(&from_b).copied().collect::<HashSet<_>>(), ids);
+    assert!(ids.iter().all(|id| *id < 1 << 53));
+}
+
+#[tokio::test]
+async fn hostile_frames_get_their_errors_and_others_are_still_served() {
+    let app = TestApp::spawn_with(Settings { send_per_second: 5, ..Settings::default() }).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    b.enter(room).await;
+
+    let error = |text: &str| json!({"Type": "error", "Error": text});
+    a.send(json!({"Type": "message", "Text": "too early"})).await;
+    assert_eq!(a.recv().await, error("not in room"));
+    for (raw, expected) in [
+        ("{not json", "invalid json"),
+        ("[1,2]", "invalid json"),
+        (r#"{"Type":"enter","RoomID":"one"}"#, "invalid json"),
+        (r#"{"Type":"dance"}"#, "invalid operation"),
+        (r#"{"Type":"enter","RoomID":-1}"#, "invalid room id"),
+        (r#"{"Type":"enter"}"#, "invalid room id"),
+        (r#"{"Type":"enter","RoomID":0}"#, "already in room"),
+    ] {
+        a.send_raw(WsMessage::text(raw)).await;
+        assert_eq!(a.recv().await, error(expected), "{raw}");
+    }
+    a.send_raw(WsMessage::binary(vec![1, 2, 3])).await;
+    assert_eq!(a.recv().await, error("invalid operation"));
+    a.enter(room).await;
+    a.send(json!({"Type": "enter", "RoomID": room})).await;
+    assert_eq!(a.recv().await, error("already in room"));
+    for (text, expected) in [("", "empty message"), ("  \n\t ", "empty message")] {
+        a.send(json!({"Type": "message", "Text": text, "Ref": "r"})).await;
+        assert_eq!(a.recv().await, json!({"Type": "error", "Error": expected, "Ref": "r"}));
+    }
+    a.send(json!({"Type": "message"})).await;
+    assert_eq!(a.recv().await, error("empty message"));
+    a.send(json!({"Type": "message", "Text": "é".repeat(2001)})).await;
+    assert_eq!(a.recv().await, error("message too long"));
+    a.send(json!({"Type": "message", "Text": "x", "Ref": "r".repeat(65)})).await;
+    assert_eq!(a.recv().await, error("invalid json"));
+    b.expect_silence(Duration::from_millis(200)).await;
+
+    // A flood past the send rate: some are refused, none is lost.
+    for i in 0..20 {
+        a.send(json!({"Type": "message", "Text": format!("flood {i}"), "Ref": i.to_string()})).await;
+    }
+    let mut sent = 0;
+    let mut refused = 0;
+    while sent + refused < 20 {
+        let frame = a.recv().await;
+        match frame["Type"].as_str() {
+            Some("sent") => sent += 1,
+            Some("error") => {
+                assert_eq!(frame["Error"], "too many messages");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(refused > 0 && sent >= 5, "sent {sent}, refused {refused}");
+    let mut delivered = 0;
+    while delivered < sent {
+        assert_eq!(b.recv().await["Type"], "message");
+        delivered += 1;
+    }
+
+    // A frame over 16 KiB closes that connection with 1009 ...
+    a.send_raw(WsMessage::text("x".repeat(17 * 1024))).await;
+    assert_eq!(a.close_code().await, Some(1009));
+    // ... and everyone else is still served.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (sent, _) = b.say("still here").await;
+    assert_eq!(sent["Type"], "sent");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_with_1008() {
+    let app = TestApp::spawn_with(Settings { ws_queue_frames: 8, ..Settings::default() }).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut slow = Ws::connect_with_small_buffer(&app.base, &bob.token).await;
+    slow.enter(room).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    a.enter(room).await;
+    // Big messages fill the socket buffers quickly; the slow client reads
+    // nothing meanwhile, while Alice reads everything.
+    let message = json!({"Type": "message", "Text": "y".repeat(2000)});
+    for _ in 0..30 {
+        for _ in 0..100 {
+            a.send(message.clone()).await;
+        }
+        let mut sent = 0;
+        while sent < 100 {
+            if a.recv().await["Type"] == "sent" {
+                sent += 1;
+            }
+        }
+    }
+    assert_eq!(slow.close_code().await, Some(1008));
+    // Alice, who kept up, is still connected.
+    a.say("still here").await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1001() {
+    let shared = Shared::new().await;
+    let settings = Settings::default();
+    let (core, _stop_core) = spawn_core(&shared, &settings).await;
+    let (gateway, stop_gateway) = spawn_gateway(&shared, &settings, core).await;
+    let app = TestApp::at(gateway.clone(), &shared);
+    let alice = app.register("alice").await;
+    let mut a = Ws::connect(&gateway, &alice.token).await;
+    drop(stop_gateway);
+    assert_eq!(a.close_code().await, Some(1001));
+}
