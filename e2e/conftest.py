@@ -24,13 +24,25 @@ def free_port() -> int:
 @dataclass
 class Stack:
     base: str
+    ws: str
     grpc: str
+    database: str
+    env: dict
+    log_dir: object
     processes: dict
 
+    def start(self, name: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "a")
+        binary = os.path.join(os.environ["BIN_DIR"], name)
+        self.processes[name] = subprocess.Popen([binary], env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
-def start(name: str, env: dict, log_dir) -> subprocess.Popen:
-    log = open(log_dir / f"{name}.log", "w")
-    return subprocess.Popen([os.path.join(os.environ["BIN_DIR"], name)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    def psql(self, sql: str) -> str:
+        return subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", self.database, "-tAc", sql],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +59,26 @@ def stack(tmp_path_factory):
         "GRPC_LISTEN_ADDR": f"127.0.0.1:{core_port}",
         "HTTP_LISTEN_ADDR": f"127.0.0.1:{gateway_port}",
         "CORE_GRPC_ADDR": f"http://127.0.0.1:{core_port}",
+        "KAFKA_TOPIC": f"e2e-{run_id}.messages",
+        "KAFKA_GROUP": f"e2e-{run_id}-archiver",
+        "NATS_SUBJECT_PREFIX": f"e2e-{run_id}",
+        "SEND_RATE_PER_SECOND": "100000",
+        "SEND_BURST": "100000",
         "LOG_FORMAT": "json",
     }
-    log_dir = tmp_path_factory.mktemp("logs")
-    processes = {"core-svc": start("core-svc", env, log_dir)}
-    processes["gateway"] = start("gateway", env, log_dir)
     base = f"http://127.0.0.1:{gateway_port}"
+    stack = Stack(
+        base=base,
+        ws=f"ws://127.0.0.1:{gateway_port}/ws",
+        grpc=f"127.0.0.1:{core_port}",
+        database=database,
+        env=env,
+        log_dir=tmp_path_factory.mktemp("logs"),
+        processes={},
+    )
+    for name in ("core-svc", "gateway", "archiver"):
+        stack.start(name)
+    log_dir = stack.log_dir
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -64,12 +90,12 @@ def stack(tmp_path_factory):
             pytest.fail(f"the stack did not become ready; logs in {log_dir}")
         time.sleep(0.2)
     try:
-        yield Stack(base=base, grpc=f"127.0.0.1:{core_port}", processes=processes)
+        yield stack
     finally:
         # A graceful stop on SIGTERM exits 0.
         codes = {}
-        for name in ("gateway", "core-svc"):
-            process = processes[name]
+        for name in ("gateway", "archiver", "core-svc"):
+            process = stack.processes[name]
             process.send_signal(signal.SIGTERM)
             try:
                 codes[name] = process.wait(timeout=15)
@@ -77,4 +103,4 @@ def stack(tmp_path_factory):
                 process.kill()
                 codes[name] = "killed after 15 s"
         subprocess.run([*PSQL, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'], check=False)
-        assert codes == {"gateway": 0, "core-svc": 0}, f"unclean shutdown {codes}; logs in {log_dir}"
+        assert codes == {"gateway": 0, "archiver": 0, "core-svc": 0}, f"unclean shutdown {codes}; logs in {log_dir}"

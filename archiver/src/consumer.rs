@@ -44,6 +44,10 @@ impl Archiver {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
+            // Static membership: a restarted archiver takes its old place in
+            // the group at once instead of waiting for the dead member to be
+            // expelled, which some brokers are slow to do.
+            .set("group.instance.id", &config.kafka_instance_id)
             .create()
             .context("creating the Kafka consumer (KAFKA_BROKERS)")?;
         consumer.subscribe(&[&config.kafka_topic]).context("subscribing to the message topic")?;
@@ -68,7 +72,11 @@ impl Archiver {
             if !self.store(&batch, &mut shutdown).await {
                 break;
             }
-            self.commit(batch.next_offsets).await?;
+            // A failed commit only means these messages are read (and
+            // harmlessly skipped) again after the next rebalance.
+            if let Err(error) = self.commit(batch.next_offsets).await {
+                tracing::warn!(error = format!("{error:#}"), "cannot commit offsets");
+            }
         }
         tracing::info!("archiver stopped");
         Ok(())
@@ -76,12 +84,26 @@ impl Archiver {
 
     async fn next_batch(&self) -> anyhow::Result<Batch> {
         let mut batch = Batch::default();
-        let first = self.consumer.recv().await.context("reading the message log")?;
+        let first = loop {
+            match self.consumer.recv().await {
+                Ok(first) => break first,
+                // The topic may not exist yet, or the broker may be away:
+                // neither is a reason to stop.
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the message log; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
         let deadline = Instant::now() + self.batch_wait;
         batch.add(&first)?;
         while batch.len() < self.batch_size {
             match timeout(deadline.saturating_duration_since(Instant::now()), self.consumer.recv()).await {
-                Ok(message) => batch.add(&message.context("reading the message log")?)?,
+                Ok(Ok(message)) => batch.add(&message)?,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot read the message log");
+                    break;
+                }
                 Err(_) => break,
             }
         }

@@ -110,6 +110,7 @@ pub async fn spawn_archiver(shared: &Shared) -> oneshot::Sender<()> {
         kafka_brokers: testkit::kafka_brokers(),
         kafka_topic: shared.topic.clone(),
         kafka_group: format!("{}-archiver", shared.nats_prefix),
+        kafka_instance_id: "archiver-0".into(),
         batch_size: 500,
         batch_wait_ms: 10,
     })
