@@ -102,11 +102,6 @@ impl Hub {
         Ok(feed)
     }
 
-    /// How many rooms this gateway is subscribed to.
-    pub fn rooms(&self) -> usize {
-        self.feeds.lock().expect("lock poisoned").len()
-    }
-
     pub fn nats_connected(&self) -> bool {
         self.nats.connection_state() == async_nats::connection::State::Connected
     }

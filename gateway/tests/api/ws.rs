@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::helpers::{Settings, Shared, TestApp, Ws, spawn_archiver, spawn_core, spawn_gateway};
+use crate::helpers::{Settings, Shared, TestApp, User, Ws, spawn_archiver, spawn_core, spawn_gateway};
 
 #[tokio::test]
 async fn a_missing_or_bad_token_is_refused_with_401_before_the_upgrade() {
@@ -39,8 +39,17 @@ async fn the_authorization_header_works_too() {
     assert_eq!(first.into_text().unwrap().as_str(), r#"{"Type":"enter","RoomID":0}"#);
 }
 
-#[tokio::test]
-async fn two_members_exchange_messages() {
+/// Alice created a public room, Bob joined it, and both are in it over WebSockets.
+struct TwoInARoom {
+    app: TestApp,
+    alice: User,
+    bob: User,
+    room: i64,
+    a: Ws,
+    b: Ws,
+}
+
+async fn two_in_a_room() -> TwoInARoom {
     let app = TestApp::spawn().await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
@@ -50,6 +59,12 @@ async fn two_members_exchange_messages() {
     let mut b = Ws::connect(&app.base, &bob.token).await;
     a.enter(room).await;
     b.enter(room).await;
+    TwoInARoom { app, alice, bob, room, a, b }
+}
+
+#[tokio::test]
+async fn two_members_exchange_messages() {
+    let TwoInARoom { alice, room, mut a, mut b, .. } = two_in_a_room().await;
 
     a.send(json!({"Type": "message", "Text": "hello bob", "Ref": "m-1"})).await;
     let mut frames = vec![a.recv().await, a.recv().await];
@@ -128,15 +143,7 @@ async fn a_sent_message_is_in_history_at_once() {
 
 #[tokio::test]
 async fn resume_with_last_id_delivers_every_missed_message_once_then_live_ones() {
-    let app = TestApp::spawn().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let room = app.create_room(&alice, "General", false).await;
-    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
-    let mut a = Ws::connect(&app.base, &alice.token).await;
-    a.enter(room).await;
-    let mut b = Ws::connect(&app.base, &bob.token).await;
-    b.enter(room).await;
+    let TwoInARoom { app, bob, room, mut a, mut b, .. } = two_in_a_room().await;
     let (seen, _) = a.say("before").await;
     let last_seen = b.recv().await["ID"].as_i64().unwrap();
     assert_eq!(json!(last_seen), seen["MessageID"]);

@@ -1,0 +1,341 @@
+//! The load generator: fixed scenarios against a running stack, printing
+//! throughput, latency percentiles and the gateway's memory. Run through
+//! `scripts/bench`, which starts the stack for it.
+//!
+//! - `fanout`: sockets in rooms, senders spread evenly over time; every
+//!   delivery's send→receive latency is recorded.
+//! - `idle`: many open sockets doing nothing; the gateway's RSS per socket.
+//! - `ramp`: fanout at rising rates until p99 passes 100 ms.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::{SinkExt, StreamExt, stream::SplitSink};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::{net::TcpStream, sync::Mutex};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, protocol::WebSocketConfig},
+};
+
+#[derive(Parser)]
+struct Args {
+    /// The gateway's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// The gateway's process id, to read its memory.
+    #[arg(long)]
+    gateway_pid: u32,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    Fanout {
+        /// Messages sent per second, in total.
+        #[arg(long)]
+        rate: u32,
+        #[arg(long, default_value_t = 20)]
+        rooms: usize,
+        #[arg(long, default_value_t = 100)]
+        per_room: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    Idle {
+        #[arg(long, default_value_t = 18_000)]
+        sockets: usize,
+    },
+    Ramp {
+        #[arg(long, default_value_t = 20)]
+        rooms: usize,
+        #[arg(long, default_value_t = 100)]
+        per_room: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let gateway = Gateway { base: args.gateway.clone(), pid: args.gateway_pid, http: reqwest::Client::new() };
+    match args.scenario {
+        Scenario::Fanout { rate, rooms, per_room, seconds } => {
+            let setup = gateway.fanout_setup(rooms, per_room).await?;
+            let result = setup.run(rate, Duration::from_secs(seconds)).await;
+            result.print(&gateway);
+        }
+        Scenario::Ramp { rooms, per_room, seconds } => {
+            let setup = gateway.fanout_setup(rooms, per_room).await?;
+            let mut best: Option<RunResult> = None;
+            for rate in [300, 600, 1000, 1500, 2000, 3000, 4000, 5000, 6000] {
+                let result = setup.run(rate, Duration::from_secs(seconds)).await;
+                result.print(&gateway);
+                if result.p99_ms() > 100.0 || result.delivered < result.expected * 95 / 100 {
+                    break;
+                }
+                best = Some(result);
+            }
+            match best {
+                Some(best) => println!(
+                    "ramp: highest sustained with p99 <= 100 ms: {:.0} deliveries/s ({} sends/s)",
+                    best.deliveries_per_sec(),
+                    best.rate
+                ),
+                None => println!("ramp: p99 was above 100 ms already at the lowest rate"),
+            }
+        }
+        Scenario::Idle { sockets } => gateway.idle(sockets).await?,
+    }
+    Ok(())
+}
+
+struct Gateway {
+    base: String,
+    pid: u32,
+    http: reqwest::Client,
+}
+
+impl Gateway {
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+                line.split_whitespace().nth(1)?.parse().ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Registers (or logs in) a user; its token.
+    async fn user(&self, name: &str) -> anyhow::Result<String> {
+        let email = format!("{name}@bench.example.com");
+        self.http
+            .post(format!("{}/register", self.base))
+            .json(&json!({"Username": name, "Email": email, "Password": "bench-password"}))
+            .send()
+            .await?;
+        let login: Value = self
+            .http
+            .put(format!("{}/login", self.base))
+            .json(&json!({"Email": email, "Password": "bench-password"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(login["token"].as_str().with_context(|| format!("login failed: {login}"))?.to_owned())
+    }
+
+    async fn users(&self, count: usize, tag: &str) -> anyhow::Result<Vec<String>> {
+        let runs = (0..count).map(|i| self.user_owned(format!("b{tag}{i}")));
+        futures::stream::iter(runs).buffered(16).collect::<Vec<_>>().await.into_iter().collect()
+    }
+
+    async fn user_owned(&self, name: String) -> anyhow::Result<String> {
+        self.user(&name).await
+    }
+
+    async fn connect(&self, token: &str) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+        let url = format!("{}/ws?token={token}", self.base.replacen("http", "ws", 1));
+        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+        ws.next().await.context("lobby frame")??;
+        Ok(ws)
+    }
+
+    async fn fanout_setup(&self, rooms: usize, per_room: usize) -> anyhow::Result<Fanout> {
+        let tag = std::process::id() % 100_000;
+        println!("setup: {per_room} users, {rooms} rooms, {} sockets", rooms * per_room);
+        let tokens = self.users(per_room, &tag.to_string()).await?;
+        let owner = &tokens[0];
+        let mut room_ids = Vec::new();
+        for r in 0..rooms {
+            let answer: Value = self
+                .http
+                .post(format!("{}/create-room", self.base))
+                .header("Authorization", owner)
+                .json(&json!({"Name": format!("bench-{tag}-{r}"), "IsPrivate": false}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let room = answer["RoomID"].as_i64().with_context(|| format!("create room: {answer}"))?;
+            for token in &tokens[1..] {
+                self.http
+                    .put(format!("{}/join", self.base))
+                    .header("Authorization", token)
+                    .json(&json!({"RoomID": room}))
+                    .send()
+                    .await?;
+            }
+            room_ids.push(room);
+        }
+        let received = Arc::new(AtomicU64::new(0));
+        let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let started = Instant::now();
+        let mut senders = Vec::new();
+        for &room in &room_ids {
+            let mut room_senders = Vec::new();
+            for token in &tokens {
+                let ws = self.connect(token).await?;
+                let (mut sink, mut stream) = ws.split();
+                sink.send(Message::text(json!({"Type": "enter", "RoomID": room}).to_string())).await?;
+                let received = received.clone();
+                let latencies = latencies.clone();
+                tokio::spawn(async move {
+                    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+                    let mut last_merge = Instant::now();
+                    while let Some(Ok(frame)) = stream.next().await {
+                        let Message::Text(text) = frame else { continue };
+                        // Cheaper than parsing JSON: the load generator shares the cores.
+                        if let Some(at) = text.find("\"Text\":\"t").map(|i| i + 9) {
+                            let end = text[at..].find('"').map_or(text.len(), |e| at + e);
+                            if let Ok(sent_us) = text[at..end].parse::<u64>() {
+                                let now_us = started.elapsed().as_micros() as u64;
+                                let _ = local.record(now_us.saturating_sub(sent_us).max(1));
+                                received.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        if last_merge.elapsed() > Duration::from_millis(500) {
+                            latencies.lock().await.add(&local).expect("same bounds");
+                            local.reset();
+                            last_merge = Instant::now();
+                        }
+                    }
+                    latencies.lock().await.add(&local).expect("same bounds");
+                });
+                room_senders.push(sink);
+            }
+            senders.push(Mutex::new(room_senders));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        println!("setup done: gateway RSS {} MiB", self.rss_kib() / 1024);
+        Ok(Fanout { senders, received, latencies, started, per_room })
+    }
+
+    async fn idle(&self, sockets: usize) -> anyhow::Result<()> {
+        let tokens = self.users(100, &format!("i{}", std::process::id() % 100_000)).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = self.rss_kib();
+        let opened = Instant::now();
+        let mut open = Vec::with_capacity(sockets);
+        for i in 0..sockets {
+            match self.connect(&tokens[i % tokens.len()]).await {
+                Ok(ws) => open.push(ws),
+                Err(error) => bail!("socket {i} failed: {error}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = self.rss_kib();
+        println!(
+            "idle: {} sockets open in {:.1}s; gateway RSS {} MiB before, {} MiB after: {:.1} KiB per socket",
+            open.len(),
+            opened.elapsed().as_secs_f64(),
+            before / 1024,
+            after / 1024,
+            (after.saturating_sub(before)) as f64 / open.len() as f64
+        );
+        Ok(())
+    }
+}
+
+struct Fanout {
+    /// Each room's sockets; a room's sending task holds its lock for a run.
+    senders: Vec<Mutex<Vec<Sink>>>,
+    received: Arc<AtomicU64>,
+    latencies: Arc<Mutex<Histogram<u64>>>,
+    started: Instant,
+    per_room: usize,
+}
+
+struct RunResult {
+    rate: u32,
+    sent: u64,
+    expected: u64,
+    delivered: u64,
+    elapsed: Duration,
+    latencies: Histogram<u64>,
+}
+
+impl Fanout {
+    /// Sends `rate` messages per second in total for `duration`, each room's
+    /// sender on its own phase so that sends are spread evenly in time.
+    async fn run(&self, rate: u32, duration: Duration) -> RunResult {
+        self.latencies.lock().await.reset();
+        let rooms = self.senders.len();
+        let per_room_rate = rate as f64 / rooms as f64;
+        let period = Duration::from_secs_f64(1.0 / per_room_rate);
+        let count_before = self.received.load(Ordering::Relaxed);
+        let begin = tokio::time::Instant::now();
+        let sends = self.senders.iter().enumerate().map(|(r, room)| {
+            let offset = period.mul_f64(r as f64 / rooms as f64);
+            async move {
+                let mut room = room.lock().await;
+                let mut tick = tokio::time::interval_at(begin + offset, period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let mut sent = 0u64;
+                let mut turn = 0usize;
+                while begin.elapsed() < duration {
+                    tick.tick().await;
+                    // Each room's sockets take turns to send.
+                    let members = room.len();
+                    let sink = &mut room[turn % members];
+                    turn += 1;
+                    let now_us = self.started.elapsed().as_micros();
+                    let frame = json!({"Type": "message", "Text": format!("t{now_us}")}).to_string();
+                    if sink.send(Message::text(frame)).await.is_ok() {
+                        sent += 1;
+                    }
+                }
+                sent
+            }
+        });
+        let sent: u64 = futures::future::join_all(sends).await.into_iter().sum();
+        let elapsed = begin.elapsed();
+        // Let the last deliveries arrive.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let delivered = self.received.load(Ordering::Relaxed) - count_before;
+        let latencies = self.latencies.lock().await.clone();
+        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies }
+    }
+}
+
+impl RunResult {
+    fn p99_ms(&self) -> f64 {
+        self.latencies.value_at_quantile(0.99) as f64 / 1000.0
+    }
+
+    fn deliveries_per_sec(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&self, gateway: &Gateway) {
+        let q = |q: f64| self.latencies.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "fanout {} sends/s: sent {} in {:.1}s, delivered {}/{} ({:.0} deliveries/s); latency ms p50 {:.1} p99 {:.1} p999 {:.1} max {:.1}; gateway RSS {} MiB",
+            self.rate,
+            self.sent,
+            self.elapsed.as_secs_f64(),
+            self.delivered,
+            self.expected,
+            self.deliveries_per_sec(),
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            self.latencies.max() as f64 / 1000.0,
+            gateway.rss_kib() / 1024
+        );
+    }
+}
