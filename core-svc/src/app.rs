@@ -8,7 +8,15 @@ use chat_proto::v1::{
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{service::interceptor::InterceptedService, transport::Server};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    codegen::http::{HeaderName, Method},
+    service::interceptor::InterceptedService,
+    transport::Server,
+};
+use tonic_web::GrpcWebLayer;
+use tower::layer::util::{Identity, Stack};
+use tower_http::cors::CorsLayer;
 
 use crate::{
     auth::Authenticator,
@@ -17,7 +25,7 @@ use crate::{
     events::{Events, KafkaSettings},
     health,
     ids::NodeLease,
-    messages::Messages,
+    messages::{Feeds, Messages, SendLimit},
     rooms::Rooms,
     token::TokenKeys,
     users::{LoginLimit, Users},
@@ -28,11 +36,22 @@ use crate::{
 /// port that was given.
 pub struct Application {
     listener: TcpListener,
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<Layers>,
     db: PgPool,
     events: Arc<Events>,
     node: i32,
+    /// Ends the live streams, which would otherwise hold shutdown up forever.
+    streams_shutdown: CancellationToken,
 }
+
+/// What every call passes through before its service: CORS, then the
+/// grpc-web translation.
+type Layers = Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>;
+
+/// What a browser's grpc-web call sends and may read back.
+const GRPC_WEB_REQUEST_HEADERS: [&str; 5] =
+    ["authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"];
+const GRPC_WEB_RESPONSE_HEADERS: [&str; 4] = ["grpc-status", "grpc-message", "grpc-status-details-bin", "retry-after"];
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
@@ -53,6 +72,8 @@ impl Application {
         let ids = Arc::new(ids);
         tokio::spawn(lease.renew_forever(ids.clone()));
         let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (NATS_URL)")?;
+        let feeds =
+            Arc::new(Feeds::new(nats.clone(), config.nats_subject_prefix.clone(), config.subscribe_queue_messages));
         let kafka = KafkaSettings {
             brokers: &config.kafka_brokers,
             topic: &config.kafka_topic,
@@ -61,12 +82,16 @@ impl Application {
         let events = Arc::new(Events::connect(kafka, ids, cache.clone(), nats, &config.nats_subject_prefix).await?);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        tokio::spawn(health::probe_forever(health_reporter, db.clone(), cache.clone()));
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("building the reflection service")?;
+        tokio::spawn(health::probe_forever(health_reporter, db.clone(), cache.clone(), events.clone()));
+        // Both versions of reflection: grpcurl and newer tools ask for v1,
+        // many existing clients still only know v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1().context("building the reflection service")?;
+        let reflection_v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
 
         let users = Users::new(
             db.clone(),
@@ -80,37 +105,57 @@ impl Application {
         )
         .await?;
         let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone()));
+        let streams_shutdown = CancellationToken::new();
         let messages = Messages::new(
             db.clone(),
             cache,
             rooms.clone(),
             events.clone(),
-            config.send_rate_per_second,
-            config.send_burst,
+            feeds,
+            SendLimit { per_second: config.send_rate_per_second, burst: config.send_burst },
+            streams_shutdown.clone(),
         );
         let auth = Authenticator::new(TokenKeys::new(&secret));
 
+        let cors = CorsLayer::new()
+            .allow_origin(config.allowed_origins()?)
+            .allow_methods([Method::POST])
+            .allow_headers(GRPC_WEB_REQUEST_HEADERS.map(HeaderName::from_static))
+            .expose_headers(GRPC_WEB_RESPONSE_HEADERS.map(HeaderName::from_static))
+            .max_age(Duration::from_secs(24 * 3600));
+
+        // grpc-web arrives over HTTP/1.1 as well as HTTP/2, on the same port.
         let router = Server::builder()
+            .accept_http1(true)
             .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
+            .layer(cors)
+            .layer(GrpcWebLayer::new())
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(UserServiceServer::with_interceptor(users, auth.clone()))
             .add_service(InterceptedService::new(RoomServiceServer::from_arc(rooms), auth.clone()))
             .add_service(MessageServiceServer::with_interceptor(messages, auth));
 
         let listener =
             TcpListener::bind(config.listen_addr).await.with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self { listener, router, db, events, node })
+        Ok(Self { listener, router, db, events, node, streams_shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then finishes the calls in flight,
-    /// flushes the message log and gives back the id node.
+    /// Serves until `shutdown` resolves, then ends the live streams,
+    /// finishes the calls in flight, flushes the message log and gives back
+    /// the id node.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let incoming = TcpListenerStream::new(self.listener);
+        let streams_shutdown = self.streams_shutdown.clone();
+        let shutdown = async move {
+            shutdown.await;
+            streams_shutdown.cancel();
+        };
         self.router.serve_with_incoming_shutdown(incoming, shutdown).await?;
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || events.flush()).await?;

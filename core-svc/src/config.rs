@@ -1,6 +1,9 @@
 use std::{net::SocketAddr, num::NonZeroU32};
 
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use tonic::codegen::http::HeaderValue;
+use tower_http::cors::AllowOrigin;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Environment {
@@ -73,6 +76,17 @@ pub struct Config {
     #[arg(long, env = "SEND_BURST", default_value = "30")]
     pub send_burst: NonZeroU32,
 
+    /// How many live events a `Subscribe` stream may fall behind before it
+    /// is cut off.
+    #[arg(long, env = "SUBSCRIBE_QUEUE_MESSAGES", default_value_t = 1024)]
+    pub subscribe_queue_messages: usize,
+
+    /// Browser origins allowed to call the API through grpc-web,
+    /// comma-separated; `*` allows any. Unset: any in development, none in
+    /// production.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+
     #[arg(long, env = "APP_ENV", value_enum, default_value = "development")]
     pub environment: Environment,
 }
@@ -102,6 +116,26 @@ impl Config {
                 Ok(rand::random::<[u8; 32]>().to_vec())
             }
         }
+    }
+}
+
+impl Config {
+    /// Which browser origins may call the API (see `cors_allowed_origins`).
+    pub fn allowed_origins(&self) -> anyhow::Result<AllowOrigin> {
+        let origins: Vec<&str> = self.cors_allowed_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
+        if origins.contains(&"*") {
+            return Ok(AllowOrigin::any());
+        }
+        if origins.is_empty() && self.environment == Environment::Development {
+            return Ok(AllowOrigin::mirror_request());
+        }
+        let origins = origins
+            .into_iter()
+            .map(|origin| {
+                HeaderValue::from_str(origin).with_context(|| format!("CORS_ALLOWED_ORIGINS: bad origin {origin:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(AllowOrigin::list(origins))
     }
 }
 

@@ -107,7 +107,7 @@ mod tests {
             (Error::PermissionDenied("no"), Code::PermissionDenied),
             (Error::NotFound("no"), Code::NotFound),
             (Error::AlreadyExists("no"), Code::AlreadyExists),
-            (Error::RateLimited { retry_after_secs: 3 }, Code::ResourceExhausted),
+            (Error::RateLimited { retry_after_secs: 3, what: "slow down" }, Code::ResourceExhausted),
             (Error::Unavailable("down"), Code::Unavailable),
             (Error::Internal(anyhow::anyhow!("boom")), Code::Internal),
         ];
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn rate_limit_carries_retry_after() {
-        let status = Status::from(Error::RateLimited { retry_after_secs: 42 });
+        let status = Status::from(Error::RateLimited { retry_after_secs: 42, what: "slow down" });
         assert_eq!(status.metadata().get("retry-after").unwrap(), "42");
     }
 

@@ -17,6 +17,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
 };
+use service_kit::feeds::room_subject;
 
 use crate::{
     cache::Cache,
@@ -42,11 +43,6 @@ pub struct Events {
     cache: Arc<Cache>,
     nats: async_nats::Client,
     subject_prefix: String,
-}
-
-/// The NATS subject of a room's live events.
-pub fn room_subject(prefix: &str, room_id: i64) -> String {
-    format!("{prefix}.room.{room_id}")
 }
 
 impl Events {
@@ -94,6 +90,19 @@ impl Events {
             tracing::warn!(%error, room_id, id, "cannot publish a live event");
         }
         Ok(message)
+    }
+
+    /// Whether the message log answers, within `wait`.
+    pub async fn log_reachable(self: &Arc<Self>, wait: Duration) -> bool {
+        let events = self.clone();
+        // librdkafka's metadata call blocks its thread.
+        let probe =
+            tokio::task::spawn_blocking(move || events.producer.client().fetch_metadata(Some(&events.topic), wait));
+        matches!(probe.await, Ok(Ok(_)))
+    }
+
+    pub fn nats_connected(&self) -> bool {
+        self.nats.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Delivers what is queued for the message log; part of a clean stop.

@@ -1,15 +1,24 @@
-//! `chat.v1.MessageService`: sending and history.
+//! `chat.v1.MessageService`: sending, history and live room streams.
 
-use std::{num::NonZeroU32, sync::Arc};
+use std::{
+    collections::{HashSet, VecDeque},
+    num::NonZeroU32,
+    pin::Pin,
+    sync::Arc,
+};
 
 use chat_proto::v1::{
-    HistoryRequest, HistoryResponse, Message, MessageKind, SendRequest, SendResponse,
+    HistoryRequest, HistoryResponse, Message, MessageKind, SendRequest, SendResponse, SubscribeRequest,
     message_service_server::MessageService,
 };
 use chrono::{DateTime, Utc};
+use futures::Stream;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::Message as _;
+use service_kit::feeds::{Feed, Hub};
 use sqlx::PgPool;
+use tokio::sync::broadcast::{Receiver, error::RecvError};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -23,12 +32,25 @@ use crate::{
 
 pub const MAX_PAGE: u32 = 100;
 
+/// core-svc's room feeds, shared by every `Subscribe` stream. An event is
+/// shared between streams, not copied.
+pub type Feeds = Hub<Arc<Message>>;
+
 pub struct Messages {
-    db: PgPool,
-    cache: Arc<Cache>,
+    history: HistoryStore,
     rooms: Arc<Rooms>,
     events: Arc<Events>,
+    feeds: Arc<Feeds>,
     send_limit: DefaultKeyedRateLimiter<i64>,
+    /// Cancelled when the server starts to shut down; ends every stream.
+    shutdown: CancellationToken,
+}
+
+/// Where history is read from: the recent-history cache, then PostgreSQL.
+#[derive(Clone)]
+struct HistoryStore {
+    db: PgPool,
+    cache: Arc<Cache>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -54,20 +76,38 @@ impl From<MessageRow> for Message {
     }
 }
 
+/// How fast one user may send: `per_second` sustained, `burst` at once.
+pub struct SendLimit {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
 impl Messages {
-    /// `per_second` sends per user, with bursts up to `burst`.
     pub fn new(
         db: PgPool,
         cache: Arc<Cache>,
         rooms: Arc<Rooms>,
         events: Arc<Events>,
-        per_second: NonZeroU32,
-        burst: NonZeroU32,
+        feeds: Arc<Feeds>,
+        limit: SendLimit,
+        shutdown: CancellationToken,
     ) -> Self {
-        let send_limit = RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst));
-        Self { db, cache, rooms, events, send_limit }
+        let send_limit = RateLimiter::keyed(Quota::per_second(limit.per_second).allow_burst(limit.burst));
+        Self { history: HistoryStore { db, cache }, rooms, events, feeds, send_limit, shutdown }
     }
 
+    /// The caller's room, once it is known that they may read it.
+    async fn readable_room(&self, request_room_id: i64, uid: i64) -> Result<i64> {
+        let room_id = parse_id(request_room_id, "room").map_err(Error::invalid)?;
+        self.rooms.visible(room_id, Some(uid)).await?;
+        if !self.rooms.is_member(room_id, uid).await? {
+            return Err(Error::PermissionDenied("not room member"));
+        }
+        Ok(room_id)
+    }
+}
+
+impl HistoryStore {
     /// A page of history: the recent-history cache first, PostgreSQL for
     /// what the cache does not hold. The cache holds a contiguous run of
     /// each room's newest messages, so what it lacks is older than what it
@@ -136,8 +176,91 @@ impl Messages {
     }
 }
 
+/// One `Subscribe` call: the replay of what the caller missed, then the
+/// room's live events, skipping those the replay already gave.
+struct Subscription {
+    room_id: i64,
+    history: HistoryStore,
+    live: Receiver<Arc<Message>>,
+    _feed: Arc<Feed<Arc<Message>>>,
+    /// The id the replay has reached, while it lasts.
+    replay_after: Option<i64>,
+    replay_page: VecDeque<Message>,
+    replayed: HashSet<i64>,
+    shutdown: CancellationToken,
+    ended: bool,
+}
+
+type MessageStream = Pin<Box<dyn Stream<Item = Result<Message, Status>> + Send>>;
+
+impl Subscription {
+    fn into_stream(self) -> MessageStream {
+        Box::pin(futures::stream::unfold(self, |mut subscription| async move {
+            let item = subscription.next().await?;
+            Some((item, subscription))
+        }))
+    }
+
+    async fn next(&mut self) -> Option<Result<Message, Status>> {
+        if self.ended {
+            return None;
+        }
+        let item = self.step().await;
+        // A stream ends after its first error.
+        self.ended = item.is_err();
+        Some(item)
+    }
+
+    async fn step(&mut self) -> Result<Message, Status> {
+        loop {
+            if let Some(message) = self.replay_page.pop_front() {
+                return Ok(message);
+            }
+            if let Some(after) = self.replay_after {
+                self.next_replay_page(after).await?;
+                continue;
+            }
+            let event = if self.shutdown.is_cancelled() {
+                // What is already queued still goes out, then the stream ends.
+                self.live.try_recv().map_err(|_| shutting_down())?
+            } else {
+                tokio::select! {
+                    event = self.live.recv() => event.map_err(|error| match error {
+                        RecvError::Lagged(_) => Status::resource_exhausted(
+                            "the stream fell too far behind; subscribe again with after_id",
+                        ),
+                        RecvError::Closed => Status::unavailable("the room feed ended; subscribe again with after_id"),
+                    })?,
+                    () = self.shutdown.cancelled() => continue,
+                }
+            };
+            if !self.replayed.remove(&event.id) {
+                return Ok(Message::clone(&event));
+            }
+        }
+    }
+
+    async fn next_replay_page(&mut self, after: i64) -> Result<(), Status> {
+        let request = HistoryRequest { room_id: self.room_id, last_id: 0, limit: MAX_PAGE, after_id: Some(after) };
+        let page = self.history.page(self.room_id, &request).await?;
+        self.replay_after = match page.last() {
+            Some(last) if page.len() == MAX_PAGE as usize => Some(last.id),
+            _ => None,
+        };
+        self.replayed.extend(page.iter().map(|message| message.id));
+        self.replay_page.extend(page);
+        Ok(())
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down; subscribe again with after_id")
+}
+
 #[tonic::async_trait]
 impl MessageService for Messages {
+    type SubscribeStream = MessageStream;
+
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let uid = auth::required(&request)?;
         let SendRequest { room_id, text } = request.into_inner();
@@ -155,12 +278,35 @@ impl MessageService for Messages {
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
         let uid = auth::required(&request)?;
-        let room_id = parse_id(request.get_ref().room_id, "room").map_err(Error::invalid)?;
-        self.rooms.visible(room_id, Some(uid)).await?;
-        if !self.rooms.is_member(room_id, uid).await? {
-            return Err(Error::PermissionDenied("not room member").into());
-        }
-        let messages = self.page(room_id, request.get_ref()).await?;
+        let room_id = self.readable_room(request.get_ref().room_id, uid).await?;
+        let messages = self.history.page(room_id, request.get_ref()).await?;
         Ok(Response::new(HistoryResponse { messages }))
+    }
+
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let uid = auth::required(&request)?;
+        let SubscribeRequest { room_id, after_id } = request.into_inner();
+        if after_id.is_some_and(|id| id < 0) {
+            return Err(Error::invalid("invalid after id").into());
+        }
+        let room_id = self.readable_room(room_id, uid).await?;
+        // Subscribed before the replay is read, so nothing falls between them.
+        let feed = self.feeds.feed(room_id).await.map_err(|error| {
+            tracing::warn!(%error, room_id, "cannot subscribe to a room feed");
+            Error::Unavailable("temporarily unavailable")
+        })?;
+        let subscription = Subscription {
+            room_id,
+            history: self.history.clone(),
+            live: feed.subscribe(),
+            _feed: feed,
+            replay_after: after_id,
+            replay_page: VecDeque::new(),
+            replayed: HashSet::new(),
+            shutdown: self.shutdown.clone(),
+            ended: false,
+        };
+        tracing::debug!(uid, room_id, "stream opened");
+        Ok(Response::new(subscription.into_stream()))
     }
 }

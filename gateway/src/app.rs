@@ -16,7 +16,7 @@ use crate::{
     extract::{BODY_LIMIT, TrustForwardedFor},
     login_limit::LoginLimit,
     routes::{self, AppState},
-    ws::{Sockets, hub::Hub},
+    ws::{Hub, Sockets},
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

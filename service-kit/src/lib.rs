@@ -2,6 +2,9 @@
 //!
 //! - [`logging`]: structured `tracing` output, one line per event.
 //! - [`shutdown`]: the signal that starts a graceful shutdown.
+//! - [`feeds`]: live room feeds from NATS, shared by a process's listeners
+//!   (the gateway's sockets, core-svc's gRPC streams).
 
+pub mod feeds;
 pub mod logging;
 pub mod shutdown;

@@ -5,6 +5,7 @@ use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc, time::Durat
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, close_code};
 use chat_proto::v1::{CheckMembershipRequest, HistoryRequest, SendRequest, SendResponse};
+use service_kit::feeds::Feed;
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     time::{Instant, MissedTickBehavior, interval, timeout},
@@ -13,8 +14,7 @@ use tonic::Code;
 
 use super::{
     Sockets,
-    frames::{ClientFrame, ServerFrame},
-    hub::{Feed, Frame},
+    frames::{ClientFrame, Frame, ServerFrame},
 };
 use crate::{core_client::CoreClient, extract::Token, routes::rfc3339, ws::frames::MessageText};
 
@@ -37,7 +37,7 @@ struct InRoom {
     frames: Receiver<Frame>,
     /// Ids sent while catching up, so the live copies of them are skipped.
     replayed: HashSet<i64>,
-    _feed: Arc<Feed>,
+    _feed: Arc<Feed<Frame>>,
 }
 
 /// Why the loop ended, and what close frame (if any) to send.
@@ -174,10 +174,10 @@ impl Connection {
         self.room = None;
         write(socket, ServerFrame::Enter { room_id, reference }.to_json()).await?;
         let mut room = InRoom { id: room_id, frames, replayed: HashSet::new(), _feed: feed };
-        if let Some(last_id) = frame.lastid {
-            if let Err(status) = self.replay(socket, &mut room, last_id).await? {
-                return error(socket, status_text(&status), reference).await;
-            }
+        if let Some(last_id) = frame.lastid
+            && let Err(status) = self.replay(socket, &mut room, last_id).await?
+        {
+            return error(socket, status_text(&status), reference).await;
         }
         self.room = Some(room);
         Ok(())
@@ -200,7 +200,7 @@ impl Connection {
             for message in page {
                 after = after.max(message.id);
                 room.replayed.insert(message.id);
-                send(socket, WsMessage::Text(Frame::new(message).json)).await?;
+                send(socket, WsMessage::Text(Frame::from(message).json)).await?;
             }
             if !full {
                 return Ok(Ok(()));

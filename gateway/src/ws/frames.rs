@@ -1,8 +1,10 @@
 //! The frames of the WebSocket protocol (API.md, "WebSocket").
 
+use axum::extract::ws::Utf8Bytes;
+use chat_proto::v1::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::extract::parse_case_insensitive;
+use crate::{extract::parse_case_insensitive, routes::MessageBody};
 
 /// The longest `Ref` a client may attach to a frame.
 pub const MAX_REF: usize = 64;
@@ -49,7 +51,23 @@ impl MessageText {
     }
 }
 
-/// A frame from the server (other than room messages, which the hub makes).
+/// A room's message or join event, serialised once and written as it is to
+/// every socket in the room.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub id: i64,
+    pub json: Utf8Bytes,
+}
+
+impl From<Message> for Frame {
+    fn from(message: Message) -> Self {
+        let id = message.id;
+        let json = serde_json::to_string(&MessageBody::from(message)).expect("a message serialises");
+        Self { id, json: json.into() }
+    }
+}
+
+/// A frame from the server, other than a room's events ([`Frame`]).
 #[derive(Debug, Serialize)]
 #[serde(tag = "Type", rename_all = "lowercase")]
 pub enum ServerFrame<'a> {

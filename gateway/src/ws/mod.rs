@@ -1,10 +1,9 @@
 //! The WebSocket protocol at `/ws`: authentication before the upgrade, then
 //! one task per connection ([`connection`]) fed by this gateway's room feeds
-//! ([`hub`]).
+//! ([`Hub`]).
 
 pub mod connection;
 pub mod frames;
-pub mod hub;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -24,11 +23,15 @@ pub const MAX_FRAME: usize = 16 * 1024;
 /// memory of an idle connection.
 const READ_BUFFER: usize = 4 * 1024;
 
+/// This gateway's room feeds: one NATS subscription per room with sockets
+/// in it, each event serialised once.
+pub type Hub = service_kit::feeds::Hub<frames::Frame>;
+
 /// What every connection shares: the room feeds, and the signal and the
 /// tracker that let shutdown close every socket and wait for it.
 #[derive(Clone)]
 pub struct Sockets {
-    pub hub: Arc<hub::Hub>,
+    pub hub: Arc<Hub>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }

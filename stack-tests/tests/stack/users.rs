@@ -3,7 +3,7 @@ use core_svc::token::TokenKeys;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{JWT_SECRET, Settings, TestApp, assert_error};
+use stack_tests::{JWT_SECRET, Settings, TestApp, assert_error};
 
 #[tokio::test]
 async fn register_answers_201_with_the_new_uid() {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{TestApp, Ws, assert_error};
+use stack_tests::{TestApp, Ws, assert_error};
 
 #[tokio::test]
 async fn three_hundred_messages_page_back_each_exactly_once_newest_first() {

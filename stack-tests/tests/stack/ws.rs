@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::helpers::{Settings, Shared, TestApp, User, Ws, spawn_archiver, spawn_core, spawn_gateway};
+use stack_tests::{Settings, Shared, TestApp, User, Ws, spawn_archiver, spawn_core, spawn_gateway};
 
 #[tokio::test]
 async fn a_missing_or_bad_token_is_refused_with_401_before_the_upgrade() {
@@ -67,7 +67,7 @@ async fn two_members_exchange_messages() {
     let TwoInARoom { alice, room, mut a, mut b, .. } = two_in_a_room().await;
 
     a.send(json!({"Type": "message", "Text": "hello bob", "Ref": "m-1"})).await;
-    let mut frames = vec![a.recv().await, a.recv().await];
+    let mut frames = [a.recv().await, a.recv().await];
     frames.sort_by_key(|f| f["Type"].as_str().unwrap().to_owned());
     let (message, sent) = (&frames[0], &frames[1]);
     assert_eq!(sent["Type"], "sent");
@@ -187,8 +187,8 @@ async fn clients_on_two_gateways_and_two_core_replicas_talk_and_ids_stay_unique(
     let (gateway_a, _stop_a) = spawn_gateway(&shared, &settings, core_a).await;
     let (gateway_b, _stop_b) = spawn_gateway(&shared, &settings, core_b).await;
     let _stop_archiver = spawn_archiver(&shared).await;
-    let app_a = TestApp::at(gateway_a.clone(), &shared);
-    let app_b = TestApp::at(gateway_b.clone(), &shared);
+    let app_a = TestApp::at(gateway_a.clone(), core_a, &shared);
+    let app_b = TestApp::at(gateway_b.clone(), core_b, &shared);
     let alice = app_a.register("alice").await;
     let bob = app_b.register("bob").await;
     let room = app_a.create_room(&alice, "General", false).await;
@@ -333,7 +333,7 @@ async fn shutdown_closes_sockets_with_1001() {
     let settings = Settings::default();
     let (core, _stop_core) = spawn_core(&shared, &settings).await;
     let (gateway, stop_gateway) = spawn_gateway(&shared, &settings, core).await;
-    let app = TestApp::at(gateway.clone(), &shared);
+    let app = TestApp::at(gateway.clone(), core, &shared);
     let alice = app.register("alice").await;
     let mut a = Ws::connect(&gateway, &alice.token).await;
     drop(stop_gateway);

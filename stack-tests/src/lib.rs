@@ -1,11 +1,24 @@
+//! The test harness: the stack's services started in this process on free
+//! ports, each test with its own database, key prefix, topic and subjects
+//! ([`Shared`]), and the clients a user or another service would use.
+//!
+//! - [`spawn_core`], [`spawn_gateway`], [`spawn_archiver`]: one service each.
+//! - [`TestApp`]: the whole stack, and a REST client of its gateway.
+//! - [`Ws`]: a WebSocket client of a gateway.
+//! - [`Grpc`]: gRPC clients of core-svc.
+
 use std::{collections::VecDeque, net::SocketAddr, num::NonZeroU32, time::Duration};
 
+use chat_proto::v1::{
+    LoginRequest, RegisterRequest, message_service_client::MessageServiceClient,
+    room_service_client::RoomServiceClient, user_service_client::UserServiceClient,
+};
 use futures::{SinkExt, StreamExt};
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tonic::transport::Channel;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 
@@ -37,6 +50,7 @@ pub struct Settings {
     pub login_max_failures: u32,
     pub send_per_second: u32,
     pub ws_queue_frames: usize,
+    pub subscribe_queue: usize,
 }
 
 impl Default for Settings {
@@ -47,6 +61,7 @@ impl Default for Settings {
             login_max_failures: 5,
             send_per_second: 10_000,
             ws_queue_frames: 512,
+            subscribe_queue: 512,
         }
     }
 }
@@ -70,6 +85,8 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         nats_subject_prefix: shared.nats_prefix.clone(),
         send_rate_per_second: NonZeroU32::new(settings.send_per_second).unwrap(),
         send_burst: NonZeroU32::new(settings.send_per_second).unwrap(),
+        subscribe_queue_messages: settings.subscribe_queue,
+        cors_allowed_origins: vec![],
         environment: core_svc::config::Environment::Development,
     })
     .await
@@ -127,6 +144,7 @@ pub async fn spawn_archiver(shared: &Shared) -> oneshot::Sender<()> {
 /// ports; they stop when this is dropped.
 pub struct TestApp {
     pub base: String,
+    pub core: SocketAddr,
     pub redis_prefix: String,
     client: reqwest::Client,
     _stop: Vec<oneshot::Sender<()>>,
@@ -151,15 +169,21 @@ impl TestApp {
         let stop_archiver = spawn_archiver(&shared).await;
         Self {
             base,
+            core,
             redis_prefix: shared.redis_prefix.clone(),
             client: reqwest::Client::new(),
             _stop: vec![stop_gateway, stop_archiver, stop_core],
         }
     }
 
-    /// A client of this app's gateway at `base` (another gateway, say).
-    pub fn at(base: String, shared: &Shared) -> Self {
-        Self { base, redis_prefix: shared.redis_prefix.clone(), client: reqwest::Client::new(), _stop: vec![] }
+    /// A client of the gateway at `base` (another gateway, say), in front of
+    /// the core-svc at `core`.
+    pub fn at(base: String, core: SocketAddr, shared: &Shared) -> Self {
+        Self { base, core, redis_prefix: shared.redis_prefix.clone(), client: reqwest::Client::new(), _stop: vec![] }
+    }
+
+    pub async fn grpc(&self) -> Grpc {
+        Grpc::connect(self.core).await
     }
 
     /// Sends a request with a raw body (as clients do, often without a
@@ -313,12 +337,12 @@ impl Ws {
         let mut sent: Option<Value> = None;
         let mut copies: Vec<Value> = Vec::new();
         loop {
-            if let Some(sent) = &sent {
-                if let Some(at) = copies.iter().position(|c| c["ID"] == sent["MessageID"]) {
-                    let copy = copies.remove(at);
-                    self.pending.extend(copies);
-                    return (sent.clone(), copy);
-                }
+            if let Some(sent) = &sent
+                && let Some(at) = copies.iter().position(|c| c["ID"] == sent["MessageID"])
+            {
+                let copy = copies.remove(at);
+                self.pending.extend(copies);
+                return (sent.clone(), copy);
             }
             let frame = self.read().await;
             match frame["Type"].as_str() {
@@ -351,4 +375,59 @@ impl Ws {
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
     }
+}
+
+/// gRPC clients of one core-svc, as another service would hold them.
+#[derive(Clone)]
+pub struct Grpc {
+    pub users: UserServiceClient<Channel>,
+    pub rooms: RoomServiceClient<Channel>,
+    pub messages: MessageServiceClient<Channel>,
+}
+
+impl Grpc {
+    pub async fn connect(core: SocketAddr) -> Self {
+        let channel =
+            Channel::from_shared(format!("http://{core}")).unwrap().connect().await.expect("core-svc answers");
+        Self {
+            users: UserServiceClient::new(channel.clone()),
+            rooms: RoomServiceClient::new(channel.clone()),
+            messages: MessageServiceClient::new(channel),
+        }
+    }
+
+    /// Registers `name` and logs in, over gRPC.
+    pub async fn register(&mut self, name: &str) -> User {
+        let email = format!("{name}@example.com");
+        let password = "password".to_owned();
+        let registered = self
+            .users
+            .register(RegisterRequest { username: name.into(), email: email.clone(), password: password.clone() })
+            .await
+            .expect("registered")
+            .into_inner();
+        let login = self.users.login(LoginRequest { email, password }).await.expect("logged in").into_inner();
+        assert_eq!(login.uid, registered.uid);
+        User { uid: login.uid, token: login.token }
+    }
+}
+
+/// A request that acts for `user`: `authorization: Bearer <token>`.
+pub fn authed<T>(user: &User, message: T) -> tonic::Request<T> {
+    bearer(&format!("Bearer {}", user.token), message)
+}
+
+/// A request with `authorization` set to exactly `value`.
+pub fn bearer<T>(value: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", value.parse().expect("ASCII metadata"));
+    request
+}
+
+/// Asserts a failed call: its code, and that its message contains `text`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, text: &str) {
+    let status = result.expect_err("the call fails");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(text), "{:?} does not contain {text:?}", status.message());
 }

@@ -5,7 +5,7 @@ use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Settings, TestApp};
+use stack_tests::{Settings, TestApp};
 
 #[tokio::test]
 async fn reads_are_cached_and_writes_are_visible_at_once() {

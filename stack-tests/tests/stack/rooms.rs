@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_error};
+use stack_tests::{TestApp, assert_error};
 
 #[tokio::test]
 async fn create_room_makes_the_creator_a_member() {

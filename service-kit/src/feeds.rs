@@ -1,58 +1,48 @@
-//! This gateway's live room feeds: one NATS subscription per room while at
-//! least one of its sockets is in the room. Each event is decoded and turned
-//! into its JSON frame once, here; every socket in the room then gets the
-//! same bytes from a bounded broadcast queue.
+//! Live room feeds: one NATS subscription per room while something in this
+//! process listens to the room. Each event is decoded and turned into `E`
+//! (a ready-to-write frame, say) once; every listener then gets a clone of it
+//! from a bounded broadcast queue, and one that falls too far behind learns
+//! so from [`broadcast::error::RecvError::Lagged`].
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, Weak},
 };
 
-use axum::extract::ws::Utf8Bytes;
 use chat_proto::v1::Message;
 use futures::StreamExt;
 use prost::Message as _;
 use tokio::{sync::broadcast, task::AbortHandle};
 
-use crate::routes::MessageBody;
-
-/// An event ready to be written to any socket.
-#[derive(Clone, Debug)]
-pub struct Frame {
-    pub id: i64,
-    pub json: Utf8Bytes,
+/// The NATS subject of a room's live events.
+pub fn room_subject(prefix: &str, room_id: i64) -> String {
+    format!("{prefix}.room.{room_id}")
 }
 
-impl Frame {
-    pub fn new(message: Message) -> Self {
-        let id = message.id;
-        let json = serde_json::to_string(&MessageBody::from(message)).expect("a message serialises");
-        Self { id, json: json.into() }
-    }
-}
+type Feeds<E> = Arc<Mutex<HashMap<i64, Weak<Feed<E>>>>>;
 
-pub struct Hub {
+pub struct Hub<E> {
     nats: async_nats::Client,
     subject_prefix: String,
-    queue_frames: usize,
-    feeds: Arc<Mutex<HashMap<i64, Weak<Feed>>>>,
+    queue: usize,
+    feeds: Feeds<E>,
 }
 
-/// A room's feed; it lives as long as some socket holds it.
-pub struct Feed {
+/// A room's feed; it lives as long as some listener holds it.
+pub struct Feed<E> {
     room_id: i64,
-    sender: broadcast::Sender<Frame>,
+    sender: broadcast::Sender<E>,
     task: AbortHandle,
-    feeds: Arc<Mutex<HashMap<i64, Weak<Feed>>>>,
+    feeds: Feeds<E>,
 }
 
-impl Feed {
-    pub fn subscribe(&self) -> broadcast::Receiver<Frame> {
+impl<E> Feed<E> {
+    pub fn subscribe(&self) -> broadcast::Receiver<E> {
         self.sender.subscribe()
     }
 }
 
-impl Drop for Feed {
+impl<E> Drop for Feed<E> {
     fn drop(&mut self) {
         // Ends the subscriber task, which unsubscribes from NATS.
         self.task.abort();
@@ -64,35 +54,36 @@ impl Drop for Feed {
     }
 }
 
-impl Hub {
-    pub fn new(nats: async_nats::Client, subject_prefix: String, queue_frames: usize) -> Self {
-        Self { nats, subject_prefix, queue_frames, feeds: Arc::default() }
+impl<E: From<Message> + Clone + Send + 'static> Hub<E> {
+    /// Room N's events come from `<subject_prefix>.room.N`; each listener
+    /// may fall `queue` events behind.
+    pub fn new(nats: async_nats::Client, subject_prefix: String, queue: usize) -> Self {
+        Self { nats, subject_prefix, queue, feeds: Arc::default() }
     }
 
     /// The room's feed, subscribed to NATS before this returns, so that
     /// every event published afterwards reaches it.
-    pub async fn feed(&self, room_id: i64) -> Result<Arc<Feed>, async_nats::Error> {
+    pub async fn feed(&self, room_id: i64) -> Result<Arc<Feed<E>>, async_nats::Error> {
         if let Some(feed) = self.feeds.lock().expect("lock poisoned").get(&room_id).and_then(Weak::upgrade) {
             return Ok(feed);
         }
-        let subject = format!("{}.room.{room_id}", self.subject_prefix);
-        let mut subscriber = self.nats.subscribe(subject).await?;
+        let mut subscriber = self.nats.subscribe(room_subject(&self.subject_prefix, room_id)).await?;
         // The server has the subscription once it answers a ping after it.
         self.nats.flush().await?;
-        let (sender, _) = broadcast::channel(self.queue_frames);
-        let to_sockets = sender.clone();
+        let (sender, _) = broadcast::channel(self.queue);
+        let to_listeners = sender.clone();
         let task = tokio::spawn(async move {
             while let Some(event) = subscriber.next().await {
                 match Message::decode(event.payload) {
-                    // No receivers only means every socket just left.
-                    Ok(message) => drop(to_sockets.send(Frame::new(message))),
+                    // No receivers only means every listener just left.
+                    Ok(message) => drop(to_listeners.send(E::from(message))),
                     Err(error) => tracing::error!(%error, room_id, "undecodable live event"),
                 }
             }
         })
         .abort_handle();
         let mut feeds = self.feeds.lock().expect("lock poisoned");
-        // Another socket may have created the feed while this one subscribed.
+        // Another listener may have created the feed while this one subscribed.
         if let Some(existing) = feeds.get(&room_id).and_then(Weak::upgrade) {
             task.abort();
             return Ok(existing);

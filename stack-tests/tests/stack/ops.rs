@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Settings, TestApp};
+use stack_tests::{Settings, TestApp};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_when_everything_is_up() {

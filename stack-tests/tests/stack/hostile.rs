@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_error};
+use stack_tests::{TestApp, assert_error};
 
 const BODY_ENDPOINTS: [(Method, &str); 6] = [
     (Method::POST, "/register"),

@@ -1,0 +1,44 @@
+//! The two ways in meet: a message sent over WebSocket arrives on a gRPC
+//! stream, and one sent over gRPC arrives on the WebSocket.
+
+use std::time::Duration;
+
+use chat_proto::v1::{SendRequest, SubscribeRequest};
+use serde_json::json;
+use stack_tests::{TestApp, Ws, authed};
+
+#[tokio::test]
+async fn websocket_and_grpc_clients_share_a_room() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut grpc = app.grpc().await;
+    let mut stream = grpc
+        .messages
+        .subscribe(authed(&bob, SubscribeRequest { room_id: room, after_id: None }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ws = Ws::connect(&app.base, &alice.token).await;
+    ws.enter(room).await;
+
+    let (sent, _) = ws.say("from the browser").await;
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        (json!(event.id), event.uid, event.text.as_str()),
+        (sent["MessageID"].clone(), alice.uid, "from the browser")
+    );
+
+    let request = authed(&bob, SendRequest { room_id: room, text: "from a service".into() });
+    let id = grpc.messages.send(request).await.unwrap().into_inner().message_id;
+    let frame = ws.recv().await;
+    assert_eq!(frame["Type"], "message");
+    assert_eq!(
+        (frame["ID"].as_i64(), frame["UID"].as_i64(), frame["Text"].as_str()),
+        (Some(id), Some(bob.uid), Some("from a service"))
+    );
+    let echoed = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echoed.id, id, "Bob's stream has his own message too");
+}

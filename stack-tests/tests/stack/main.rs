@@ -1,0 +1,17 @@
+//! The whole stack against the real PostgreSQL, Redis, NATS and Kafka, each
+//! test with its own freshly migrated database: the REST API, the WebSocket
+//! protocol and the gRPC API, one module per resource or protocol. One test
+//! binary, so the stack is linked once.
+
+mod cache;
+mod cross;
+mod grpc_messages;
+mod grpc_rooms;
+mod grpc_stream;
+mod grpc_users;
+mod hostile;
+mod messages;
+mod ops;
+mod rooms;
+mod users;
+mod ws;
