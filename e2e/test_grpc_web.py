@@ -77,7 +77,15 @@ def test_browser_on_another_origin_sends_and_receives_over_grpc_web(stack):
 def grpc_web_text_call(url: str, message: bytes, origin: str) -> tuple[requests.Response, list[tuple[int, bytes]]]:
     """One unary grpc-web-text call: returns the response and its frames."""
     body = base64.b64encode(b"\x00" + struct.pack(">I", len(message)) + message)
-    headers = {"content-type": "application/grpc-web-text", "x-grpc-web": "1", "origin": origin}
+    # The Accept header, not the Content-Type, asks for a base64 answer (as
+    # text-mode clients such as grpc-web's own do); without it tonic-web
+    # answers in binary.
+    headers = {
+        "content-type": "application/grpc-web-text",
+        "accept": "application/grpc-web-text",
+        "x-grpc-web": "1",
+        "origin": origin,
+    }
     r = requests.post(url, data=body, headers=headers, timeout=10)
     assert r.status_code == 200, (r.status_code, r.text)
     # The server may encode each frame separately, padding included, so the

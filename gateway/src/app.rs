@@ -31,6 +31,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        crate::metrics::init();
         // Starts even while NATS is down (the client keeps reconnecting and
         // /readyz says so), but gives it a moment to connect first.
         let nats = async_nats::ConnectOptions::new()

@@ -11,6 +11,7 @@
 //! - [`extract`]: what handlers take from a request: JSON bodies with
 //!   case-insensitive field names, the caller's token, the client's address.
 //! - [`login_limit`]: login attempts per client address.
+//! - [`metrics`]: `GET /metrics`, counters in the Prometheus text format.
 //! - [`error`]: the one error type and its JSON body.
 
 pub mod app;
@@ -19,6 +20,7 @@ pub mod core_client;
 pub mod error;
 pub mod extract;
 pub mod login_limit;
+pub mod metrics;
 pub mod routes;
 pub mod ws;
 

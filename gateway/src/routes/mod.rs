@@ -16,6 +16,7 @@ use crate::{
     error::ApiError,
     extract::TrustForwardedFor,
     login_limit::LoginLimit,
+    metrics,
     ws::{self, Sockets},
 };
 
@@ -69,6 +70,8 @@ pub fn router(state: AppState) -> Router {
     router
         .route("/openapi.json", get(move || async move { Json(api.as_ref().clone()) }))
         .route("/ws", get(ws::upgrade))
+        .route("/metrics", get(metrics::render))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response()

@@ -16,7 +16,13 @@ use super::{
     Sockets,
     frames::{ClientFrame, Frame, ServerFrame},
 };
-use crate::{core_client::CoreClient, extract::Token, routes::rfc3339, ws::frames::MessageText};
+use crate::{
+    core_client::CoreClient,
+    extract::Token,
+    metrics::{WS_CLOSED_BY_SERVER, WS_CONNECTIONS, WS_MESSAGES_SENT},
+    routes::rfc3339,
+    ws::frames::MessageText,
+};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
@@ -55,11 +61,15 @@ impl Connection {
 
     pub async fn run(mut self, mut socket: WebSocket) {
         tracing::debug!(uid = self.uid, "socket open");
+        let open = metrics::gauge!(WS_CONNECTIONS);
+        open.increment(1);
         let end = match self.serve(&mut socket).await {
             Ok(()) => End::Quietly,
             Err(end) => end,
         };
+        open.decrement(1);
         if let End::Close(code, reason) = end {
+            metrics::counter!(WS_CLOSED_BY_SERVER, "reason" => reason).increment(1);
             let close = CloseFrame { code, reason: reason.into() };
             let _ = timeout(WRITE_TIMEOUT, socket.send(WsMessage::Close(Some(close)))).await;
         }
@@ -230,6 +240,7 @@ impl Connection {
     async fn on_sent(&mut self, socket: &mut WebSocket, answer: SendAnswer, reference: Option<&str>) -> Step {
         match answer {
             Ok(sent) => {
+                metrics::counter!(WS_MESSAGES_SENT).increment(1);
                 let timestamp = rfc3339(sent.timestamp);
                 write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }.to_json()).await
             }

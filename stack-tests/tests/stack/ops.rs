@@ -91,3 +91,28 @@ async fn unknown_paths_and_methods_get_json_errors() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(body["Error"].is_string());
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_open_sockets() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    app.get(&format!("/profile/{}", alice.uid), None).await;
+    let ws = stack_tests::Ws::connect(&app.base, &alice.token).await;
+    let (status, body) = app.get("/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().expect("plain text");
+    // The route pattern, not the raw path: one series for every profile.
+    let profile = text
+        .lines()
+        .find(|line| line.starts_with("http_requests_total") && line.contains(r#"route="/profile/{UID}""#))
+        .unwrap_or_else(|| panic!("no profile requests counted in\n{text}"));
+    assert!(profile.contains(r#"status="200""#), "{profile}");
+    let open: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("ws_connections "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ws_connections in\n{text}"));
+    // Tests in this process share the recorder; this one's socket is open.
+    assert!(open >= 1.0, "{open}");
+    ws.close().await;
+}

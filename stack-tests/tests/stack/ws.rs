@@ -64,7 +64,7 @@ async fn two_in_a_room() -> TwoInARoom {
 
 #[tokio::test]
 async fn two_members_exchange_messages() {
-    let TwoInARoom { alice, room, mut a, mut b, .. } = two_in_a_room().await;
+    let TwoInARoom { app: _app, alice, room, mut a, mut b, .. } = two_in_a_room().await;
 
     a.send(json!({"Type": "message", "Text": "hello bob", "Ref": "m-1"})).await;
     let mut frames = [a.recv().await, a.recv().await];

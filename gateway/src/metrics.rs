@@ -1,0 +1,58 @@
+//! `GET /metrics`: the gateway's counters in the Prometheus text format.
+//! Requests are counted by route pattern (not by raw path, which would make
+//! one series per id), WebSocket connections by what happened to them.
+
+use std::{sync::OnceLock, time::Instant};
+
+use axum::{
+    extract::{MatchedPath, Request},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+/// Sockets open now.
+pub const WS_CONNECTIONS: &str = "ws_connections";
+/// Messages clients sent that were acknowledged with `sent`.
+pub const WS_MESSAGES_SENT: &str = "ws_messages_sent_total";
+/// Sockets closed by the server, by reason (`too slow`, `shutdown`, ...).
+pub const WS_CLOSED_BY_SERVER: &str = "ws_closed_by_server_total";
+
+const DURATION_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// The process-wide recorder; installed once, however many gateways a
+/// process (a test, say) runs.
+fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &DURATION_BUCKETS)
+            .expect("non-empty buckets")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+/// Installs the recorder, so that counting starts before the first request.
+pub fn init() {
+    handle();
+}
+
+pub async fn render() -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], handle().render())
+}
+
+/// Counts and times every request that matched a route.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(HTTP_DURATION, &labels[..2]).record(started.elapsed().as_secs_f64());
+    response
+}
