@@ -3,11 +3,11 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use chat_proto::v1::SendRequest;
 use reqwest::StatusCode;
 use serde_json::json;
+use stack_tests::{Settings, Shared, TestApp, User, Ws, authed, spawn_archiver, spawn_core, spawn_gateway};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-use stack_tests::{Settings, Shared, TestApp, User, Ws, spawn_archiver, spawn_core, spawn_gateway};
 
 #[tokio::test]
 async fn a_missing_or_bad_token_is_refused_with_401_before_the_upgrade() {
@@ -299,32 +299,34 @@ async fn hostile_frames_get_their_errors_and_others_are_still_served() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_with_1008() {
-    let app = TestApp::spawn_with(Settings { ws_queue_frames: 8, ..Settings::default() }).await;
+    let app = TestApp::spawn_with(Settings { ws_queue_frames: 32, ..Settings::default() }).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let room = app.create_room(&alice, "General", false).await;
     app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
     let mut slow = Ws::connect_with_small_buffer(&app.base, &bob.token).await;
     slow.enter(room).await;
-    let mut a = Ws::connect(&app.base, &alice.token).await;
-    a.enter(room).await;
-    // Big messages fill the socket buffers quickly; the slow client reads
-    // nothing meanwhile, while Alice reads everything.
-    let message = json!({"Type": "message", "Text": "y".repeat(2000)});
-    for _ in 0..30 {
-        for _ in 0..100 {
-            a.send(message.clone()).await;
+    let mut alice_ws = Ws::connect(&app.base, &alice.token).await;
+    alice_ws.enter(room).await;
+    const FLOOD: usize = 3000;
+    // Alice reads everything while Bob reads nothing.
+    let keeping_up = tokio::spawn(async move {
+        let mut received = 0;
+        while received < FLOOD {
+            assert_eq!(alice_ws.recv().await["Type"], "message");
+            received += 1;
         }
-        let mut sent = 0;
-        while sent < 100 {
-            if a.recv().await["Type"] == "sent" {
-                sent += 1;
-            }
-        }
+        alice_ws
+    });
+    // Sent by a service over gRPC, so the flood waits for nobody's socket.
+    let mut grpc = app.grpc().await;
+    let text = "y".repeat(2000);
+    for _ in 0..FLOOD {
+        grpc.messages.send(authed(&alice, SendRequest { room_id: room, text: text.clone() })).await.unwrap();
     }
     assert_eq!(slow.close_code().await, Some(1008));
-    // Alice, who kept up, is still connected.
-    a.say("still here").await;
+    let mut alice_ws = keeping_up.await.expect("Alice got every message");
+    alice_ws.say("still here").await;
 }
 
 #[tokio::test]
