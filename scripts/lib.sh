@@ -11,7 +11,8 @@ RUN_DIR="$ROOT/.run"
 
 TANSU_VERSION=0.6.0
 TANSU="$TOOLS/tansu-$TANSU_VERSION/bin/tansu"
-KAFKA_PORT=9092
+# The benchmarks run a broker of their own on another port.
+KAFKA_PORT="${KAFKA_PORT:-9092}"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -66,8 +67,8 @@ ensure_kafka() {
   nohup "$TANSU" broker \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine "$storage" >"$RUN_DIR/kafka.log" 2>&1 &
-  echo $! >"$RUN_DIR/kafka.pid"
+    --storage-engine "$storage" >"$RUN_DIR/kafka-$KAFKA_PORT.log" 2>&1 &
+  echo $! >"$RUN_DIR/kafka-$KAFKA_PORT.pid"
   wait_for_port "$KAFKA_PORT" "the Kafka broker"
 }
 

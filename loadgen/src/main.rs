@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Ramp { rooms, per_room, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;
             let mut best: Option<RunResult> = None;
-            for rate in [300, 600, 1000, 1500, 2000, 3000, 4000, 5000, 6000] {
+            for rate in [300, 450, 600, 750, 900, 1050, 1200, 1500, 2000, 3000] {
                 let result = setup.run(rate, Duration::from_secs(seconds)).await;
                 result.print(&gateway);
                 if result.p99_ms() > 100.0 || result.delivered < result.expected * 95 / 100 {

@@ -82,7 +82,9 @@ impl Connection {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.tick().await;
         let mut last_heard = Instant::now();
-        let shutdown = self.sockets.shutdown.clone();
+        // Made once: a fresh `cancelled()` per turn of the loop would register
+        // with the token (one lock shared by every socket) for each frame.
+        let mut shutdown = std::pin::pin!(self.sockets.shutdown.clone().cancelled_owned());
         // At most one send is in flight. Meanwhile the room's frames keep
         // flowing to the client, and its next frame waits in the socket.
         let mut sending: Option<Sending> = None;
@@ -116,7 +118,7 @@ impl Connection {
                     }
                     send(socket, WsMessage::Ping(Default::default())).await?;
                 }
-                () = shutdown.cancelled() => {
+                () = &mut shutdown => {
                     if let Some(Sending { future, reference }) = sending.take() {
                         self.on_sent(socket, future.await, reference.as_deref()).await?;
                     }
