@@ -72,6 +72,22 @@ ensure_kafka() {
   wait_for_port "$KAFKA_PORT" "the Kafka broker"
 }
 
+# A broker of one's own on $KAFKA_PORT, empty: for runs that must not share
+# the development broker's topics. `stop_kafka` ends it.
+fresh_kafka() {
+  stop_kafka
+  ensure_kafka
+}
+
+stop_kafka() {
+  local pid_file="$RUN_DIR/kafka-$KAFKA_PORT.pid"
+  if [ -f "$pid_file" ]; then
+    kill "$(cat "$pid_file")" 2>/dev/null || true
+    rm -f "$pid_file"
+    for _ in $(seq 1 50); do port_open "$KAFKA_PORT" || break; sleep 0.1; done
+  fi
+}
+
 ensure_services() {
   ensure_postgres
   ensure_redis
