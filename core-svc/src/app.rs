@@ -65,7 +65,11 @@ impl Application {
         // core-svc owns the schema; concurrent replicas serialise on sqlx's
         // advisory lock.
         sqlx::migrate!("../migrations").run(&db).await.context("migrating the database")?;
-        let cache = Arc::new(Cache::new(&config.redis_url, &config.redis_key_prefix));
+        let deployment: String = sqlx::query_scalar("SELECT left(replace(id::text, '-', ''), 12) FROM deployment")
+            .fetch_one(&db)
+            .await
+            .context("reading the deployment id")?;
+        let cache = Arc::new(Cache::new(&config.redis_url, &format!("{}{deployment}:", config.redis_key_prefix)));
 
         let (lease, ids) = NodeLease::acquire(db.clone()).await?;
         let node = lease.node;

@@ -239,6 +239,15 @@ impl TestApp {
         body["RoomID"].as_i64().unwrap()
     }
 
+    /// The Redis key of a cache entry: core-svc puts this test's prefix and
+    /// its database's deployment id before `key`.
+    pub async fn cache_key(&self, key: &str) -> String {
+        let keys: Vec<String> =
+            redis::AsyncCommands::keys(&mut self.redis().await, format!("{}*:{key}", self.redis_prefix)).await.unwrap();
+        assert_eq!(keys.len(), 1, "one cache entry for {key}: {keys:?}");
+        keys.into_iter().next().unwrap()
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(testkit::redis_url())
             .unwrap()

@@ -22,9 +22,9 @@ async fn reads_are_cached_and_writes_are_visible_at_once() {
     app.get("/rooms", own).await;
     app.get(&format!("/room/{room}"), own).await;
     let mut redis = app.redis().await;
-    let cached: Option<String> = redis.get(format!("{}user:{}", app.redis_prefix, alice.uid)).await.unwrap();
+    let cached: Option<String> = redis.get(app.cache_key(&format!("user:{}", alice.uid)).await).await.unwrap();
     assert!(cached.is_some_and(|profile| profile.contains("alice")), "the profile is cached");
-    let cached: Option<String> = redis.get(format!("{}user:{}:rooms", app.redis_prefix, alice.uid)).await.unwrap();
+    let cached: Option<String> = redis.get(app.cache_key(&format!("user:{}:rooms", alice.uid)).await).await.unwrap();
     assert_eq!(cached.as_deref(), Some("[]"));
 
     app.put("/change-name", own, json!({"NewName": "alice_renamed"})).await;
