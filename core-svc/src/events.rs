@@ -5,7 +5,10 @@
 //! subscribed to the room before it returned will see it live or in the
 //! cache.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use anyhow::Context;
 use chat_proto::v1::{Message, MessageKind};
@@ -14,6 +17,7 @@ use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
+    error::KafkaError,
     producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
 };
@@ -38,7 +42,9 @@ pub struct KafkaSettings<'a> {
 
 pub struct Events {
     ids: Arc<IdGenerator>,
-    producer: FutureProducer,
+    /// Replaced by a new producer after a fatal error (see `publish`).
+    producer: RwLock<FutureProducer>,
+    producer_config: ClientConfig,
     topic: String,
     cache: Arc<Cache>,
     nats: async_nats::Client,
@@ -53,18 +59,20 @@ impl Events {
         nats: async_nats::Client,
         subject_prefix: &str,
     ) -> anyhow::Result<Self> {
-        let producer: FutureProducer = ClientConfig::new()
+        let mut producer_config = ClientConfig::new();
+        producer_config
             .set("bootstrap.servers", kafka.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
-            .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string())
-            .create()
-            .context("creating the Kafka producer (KAFKA_BROKERS)")?;
+            .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string());
+        let producer: FutureProducer =
+            producer_config.create().context("creating the Kafka producer (KAFKA_BROKERS)")?;
         ensure_topic(kafka.brokers, kafka.topic, kafka.partitions).await?;
         Ok(Self {
             ids,
-            producer,
+            producer: RwLock::new(producer),
+            producer_config,
             topic: kafka.topic.to_owned(),
             cache,
             nats,
@@ -79,8 +87,12 @@ impl Events {
         let payload = message.encode_to_vec();
         let key = room_id.to_string();
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        if let Err((error, _)) = self.producer.send(record, PRODUCE_TIMEOUT).await {
+        let producer = self.producer();
+        if let Err((error, _)) = producer.send(record, PRODUCE_TIMEOUT).await {
             tracing::warn!(%error, room_id, "the message log refused an event");
+            if producer_is_done(&producer, &error) {
+                self.replace(&producer);
+            }
             return Err(Error::Unavailable("temporarily unavailable"));
         }
         self.cache.push_recent(room_id, id, &payload).await;
@@ -92,12 +104,32 @@ impl Events {
         Ok(message)
     }
 
+    fn producer(&self) -> FutureProducer {
+        self.producer.read().expect("lock poisoned").clone()
+    }
+
+    /// Puts a new producer, with a new producer id, in place of `failed`,
+    /// unless another send has done so already.
+    fn replace(&self, failed: &FutureProducer) {
+        let mut current = self.producer.write().expect("lock poisoned");
+        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            return;
+        }
+        match self.producer_config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!("replaced the Kafka producer after it was fenced");
+                *current = fresh;
+            }
+            Err(error) => tracing::error!(%error, "cannot replace the failed Kafka producer"),
+        }
+    }
+
     /// Whether the message log answers, within `wait`.
     pub async fn log_reachable(self: &Arc<Self>, wait: Duration) -> bool {
         let events = self.clone();
         // librdkafka's metadata call blocks its thread.
         let probe =
-            tokio::task::spawn_blocking(move || events.producer.client().fetch_metadata(Some(&events.topic), wait));
+            tokio::task::spawn_blocking(move || events.producer().client().fetch_metadata(Some(&events.topic), wait));
         matches!(probe.await, Ok(Ok(_)))
     }
 
@@ -107,10 +139,31 @@ impl Events {
 
     /// Delivers what is queued for the message log; part of a clean stop.
     pub fn flush(&self) {
-        if let Err(error) = self.producer.flush(Duration::from_secs(10)) {
+        if let Err(error) = self.producer().flush(Duration::from_secs(10)) {
             tracing::warn!(%error, "Kafka producer did not flush");
         }
     }
+}
+
+/// Whether an idempotent producer will never send again. After sends timed
+/// out, a broker may fence the producer for good (seen with tansu once it
+/// hung for a while: every later send failed with ProducerFenced); only a
+/// new producer, with a new producer id, recovers.
+fn producer_is_done(producer: &FutureProducer, error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::{
+        InvalidProducerEpoch, InvalidProducerIdMapping, OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId,
+    };
+    producer.client().fatal_error().is_some()
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(
+                ProducerFenced
+                    | InvalidProducerEpoch
+                    | InvalidProducerIdMapping
+                    | OutOfOrderSequenceNumber
+                    | UnknownProducerId
+            )
+        )
 }
 
 async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {

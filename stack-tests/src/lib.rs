@@ -23,11 +23,13 @@ use tonic::transport::Channel;
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 
 /// What one test's services share: a fresh database, and a Redis key
-/// prefix, Kafka topic and NATS subject prefix of its own.
+/// prefix, Kafka topic and NATS subject prefix of its own, on the shared
+/// broker unless the test brings its own.
 #[derive(Clone)]
 pub struct Shared {
     pub database_url: String,
     pub redis_prefix: String,
+    pub kafka_brokers: String,
     pub topic: String,
     pub nats_prefix: String,
 }
@@ -38,6 +40,7 @@ impl Shared {
         Self {
             database_url: testkit::fresh_database().await,
             redis_prefix: format!("{unique}:"),
+            kafka_brokers: testkit::kafka_brokers(),
             topic: format!("{unique}.messages"),
             nats_prefix: unique,
         }
@@ -78,7 +81,7 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         token_lifetime_secs: 3600,
         login_max_failures: settings.login_max_failures,
         login_lockout_secs: 60,
-        kafka_brokers: testkit::kafka_brokers(),
+        kafka_brokers: shared.kafka_brokers.clone(),
         kafka_topic: shared.topic.clone(),
         kafka_partitions: 4,
         nats_url: testkit::nats_url(),
@@ -124,7 +127,7 @@ pub async fn spawn_gateway(shared: &Shared, settings: &Settings, core: SocketAdd
 pub async fn spawn_archiver(shared: &Shared) -> oneshot::Sender<()> {
     let archiver = archiver::Archiver::build(archiver::Config {
         database_url: shared.database_url.clone(),
-        kafka_brokers: testkit::kafka_brokers(),
+        kafka_brokers: shared.kafka_brokers.clone(),
         kafka_topic: shared.topic.clone(),
         kafka_group: format!("{}-archiver", shared.nats_prefix),
         kafka_instance_id: "archiver-0".into(),

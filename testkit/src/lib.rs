@@ -1,13 +1,24 @@
 //! Test support for the integration tests: each test gets its own database,
 //! Redis key prefix, Kafka topic and NATS subjects on the real local
-//! services, so tests run in parallel without seeing each other.
+//! services, so tests run in parallel without seeing each other; and the
+//! means to make those services fail: a [`Proxy`] to cut, a [`Broker`] to
+//! pause.
 //!
 //! `TEST_POSTGRES_URL`, `TEST_REDIS_URL`, `TEST_NATS_URL` and
 //! `TEST_KAFKA_BROKERS` name the servers; the defaults are the local ones.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use sqlx::{Connection, Executor, PgConnection};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::AbortHandle,
+};
 
 pub fn postgres_url() -> String {
     std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
@@ -60,4 +71,111 @@ async fn drop_stale_databases(admin: &mut PgConnection, now: u64) {
 /// A key prefix (Redis), subject prefix (NATS) or topic suffix no other test uses.
 pub fn unique_prefix() -> String {
     format!("test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A TCP proxy in front of a real service, that a test cuts (every
+/// connection through it drops, and new ones are refused at once) and
+/// restores, as a network failure between two services would.
+pub struct Proxy {
+    addr: SocketAddr,
+    up: watch::Sender<bool>,
+    task: AbortHandle,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let addr = listener.local_addr().expect("a bound address");
+        let (up, _) = watch::channel(true);
+        let watching = up.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut up = watching.subscribe();
+                if !*up.borrow_and_update() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = up.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        })
+        .abort_handle();
+        Self { addr, up, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A Kafka-compatible broker (tansu, with in-memory storage) of one test's
+/// own, that it can pause and resume as if the broker hung. `TANSU_BIN`
+/// names the binary; the default is where the project's scripts install it.
+pub struct Broker {
+    pub addr: String,
+    child: Child,
+}
+
+impl Broker {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let binary = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
+            format!("{}/.cache/chat-tools/tansu-0.6.0/bin/tansu", std::env::var("HOME").unwrap_or_default())
+        });
+        let child = Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start the broker {binary} (set TANSU_BIN): {error}"));
+        // Owned at once, so that a broker that never listens is still killed.
+        let broker = Self { addr: format!("127.0.0.1:{port}"), child };
+        for _ in 0..100 {
+            if TcpStream::connect(&broker.addr).await.is_ok() {
+                return broker;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the broker did not start listening on {}", broker.addr);
+    }
+
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

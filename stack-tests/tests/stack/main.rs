@@ -12,6 +12,7 @@ mod grpc_users;
 mod hostile;
 mod messages;
 mod ops;
+mod outages;
 mod rooms;
 mod users;
 mod ws;
