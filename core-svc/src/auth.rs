@@ -6,12 +6,12 @@ use tonic::{Request, Status, service::Interceptor};
 
 use crate::{
     error::Error,
-    token::{TokenError, TokenKeys},
+    token::{TokenError, TokenKeys, Verified},
 };
 
-/// The caller's verified user id, or `None` for an anonymous call.
+/// The caller's verified token, or `None` for an anonymous call.
 #[derive(Debug, Clone, Copy)]
-pub struct Caller(pub Option<i64>);
+pub struct Caller(pub Option<Verified>);
 
 /// Verifies the token of every call that carries one. A call without one
 /// passes as anonymous; each method decides whether that is enough.
@@ -50,10 +50,15 @@ fn token_error(error: TokenError) -> Error {
 
 /// The caller of a call that needs one.
 pub fn required<T>(request: &Request<T>) -> Result<i64, Error> {
-    optional(request).ok_or(Error::Unauthenticated("missing token"))
+    session(request).map(|token| token.uid)
+}
+
+/// The caller's token, for a call that lasts and must end with it.
+pub fn session<T>(request: &Request<T>) -> Result<Verified, Error> {
+    request.extensions().get::<Caller>().and_then(|caller| caller.0).ok_or(Error::Unauthenticated("missing token"))
 }
 
 /// The caller, if the call carried a token.
 pub fn optional<T>(request: &Request<T>) -> Option<i64> {
-    request.extensions().get::<Caller>().and_then(|caller| caller.0)
+    request.extensions().get::<Caller>().and_then(|caller| caller.0).map(|token| token.uid)
 }

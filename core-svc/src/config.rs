@@ -161,6 +161,42 @@ mod tests {
         assert_eq!(secret, long.as_bytes());
     }
 
+    /// Whether a browser preflight from `origin` is allowed under `args`.
+    async fn preflight_allowed(args: &[&str], origin: &str) -> bool {
+        use std::convert::Infallible;
+        use tonic::codegen::http::{Method, Request, Response};
+        use tower::{Layer, ServiceExt};
+        let cors = tower_http::cors::CorsLayer::new()
+            .allow_origin(config(args).allowed_origins().unwrap())
+            .allow_methods([Method::POST]);
+        let service = cors.layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) }));
+        let preflight = Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/chat.v1.UserService/Login")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .body(())
+            .unwrap();
+        let response = service.oneshot(preflight).await.unwrap();
+        response.headers().get("access-control-allow-origin").is_some()
+    }
+
+    #[tokio::test]
+    async fn cors_is_open_in_development_closed_in_production_and_follows_the_list() {
+        let prod = ["--environment", "production"];
+        assert!(preflight_allowed(&[], "http://localhost:5173").await);
+        assert!(!preflight_allowed(&prod, "http://localhost:5173").await);
+        let listed =
+            ["--environment", "production", "--cors-allowed-origins", "https://app.example.com,https://x.example"];
+        assert!(preflight_allowed(&listed, "https://app.example.com").await);
+        assert!(!preflight_allowed(&listed, "https://evil.example").await);
+        assert!(
+            preflight_allowed(&["--environment", "production", "--cors-allowed-origins", "*"], "https://any.example")
+                .await
+        );
+        assert!(config(&["--cors-allowed-origins", "bad\norigin"]).allowed_origins().is_err());
+    }
+
     #[test]
     fn development_generates_a_secret() {
         assert_eq!(config(&[]).jwt_secret().unwrap().len(), 32);

@@ -17,7 +17,10 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::Message as _;
 use service_kit::feeds::{Feed, Hub};
 use sqlx::PgPool;
-use tokio::sync::broadcast::{Receiver, error::RecvError};
+use tokio::{
+    sync::broadcast::{Receiver, error::RecvError},
+    time::Sleep,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -188,6 +191,8 @@ struct Subscription {
     replay_page: VecDeque<Message>,
     replayed: HashSet<i64>,
     shutdown: CancellationToken,
+    /// When the caller's token expires; the stream ends with it.
+    expiry: Pin<Box<Sleep>>,
     ended: bool,
 }
 
@@ -232,6 +237,9 @@ impl Subscription {
                         RecvError::Closed => Status::unavailable("the room feed ended; subscribe again with after_id"),
                     })?,
                     () = self.shutdown.cancelled() => continue,
+                    () = &mut self.expiry => {
+                        return Err(Status::unauthenticated("token expired; subscribe again with a new token and after_id"));
+                    }
                 }
             };
             if !self.replayed.remove(&event.id) {
@@ -251,6 +259,12 @@ impl Subscription {
         self.replay_page.extend(page);
         Ok(())
     }
+}
+
+/// How long until a Unix time in seconds.
+fn until(unix_secs: i64) -> std::time::Duration {
+    let left = unix_secs.saturating_sub(Utc::now().timestamp());
+    std::time::Duration::from_secs(left.max(0).unsigned_abs())
 }
 
 fn shutting_down() -> Status {
@@ -284,7 +298,8 @@ impl MessageService for Messages {
     }
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
-        let uid = auth::required(&request)?;
+        let session = auth::session(&request)?;
+        let uid = session.uid;
         let SubscribeRequest { room_id, after_id } = request.into_inner();
         if after_id.is_some_and(|id| id < 0) {
             return Err(Error::invalid("invalid after id").into());
@@ -304,6 +319,7 @@ impl MessageService for Messages {
             replay_page: VecDeque::new(),
             replayed: HashSet::new(),
             shutdown: self.shutdown.clone(),
+            expiry: Box::pin(tokio::time::sleep(until(session.expires_at))),
             ended: false,
         };
         tracing::debug!(uid, room_id, "stream opened");

@@ -24,6 +24,13 @@ pub enum TokenError {
     Invalid,
 }
 
+/// A valid token: whose it is, and until when (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub uid: i64,
+    pub expires_at: i64,
+}
+
 /// Signs and verifies tokens with one shared secret.
 #[derive(Clone)]
 pub struct TokenKeys {
@@ -62,10 +69,9 @@ impl TokenKeys {
         IssuedToken { token, expires_at }
     }
 
-    /// The user id of a valid token.
-    pub fn verify(&self, token: &str) -> Result<i64, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
-            Ok(data) if data.claims.uid > 0 => Ok(data.claims.uid),
+            Ok(data) if data.claims.uid > 0 => Ok(Verified { uid: data.claims.uid, expires_at: data.claims.exp }),
             Ok(_) => Err(TokenError::Invalid),
             Err(error) => match error.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),
@@ -76,7 +82,7 @@ impl TokenKeys {
 
     /// Verifies the value of an `Authorization` header: the bare token, as the
     /// original clients send it, or `Bearer <token>`.
-    pub fn verify_header(&self, value: Option<&str>) -> Result<i64, TokenError> {
+    pub fn verify_header(&self, value: Option<&str>) -> Result<Verified, TokenError> {
         let value = value.map(str::trim).filter(|v| !v.is_empty()).ok_or(TokenError::Missing)?;
         self.verify(strip_bearer(value))
     }
@@ -102,7 +108,8 @@ mod tests {
     #[test]
     fn issued_token_verifies_to_its_user() {
         let issued = keys().issue(42, Duration::hours(1));
-        assert_eq!(keys().verify(&issued.token), Ok(42));
+        let verified = keys().verify(&issued.token).unwrap();
+        assert_eq!((verified.uid, verified.expires_at), (42, issued.expires_at.timestamp()));
         assert!(issued.expires_at > Utc::now());
     }
 
@@ -110,7 +117,7 @@ mod tests {
     fn bearer_prefix_is_optional_and_case_insensitive() {
         let token = keys().issue(7, Duration::hours(1)).token;
         for value in [token.clone(), format!("Bearer {token}"), format!("bearer  {token}")] {
-            assert_eq!(keys().verify_header(Some(&value)), Ok(7), "{value}");
+            assert_eq!(keys().verify_header(Some(&value)).map(|token| token.uid), Ok(7), "{value}");
         }
     }
 

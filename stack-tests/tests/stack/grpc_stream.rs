@@ -6,7 +6,10 @@ use chat_proto::v1::{
     CreateRoomRequest, InviteRequest, Message, MessageKind, SendRequest, SubscribeRequest,
     message_service_client::MessageServiceClient,
 };
-use stack_tests::{Grpc, Settings, Shared, TestApp, User, assert_status, authed, spawn_archiver, spawn_core};
+use core_svc::token::TokenKeys;
+use stack_tests::{
+    Grpc, JWT_SECRET, Settings, Shared, TestApp, User, assert_status, authed, spawn_archiver, spawn_core,
+};
 use tonic::{Code, Streaming, transport::Endpoint};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -166,4 +169,20 @@ async fn shutdown_ends_streams_with_unavailable() {
     let status = end_of(&mut stream).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("after_id"), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    let app = TestApp::spawn().await;
+    let mut grpc = app.grpc().await;
+    let alice = grpc.register("alice").await;
+    let room = room_of(&mut grpc, &alice, "General").await;
+    let short_lived = TokenKeys::new(JWT_SECRET.as_bytes()).issue(alice.uid, chrono::Duration::seconds(2));
+    let alice_for_now = User { uid: alice.uid, token: short_lived.token };
+    let mut stream = subscribe(&mut grpc, &alice_for_now, room, None).await;
+    let id = say(&mut grpc, &alice, room, "while the token lasts").await;
+    assert_eq!(next(&mut stream).await.id, id);
+    let status = end_of(&mut stream).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(chrono::Utc::now() >= short_lived.expires_at, "not before the token expired");
 }
