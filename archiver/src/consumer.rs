@@ -6,9 +6,12 @@ use prost::Message as _;
 use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer, StreamConsumer},
+    message::Headers,
 };
+use service_kit::telemetry;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::time::{Instant, timeout};
+use tracing::Instrument;
 
 use crate::{config::Config, store};
 
@@ -23,10 +26,11 @@ pub struct Archiver {
 
 /// A batch read from the log: the messages, and for each partition the
 /// offset to commit once they are stored.
-#[derive(Default)]
 struct Batch {
     messages: Vec<Message>,
     next_offsets: TopicPartitionList,
+    /// Linked to the trace of every message in the batch.
+    span: tracing::Span,
 }
 
 impl Archiver {
@@ -83,7 +87,11 @@ impl Archiver {
     }
 
     async fn next_batch(&self) -> anyhow::Result<Batch> {
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            messages: Vec::new(),
+            next_offsets: TopicPartitionList::new(),
+            span: tracing::info_span!("archive.batch"),
+        };
         let first = loop {
             match self.consumer.recv().await {
                 Ok(first) => break first,
@@ -115,7 +123,7 @@ impl Archiver {
     async fn store(&self, batch: &Batch, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match store::insert(&self.db, &batch.messages).await {
+            match store::insert(&self.db, &batch.messages).instrument(batch.span.clone()).await {
                 Ok(inserted) => {
                     tracing::debug!(read = batch.len(), inserted, "batch archived");
                     return true;
@@ -146,6 +154,11 @@ impl Batch {
     }
 
     fn add(&mut self, record: &impl rdkafka::Message) -> anyhow::Result<()> {
+        let carried = telemetry::fields_from(|field| {
+            let header = record.headers()?.iter().find(|header| header.key == field)?;
+            std::str::from_utf8(header.value?).ok()
+        });
+        telemetry::link(&self.span, &carried);
         match record.payload().map(Message::decode) {
             Some(Ok(message)) => self.messages.push(message),
             // Nothing can ever store it; log it and move past it.

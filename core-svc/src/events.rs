@@ -18,10 +18,11 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     error::KafkaError,
+    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
 };
-use service_kit::feeds::room_subject;
+use service_kit::{feeds::room_subject, telemetry};
 
 use crate::{
     cache::Cache,
@@ -86,7 +87,13 @@ impl Events {
             Message { id, room_id, uid, kind: kind.into(), text, timestamp: Some(timestamp(chrono::Utc::now())) };
         let payload = message.encode_to_vec();
         let key = room_id.to_string();
-        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+        // The trace goes on through the log (to the archiver) and the live
+        // subject (to the gateways).
+        let trace = telemetry::context_of(&tracing::Span::current());
+        let kafka_headers = trace
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
+        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload).headers(kafka_headers);
         let producer = self.producer();
         if let Err((error, _)) = producer.send(record, PRODUCE_TIMEOUT).await {
             tracing::warn!(%error, room_id, "the message log refused an event");
@@ -97,7 +104,11 @@ impl Events {
         }
         self.cache.push_recent(room_id, id, &payload).await;
         let subject = room_subject(&self.subject_prefix, room_id);
-        if let Err(error) = self.nats.publish(subject, payload.into()).await {
+        let mut nats_headers = async_nats::HeaderMap::new();
+        for (key, value) in &trace {
+            nats_headers.insert(key.as_str(), value.as_str());
+        }
+        if let Err(error) = self.nats.publish_with_headers(subject, nats_headers, payload.into()).await {
             // Durable already; live clients catch up from history.
             tracing::warn!(%error, room_id, id, "cannot publish a live event");
         }

@@ -2,6 +2,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit, http::HeaderName};
+use service_kit::telemetry;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{
@@ -59,8 +60,12 @@ impl Application {
             trust_forwarded_for: TrustForwardedFor(config.trust_forwarded_for),
         };
         let trace = TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-            let request_id = request.headers().get(REQUEST_ID).and_then(|id| id.to_str().ok()).unwrap_or("");
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+            let headers = request.headers();
+            let request_id = headers.get(REQUEST_ID).and_then(|id| id.to_str().ok()).unwrap_or("");
+            let span =
+                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id);
+            telemetry::continue_trace(&span, &telemetry::fields_from(|f| headers.get(f)?.to_str().ok()));
+            span
         });
         let router = routes::router(state)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))

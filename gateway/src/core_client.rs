@@ -4,16 +4,39 @@ use chat_proto::v1::{
     message_service_client::MessageServiceClient, room_service_client::RoomServiceClient,
     user_service_client::UserServiceClient,
 };
-use tonic::transport::{Channel, Endpoint};
+use service_kit::telemetry;
+use tonic::{
+    Request, Status,
+    metadata::{MetadataKey, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
 use tonic_health::pb::health_client::HealthClient;
+
+/// Every call carries the trace context of the span it is made in.
+#[derive(Clone, Copy)]
+pub struct PropagateTrace;
+
+impl Interceptor for PropagateTrace {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        for (field, value) in telemetry::context_of(&tracing::Span::current()) {
+            if let (Ok(key), Ok(value)) = (MetadataKey::from_bytes(field.as_bytes()), MetadataValue::try_from(value)) {
+                request.metadata_mut().insert(key, value);
+            }
+        }
+        Ok(request)
+    }
+}
+
+type Traced = InterceptedService<Channel, PropagateTrace>;
 
 /// One HTTP/2 channel to core-svc and a client per service over it. Cheap
 /// to clone: the clones share the channel.
 #[derive(Clone)]
 pub struct CoreClient {
-    pub users: UserServiceClient<Channel>,
-    pub rooms: RoomServiceClient<Channel>,
-    pub messages: MessageServiceClient<Channel>,
+    pub users: UserServiceClient<Traced>,
+    pub rooms: RoomServiceClient<Traced>,
+    pub messages: MessageServiceClient<Traced>,
     pub health: HealthClient<Channel>,
 }
 
@@ -28,9 +51,9 @@ impl CoreClient {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .connect_lazy();
         Ok(Self {
-            users: UserServiceClient::new(channel.clone()),
-            rooms: RoomServiceClient::new(channel.clone()),
-            messages: MessageServiceClient::new(channel.clone()),
+            users: UserServiceClient::with_interceptor(channel.clone(), PropagateTrace),
+            rooms: RoomServiceClient::with_interceptor(channel.clone(), PropagateTrace),
+            messages: MessageServiceClient::with_interceptor(channel.clone(), PropagateTrace),
             health: HealthClient::new(channel),
         })
     }

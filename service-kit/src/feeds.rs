@@ -14,6 +14,8 @@ use futures::StreamExt;
 use prost::Message as _;
 use tokio::{sync::broadcast, task::AbortHandle};
 
+use crate::telemetry;
+
 /// The NATS subject of a room's live events.
 pub fn room_subject(prefix: &str, room_id: i64) -> String {
     format!("{prefix}.room.{room_id}")
@@ -74,6 +76,10 @@ impl<E: From<Message> + Clone + Send + 'static> Hub<E> {
         let to_listeners = sender.clone();
         let task = tokio::spawn(async move {
             while let Some(event) = subscriber.next().await {
+                let span = tracing::info_span!("room.fanout", room_id);
+                let carried = telemetry::fields_from(|field| Some(event.headers.as_ref()?.get(field)?.as_str()));
+                telemetry::continue_trace(&span, &carried);
+                let _in_span = span.enter();
                 match Message::decode(event.payload) {
                     // No receivers only means every listener just left.
                     Ok(message) => drop(to_listeners.send(E::from(message))),

@@ -1,6 +1,7 @@
 //! What every binary of the stack shares, and nothing else.
 //!
 //! - [`logging`]: structured `tracing` output, one line per event.
+//! - [`telemetry`]: W3C trace context carried across every hop.
 //! - [`shutdown`]: the signal that starts a graceful shutdown.
 //! - [`feeds`]: live room feeds from NATS, shared by a process's listeners
 //!   (the gateway's sockets, core-svc's gRPC streams).
@@ -8,3 +9,4 @@
 pub mod feeds;
 pub mod logging;
 pub mod shutdown;
+pub mod telemetry;

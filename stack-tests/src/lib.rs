@@ -36,6 +36,9 @@ pub struct Shared {
 
 impl Shared {
     pub async fn new() -> Self {
+        // Spans get trace context, as in the binaries, so that it can be
+        // seen crossing the hops.
+        service_kit::logging::init_without_output();
         let unique = testkit::unique_prefix();
         Self {
             database_url: testkit::fresh_database().await,

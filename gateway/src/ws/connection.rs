@@ -11,6 +11,7 @@ use tokio::{
     time::{Instant, MissedTickBehavior, interval, timeout},
 };
 use tonic::Code;
+use tracing::Instrument;
 
 use super::{
     Sockets,
@@ -235,7 +236,10 @@ impl Connection {
         }
         let mut messages = self.core.messages.clone();
         let request = self.token.request(SendRequest { room_id, text: text.to_owned() });
-        let future = Box::pin(async move { messages.send(request).await.map(|sent| sent.into_inner()) });
+        // Each message starts a trace of its own, carried to core-svc and on.
+        let span = tracing::info_span!(parent: None, "ws.message", uid = self.uid, room_id);
+        let send = async move { messages.send(request).await.map(|sent| sent.into_inner()) };
+        let future = Box::pin(send.instrument(span));
         Ok(Some(Sending { future, reference: reference.map(str::to_owned) }))
     }
 

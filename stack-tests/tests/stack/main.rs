@@ -14,5 +14,6 @@ mod messages;
 mod ops;
 mod outages;
 mod rooms;
+mod trace_context;
 mod users;
 mod ws;
