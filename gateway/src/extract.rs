@@ -1,13 +1,17 @@
 //! What handlers take from a request.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, OptionalFromRequestParts, Request},
     http::{StatusCode, header, request::Parts},
 };
-use serde::de::DeserializeOwned;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
@@ -53,6 +57,25 @@ pub fn parse_case_insensitive<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Ap
 pub struct Token(AsciiMetadataValue);
 
 impl Token {
+    /// How long until the token expires (its `exp` claim). The signature is
+    /// not checked here: this is only for a token core-svc has accepted, to
+    /// know when to stop serving a socket that lives on it.
+    pub fn lifetime(&self) -> Option<Duration> {
+        #[derive(Deserialize)]
+        struct Expiry {
+            exp: i64,
+        }
+        let value = self.0.to_str().ok()?;
+        let jwt = value.rsplit(' ').next()?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.insecure_disable_signature_validation();
+        validation.validate_exp = false;
+        validation.required_spec_claims.clear();
+        let exp = jsonwebtoken::decode::<Expiry>(jwt, &DecodingKey::from_secret(&[]), &validation).ok()?.claims.exp;
+        let left = exp.saturating_sub(chrono::Utc::now().timestamp());
+        Some(Duration::from_secs(left.max(0).unsigned_abs()))
+    }
+
     /// A gRPC request that acts with this token.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);

@@ -86,6 +86,9 @@ impl Connection {
         // Made once: a fresh `cancelled()` per turn of the loop would register
         // with the token (one lock shared by every socket) for each frame.
         let mut shutdown = std::pin::pin!(self.sockets.shutdown.clone().cancelled_owned());
+        // A socket lives no longer than the token it was opened with.
+        let lifetime = self.token.lifetime();
+        let mut expiry = std::pin::pin!(tokio::time::sleep(lifetime.unwrap_or_default()));
         // At most one send is in flight. Meanwhile the room's frames keep
         // flowing to the client, and its next frame waits in the socket.
         let mut sending: Option<Sending> = None;
@@ -118,6 +121,9 @@ impl Connection {
                         return Err(End::Close(close_code::AWAY, "no answer to pings"));
                     }
                     send(socket, WsMessage::Ping(Default::default())).await?;
+                }
+                () = &mut expiry, if lifetime.is_some() => {
+                    return Err(End::Close(close_code::POLICY, "token expired"));
                 }
                 () = &mut shutdown => {
                     if let Some(Sending { future, reference }) = sending.take() {

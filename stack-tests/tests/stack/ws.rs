@@ -4,9 +4,10 @@
 use std::{collections::HashSet, time::Duration};
 
 use chat_proto::v1::SendRequest;
+use core_svc::token::TokenKeys;
 use reqwest::StatusCode;
 use serde_json::json;
-use stack_tests::{Settings, Shared, TestApp, User, Ws, authed, spawn_archiver, spawn_core, spawn_gateway};
+use stack_tests::{JWT_SECRET, Settings, Shared, TestApp, User, Ws, authed, spawn_archiver, spawn_core, spawn_gateway};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
@@ -340,4 +341,20 @@ async fn shutdown_closes_sockets_with_1001() {
     let mut a = Ws::connect(&gateway, &alice.token).await;
     drop(stop_gateway);
     assert_eq!(a.close_code().await, Some(1001));
+}
+
+#[tokio::test]
+async fn a_socket_is_closed_when_its_token_expires() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "General", false).await;
+    let short_lived = TokenKeys::new(JWT_SECRET.as_bytes()).issue(alice.uid, chrono::Duration::seconds(2));
+    let mut ws = Ws::connect(&app.base, &short_lived.token).await;
+    ws.enter(room).await;
+    let mut other = Ws::connect(&app.base, &alice.token).await;
+    other.enter(room).await;
+    other.say("while the token lasts").await;
+    assert_eq!(ws.recv().await["Text"], "while the token lasts");
+    assert_eq!(ws.close_code().await, Some(1008));
+    assert!(chrono::Utc::now() >= short_lived.expires_at, "not before the token expired");
 }
