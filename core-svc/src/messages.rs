@@ -21,7 +21,7 @@ use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     time::Sleep,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -191,6 +191,9 @@ struct Subscription {
     replay_page: VecDeque<Message>,
     replayed: HashSet<i64>,
     shutdown: CancellationToken,
+    /// Made once: a fresh `cancelled()` per event would register with the
+    /// token (one lock shared by every stream) each time.
+    shutting_down: Pin<Box<WaitForCancellationFutureOwned>>,
     /// When the caller's token expires; the stream ends with it.
     expiry: Pin<Box<Sleep>>,
     ended: bool,
@@ -236,7 +239,7 @@ impl Subscription {
                         ),
                         RecvError::Closed => Status::unavailable("the room feed ended; subscribe again with after_id"),
                     })?,
-                    () = self.shutdown.cancelled() => continue,
+                    () = &mut self.shutting_down => continue,
                     () = &mut self.expiry => {
                         return Err(Status::unauthenticated("token expired; subscribe again with a new token and after_id"));
                     }
@@ -319,6 +322,7 @@ impl MessageService for Messages {
             replay_page: VecDeque::new(),
             replayed: HashSet::new(),
             shutdown: self.shutdown.clone(),
+            shutting_down: Box::pin(self.shutdown.clone().cancelled_owned()),
             expiry: Box::pin(tokio::time::sleep(until(session.expires_at))),
             ended: false,
         };
