@@ -10,7 +10,7 @@
 use std::{collections::VecDeque, net::SocketAddr, num::NonZeroU32, time::Duration};
 
 use chat_proto::v1::{
-    LoginRequest, RegisterRequest, message_service_client::MessageServiceClient,
+    CreateRoomRequest, LoginRequest, RegisterRequest, SendRequest, message_service_client::MessageServiceClient,
     room_service_client::RoomServiceClient, user_service_client::UserServiceClient,
 };
 use futures::{SinkExt, StreamExt};
@@ -424,6 +424,20 @@ impl Grpc {
         let login = self.users.login(LoginRequest { email, password }).await.expect("logged in").into_inner();
         assert_eq!(login.uid, registered.uid);
         User { uid: login.uid, token: login.token }
+    }
+}
+
+impl Grpc {
+    /// Creates a room owned by `owner`; its id.
+    pub async fn create_room(&mut self, owner: &User, name: &str, is_private: bool) -> i64 {
+        let request = authed(owner, CreateRoomRequest { name: name.into(), is_private });
+        self.rooms.create_room(request).await.expect("room created").into_inner().room_id
+    }
+
+    /// Sends `text` to a room as `user`: the message's id, or why not.
+    pub async fn send(&mut self, user: &User, room_id: i64, text: &str) -> Result<i64, tonic::Status> {
+        let request = authed(user, SendRequest { room_id, text: text.into() });
+        self.messages.send(request).await.map(|sent| sent.into_inner().message_id)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_proto::v1::{SendRequest, SubscribeRequest};
+use chat_proto::v1::SubscribeRequest;
 use serde_json::json;
 use stack_tests::{TestApp, Ws, authed};
 
@@ -31,8 +31,7 @@ async fn websocket_and_grpc_clients_share_a_room() {
         (sent["MessageID"].clone(), alice.uid, "from the browser")
     );
 
-    let request = authed(&bob, SendRequest { room_id: room, text: "from a service".into() });
-    let id = grpc.messages.send(request).await.unwrap().into_inner().message_id;
+    let id = grpc.send(&bob, room, "from a service").await.unwrap();
     let frame = ws.recv().await;
     assert_eq!(frame["Type"], "message");
     assert_eq!(

@@ -1,6 +1,6 @@
 //! `chat.v1.MessageService` over gRPC: send and history.
 
-use chat_proto::v1::{CreateRoomRequest, HistoryRequest, JoinRoomRequest, MessageKind, SendRequest};
+use chat_proto::v1::{HistoryRequest, JoinRoomRequest, MessageKind, SendRequest};
 use stack_tests::{Settings, TestApp, User, assert_status, authed};
 use tonic::Code;
 
@@ -18,8 +18,7 @@ async fn sent_messages_are_in_history_at_once_newest_first() {
     let mut grpc = app.grpc().await;
     let alice = grpc.register("alice").await;
     let bob = grpc.register("bob").await;
-    let create = CreateRoomRequest { name: "General".into(), is_private: false };
-    let room = grpc.rooms.create_room(authed(&alice, create)).await.unwrap().into_inner().room_id;
+    let room = grpc.create_room(&alice, "General", false).await;
     grpc.rooms.join_room(authed(&bob, JoinRoomRequest { room_id: room })).await.unwrap();
 
     let mut ids = Vec::new();
@@ -49,9 +48,8 @@ async fn send_and_history_refuse_what_the_contract_refuses() {
     let mut grpc = app.grpc().await;
     let alice = grpc.register("alice").await;
     let mallory = grpc.register("mallory").await;
-    let create = |name: &str, is_private| CreateRoomRequest { name: name.into(), is_private };
-    let room = grpc.rooms.create_room(authed(&alice, create("General", false))).await.unwrap().into_inner().room_id;
-    let private = grpc.rooms.create_room(authed(&alice, create("Secret", true))).await.unwrap().into_inner().room_id;
+    let room = grpc.create_room(&alice, "General", false).await;
+    let private = grpc.create_room(&alice, "Secret", true).await;
     let say = |user: &User, room_id: i64, text: &str| authed(user, send(room_id, text));
 
     assert_status(grpc.messages.send(send(room, "hi")).await, Code::Unauthenticated, "missing token");

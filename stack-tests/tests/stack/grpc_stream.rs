@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use chat_proto::v1::{
-    CreateRoomRequest, InviteRequest, Message, MessageKind, SendRequest, SubscribeRequest,
-    message_service_client::MessageServiceClient,
+    InviteRequest, Message, MessageKind, SubscribeRequest, message_service_client::MessageServiceClient,
 };
 use core_svc::token::TokenKeys;
 use stack_tests::{
@@ -30,19 +29,9 @@ async fn end_of(stream: &mut Streaming<Message>) -> tonic::Status {
     }
 }
 
-async fn room_of(grpc: &mut Grpc, owner: &User, name: &str) -> i64 {
-    let create = CreateRoomRequest { name: name.into(), is_private: false };
-    grpc.rooms.create_room(authed(owner, create)).await.unwrap().into_inner().room_id
-}
-
 async fn subscribe(grpc: &mut Grpc, user: &User, room_id: i64, after_id: Option<i64>) -> Streaming<Message> {
     let request = authed(user, SubscribeRequest { room_id, after_id });
     grpc.messages.subscribe(request).await.expect("subscribed").into_inner()
-}
-
-async fn say(grpc: &mut Grpc, user: &User, room_id: i64, text: &str) -> i64 {
-    let request = authed(user, SendRequest { room_id, text: text.into() });
-    grpc.messages.send(request).await.expect("sent").into_inner().message_id
 }
 
 #[tokio::test]
@@ -51,13 +40,13 @@ async fn a_stream_delivers_live_messages_and_joins() {
     let mut grpc = app.grpc().await;
     let alice = grpc.register("alice").await;
     let bob = grpc.register("bob").await;
-    let room = room_of(&mut grpc, &alice, "General").await;
+    let room = grpc.create_room(&alice, "General", false).await;
     let mut stream = subscribe(&mut grpc, &alice, room, None).await;
 
     grpc.rooms.invite(authed(&alice, InviteRequest { room_id: room, uid: bob.uid })).await.unwrap();
     let join = next(&mut stream).await;
     assert_eq!((join.kind(), join.uid, join.room_id, join.text.as_str()), (MessageKind::Join, bob.uid, room, ""));
-    let id = say(&mut grpc, &bob, room, "hello").await;
+    let id = grpc.send(&bob, room, "hello").await.unwrap();
     let message = next(&mut stream).await;
     assert_eq!(
         (message.id, message.kind(), message.uid, message.text.as_str()),
@@ -70,11 +59,11 @@ async fn a_stream_from_an_id_replays_what_was_missed_then_goes_live_without_gap_
     let app = TestApp::spawn().await;
     let mut grpc = app.grpc().await;
     let alice = grpc.register("alice").await;
-    let room = room_of(&mut grpc, &alice, "General").await;
-    let first = say(&mut grpc, &alice, room, "seen").await;
+    let room = grpc.create_room(&alice, "General", false).await;
+    let first = grpc.send(&alice, room, "seen").await.unwrap();
     let mut missed = Vec::new();
     for n in 0..150 {
-        missed.push(say(&mut grpc, &alice, room, &format!("missed {n}")).await);
+        missed.push(grpc.send(&alice, room, &format!("missed {n}")).await.unwrap());
     }
     let mut stream = subscribe(&mut grpc, &alice, room, Some(first)).await;
     // Sent while the replay is being read: live, and maybe in the replay too.
@@ -83,7 +72,7 @@ async fn a_stream_from_an_id_replays_what_was_missed_then_goes_live_without_gap_
     let during = tokio::spawn(async move {
         let mut ids = Vec::new();
         for n in 0..20 {
-            ids.push(say(&mut sender, &sender_alice, room, &format!("during {n}")).await);
+            ids.push(sender.send(&sender_alice, room, &format!("during {n}")).await.unwrap());
         }
         ids
     });
@@ -95,7 +84,7 @@ async fn a_stream_from_an_id_replays_what_was_missed_then_goes_live_without_gap_
     let mut sorted = expected.clone();
     sorted.sort_unstable();
     assert_eq!(received, sorted, "every message once, oldest first");
-    let last = say(&mut grpc, &alice, room, "live").await;
+    let last = grpc.send(&alice, room, "live").await.unwrap();
     assert_eq!(next(&mut stream).await.id, last, "nothing else came first");
 }
 
@@ -105,14 +94,8 @@ async fn subscribe_refuses_strangers_and_bad_input() {
     let mut grpc = app.grpc().await;
     let alice = grpc.register("alice").await;
     let mallory = grpc.register("mallory").await;
-    let room = room_of(&mut grpc, &alice, "General").await;
-    let private = grpc
-        .rooms
-        .create_room(authed(&alice, CreateRoomRequest { name: "Secret".into(), is_private: true }))
-        .await
-        .unwrap()
-        .into_inner()
-        .room_id;
+    let room = grpc.create_room(&alice, "General", false).await;
+    let private = grpc.create_room(&alice, "Secret", true).await;
     let to = |user: &User, room_id: i64, after_id| authed(user, SubscribeRequest { room_id, after_id });
     assert_status(grpc.messages.subscribe(to(&mallory, room, None)).await, Code::PermissionDenied, "not room member");
     assert_status(grpc.messages.subscribe(to(&mallory, private, None)).await, Code::NotFound, "room not found");
@@ -129,7 +112,7 @@ async fn a_reader_that_stops_reading_is_cut_off_and_others_go_on() {
     let app = TestApp::spawn_with(settings).await;
     let mut grpc = app.grpc().await;
     let alice = grpc.register("alice").await;
-    let room = room_of(&mut grpc, &alice, "General").await;
+    let room = grpc.create_room(&alice, "General", false).await;
     // A small HTTP/2 window, so the server soon has nowhere to put events.
     let channel = Endpoint::from_shared(format!("http://{}", app.core))
         .unwrap()
@@ -147,12 +130,12 @@ async fn a_reader_that_stops_reading_is_cut_off_and_others_go_on() {
     let mut keeping_up = subscribe(&mut grpc, &alice, room, None).await;
     let text = "x".repeat(1500);
     for _ in 0..200 {
-        let id = say(&mut grpc, &alice, room, &text).await;
+        let id = grpc.send(&alice, room, &text).await.unwrap();
         assert_eq!(next(&mut keeping_up).await.id, id);
     }
     let status = end_of(&mut slow).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    let id = say(&mut grpc, &alice, room, "still here").await;
+    let id = grpc.send(&alice, room, "still here").await.unwrap();
     assert_eq!(next(&mut keeping_up).await.id, id);
 }
 
@@ -163,7 +146,7 @@ async fn shutdown_ends_streams_with_unavailable() {
     let _stop_archiver = spawn_archiver(&shared).await;
     let mut grpc = Grpc::connect(core).await;
     let alice = grpc.register("alice").await;
-    let room = room_of(&mut grpc, &alice, "General").await;
+    let room = grpc.create_room(&alice, "General", false).await;
     let mut stream = subscribe(&mut grpc, &alice, room, None).await;
     drop(stop_core);
     let status = end_of(&mut stream).await;
@@ -176,11 +159,11 @@ async fn a_stream_ends_when_its_token_expires() {
     let app = TestApp::spawn().await;
     let mut grpc = app.grpc().await;
     let alice = grpc.register("alice").await;
-    let room = room_of(&mut grpc, &alice, "General").await;
+    let room = grpc.create_room(&alice, "General", false).await;
     let short_lived = TokenKeys::new(JWT_SECRET.as_bytes()).issue(alice.uid, chrono::Duration::seconds(2));
     let alice_for_now = User { uid: alice.uid, token: short_lived.token };
     let mut stream = subscribe(&mut grpc, &alice_for_now, room, None).await;
-    let id = say(&mut grpc, &alice, room, "while the token lasts").await;
+    let id = grpc.send(&alice, room, "while the token lasts").await.unwrap();
     assert_eq!(next(&mut stream).await.id, id);
     let status = end_of(&mut stream).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");

@@ -4,21 +4,10 @@
 
 use std::time::Duration;
 
-use chat_proto::v1::{CreateRoomRequest, SendRequest};
 use sqlx::{Connection, PgConnection};
-use stack_tests::{Grpc, Settings, Shared, User, authed, spawn_archiver, spawn_core};
+use stack_tests::{Grpc, Settings, Shared, spawn_archiver, spawn_core};
 use testkit::{Broker, Proxy};
 use tonic::Code;
-
-async fn room(grpc: &mut Grpc, owner: &User) -> i64 {
-    let create = CreateRoomRequest { name: "General".into(), is_private: false };
-    grpc.rooms.create_room(authed(owner, create)).await.unwrap().into_inner().room_id
-}
-
-async fn send(grpc: &mut Grpc, user: &User, room_id: i64, text: &str) -> Result<i64, tonic::Status> {
-    let request = authed(user, SendRequest { room_id, text: text.into() });
-    grpc.messages.send(request).await.map(|sent| sent.into_inner().message_id)
-}
 
 /// How many of `ids` the archiver has written to PostgreSQL.
 async fn archived(database_url: &str, ids: &[i64]) -> i64 {
@@ -49,20 +38,18 @@ async fn the_archiver_waits_out_a_postgres_outage_and_loses_nothing() {
     let _stop_archiver = spawn_archiver(&Shared { database_url: through_proxy, ..shared.clone() }).await;
     let mut grpc = Grpc::connect(core).await;
     let alice = grpc.register("alice").await;
-    let room = room(&mut grpc, &alice).await;
+    let room = grpc.create_room(&alice, "General", false).await;
 
     let mut before = Vec::new();
     for n in 0..50 {
-        before.push(send(&mut grpc, &alice, room, &format!("before {n}")).await.unwrap());
+        before.push(grpc.send(&alice, room, &format!("before {n}")).await.unwrap());
     }
     assert_eq!(all_archived(&shared.database_url, &before).await, 50);
 
     proxy.cut();
     let mut during = Vec::new();
     for n in 0..50 {
-        during.push(
-            send(&mut grpc, &alice, room, &format!("during {n}")).await.expect("sends go on without the archiver"),
-        );
+        during.push(grpc.send(&alice, room, &format!("during {n}")).await.expect("sends go on without the archiver"));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(archived(&shared.database_url, &during).await, 0, "nothing reaches the database while it is cut off");
@@ -80,14 +67,14 @@ async fn sends_are_refused_while_the_message_log_hangs_and_nothing_acknowledged_
     let _stop_archiver = spawn_archiver(&shared).await;
     let mut grpc = Grpc::connect(core).await;
     let alice = grpc.register("alice").await;
-    let room = room(&mut grpc, &alice).await;
+    let room = grpc.create_room(&alice, "General", false).await;
     let mut acknowledged = Vec::new();
     for n in 0..20 {
-        acknowledged.push(send(&mut grpc, &alice, room, &format!("before {n}")).await.unwrap());
+        acknowledged.push(grpc.send(&alice, room, &format!("before {n}")).await.unwrap());
     }
 
     broker.pause();
-    let refused = send(&mut grpc, &alice, room, "while the log hangs").await.expect_err("no ack, no success");
+    let refused = grpc.send(&alice, room, "while the log hangs").await.expect_err("no ack, no success");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert_eq!(refused.message(), "temporarily unavailable");
 
@@ -95,7 +82,7 @@ async fn sends_are_refused_while_the_message_log_hangs_and_nothing_acknowledged_
     // The producer reconnects on its own; the first sends may still fail.
     let mut resumed = false;
     for n in 0..100 {
-        match send(&mut grpc, &alice, room, &format!("after {n}")).await {
+        match grpc.send(&alice, room, &format!("after {n}")).await {
             Ok(id) => {
                 acknowledged.push(id);
                 resumed = true;

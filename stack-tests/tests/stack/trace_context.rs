@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_proto::v1::{CreateRoomRequest, Message, SendRequest};
+use chat_proto::v1::{Message, SendRequest};
 use futures::StreamExt;
 use prost::Message as _;
 use rdkafka::{
@@ -41,8 +41,7 @@ async fn a_grpc_send_carries_its_trace_into_the_kafka_record_and_the_nats_event(
     let (core, _stop_core) = spawn_core(&shared, &Settings::default()).await;
     let mut grpc = Grpc::connect(core).await;
     let alice = grpc.register("alice").await;
-    let create = CreateRoomRequest { name: "General".into(), is_private: false };
-    let room = grpc.rooms.create_room(authed(&alice, create)).await.unwrap().into_inner().room_id;
+    let room = grpc.create_room(&alice, "General", false).await;
     let mut live = live_events(&shared, room).await;
 
     let mut request = authed(&alice, SendRequest { room_id: room, text: "traced".into() });

@@ -3,11 +3,10 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use chat_proto::v1::SendRequest;
 use core_svc::token::TokenKeys;
 use reqwest::StatusCode;
 use serde_json::json;
-use stack_tests::{JWT_SECRET, Settings, Shared, TestApp, User, Ws, authed, spawn_archiver, spawn_core, spawn_gateway};
+use stack_tests::{JWT_SECRET, Settings, Shared, TestApp, User, Ws, spawn_archiver, spawn_core, spawn_gateway};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
@@ -323,7 +322,7 @@ async fn a_client_that_stops_reading_is_disconnected_with_1008() {
     let mut grpc = app.grpc().await;
     let text = "y".repeat(2000);
     for _ in 0..FLOOD {
-        grpc.messages.send(authed(&alice, SendRequest { room_id: room, text: text.clone() })).await.unwrap();
+        grpc.send(&alice, room, &text).await.unwrap();
     }
     assert_eq!(slow.close_code().await, Some(1008));
     let mut alice_ws = keeping_up.await.expect("Alice got every message");
