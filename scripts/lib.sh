@@ -1,17 +1,21 @@
-# Shared by the scripts in this folder: where things live, and how the local
-# services are checked, installed and started. Sourced, not run.
+# Shared by the scripts in this folder: where things live, and how the
+# engines (PostgreSQL, Redis, NATS, Kafka) are installed and started.
+# Sourced, not run.
 
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# Builds and tools live outside the clone, so a fresh clone reuses them.
+# Builds, tools and the engines' data live outside the clone, so a fresh
+# clone reuses them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chat-target}"
 TOOLS="${CHAT_TOOLS_DIR:-$HOME/.cache/chat-tools}"
+ENGINES="${CHAT_ENGINES_DIR:-$HOME/.cache/chat-engines}"
 RUN_DIR="$ROOT/.run"
+mkdir -p "$RUN_DIR" "$ENGINES"
 
-TANSU_VERSION=0.6.0
-TANSU="$TOOLS/tansu-$TANSU_VERSION/bin/tansu"
-# The benchmarks run a broker of their own on another port.
+KAFKA_VERSION=4.4.0
+KAFKA_LIBS="$TOOLS/kafka-$KAFKA_VERSION/libs"
+# The tests and the benchmarks run brokers of their own on other ports.
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -19,84 +23,181 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-wait_for_port() {
-  local port=$1 name=$2
-  for _ in $(seq 1 100); do port_open "$port" && return 0; sleep 0.2; done
-  die "$name did not start listening on 127.0.0.1:$port"
+# wait_until NAME LOG SECONDS COMMAND...: runs COMMAND until it succeeds.
+wait_until() {
+  local name=$1 log_file=$2 seconds=$3; shift 3
+  for _ in $(seq 1 $((seconds * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  [ -f "$log_file" ] && tail -n 20 "$log_file" >&2
+  die "$name did not answer within ${seconds}s; its log is $log_file"
 }
 
-# PostgreSQL, Redis and NATS run on this project's machines when a session
-# starts; if one has stopped, start it the way the machine does.
-ensure_postgres() {
-  port_open 5432 && return 0
-  log "starting PostgreSQL"
-  command -v pg_ctlcluster >/dev/null || die "PostgreSQL is not running on 127.0.0.1:5432 and is not installed"
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
-  wait_for_port 5432 PostgreSQL
+# Installs Debian packages. Their own services are kept from starting
+# (policy-rc.d): the scripts run instances of their own.
+apt_install() {
+  log "installing $* from Debian's packages (once)"
+  local sudo=() policy=/usr/sbin/policy-rc.d added=""
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+    "${sudo[@]}" chmod +x "$policy"
+    added=1
+  fi
+  local status=0
+  { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" ||
+    { "${sudo[@]}" apt-get update -q && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"; }
+  } >>"$RUN_DIR/apt.log" 2>&1 || status=$?
+  [ -z "$added" ] || "${sudo[@]}" rm -f "$policy"
+  [ "$status" = 0 ] || die "apt-get install $* failed; see $RUN_DIR/apt.log"
 }
+
+# --- PostgreSQL: 15, Debian's, as user postgres with trust on loopback ---
+
+PG_MAJOR=15
+psql_admin() { psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
+
+# The server refuses to run as root: root runs it as the `postgres` user,
+# whose data folder must then lie outside root's home (which that user
+# cannot enter).
+if [ "$(id -u)" = 0 ]; then
+  PG_DATA="${CHAT_PG_DATA:-/var/cache/chat-engines/postgres-$PG_MAJOR}"
+  AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+else
+  PG_DATA="${CHAT_PG_DATA:-$ENGINES/postgres-$PG_MAJOR}"
+  AS_PG=()
+fi
+# From /, which the postgres user can always enter.
+as_pg() { (cd / && "${AS_PG[@]}" "$@"); }
+PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
+
+ensure_postgres() {
+  if port_open 5432; then
+    psql_admin -c 'SELECT 1' >/dev/null 2>&1 ||
+      die "a PostgreSQL on 127.0.0.1:5432 does not let user postgres in without a password; stop it, or allow trust for 127.0.0.1"
+    return 0
+  fi
+  [ -x "$PG_BIN/postgres" ] || apt_install "postgresql-$PG_MAJOR"
+  if [ ! -s "$PG_DATA/PG_VERSION" ]; then
+    log "creating PostgreSQL's data folder in $PG_DATA"
+    mkdir -p "$PG_DATA"
+    [ "$(id -u)" != 0 ] || chown postgres:postgres "$PG_DATA"
+    as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 \
+      >>"$RUN_DIR/postgres.log" 2>&1 || die "initdb failed; see $RUN_DIR/postgres.log"
+  fi
+  log "starting PostgreSQL $PG_MAJOR on 127.0.0.1:5432"
+  # fsync off: a local engine for development and tests, where speed
+  # matters and a power cut may cost the newest writes.
+  (cd / && exec nohup setsid "${AS_PG[@]}" "$PG_BIN/postgres" -D "$PG_DATA" \
+    -c listen_addresses=127.0.0.1 -c port=5432 -c unix_socket_directories="$PG_DATA" \
+    -c max_connections=500 -c fsync=off -c full_page_writes=off \
+    </dev/null >>"$RUN_DIR/postgres.log" 2>&1) &
+  wait_until PostgreSQL "$RUN_DIR/postgres.log" 60 psql_admin -c 'SELECT 1'
+  echo "$PG_DATA" >"$ENGINES/postgres.started"
+}
+
+stop_postgres() {
+  [ -f "$ENGINES/postgres.started" ] || return 0
+  as_pg "$PG_BIN/pg_ctl" -D "$(cat "$ENGINES/postgres.started")" -m fast -w stop >/dev/null 2>&1 || true
+  rm -f "$ENGINES/postgres.started"
+}
+
+ensure_database() {
+  local name=$1
+  psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1 ||
+    psql_admin -c "CREATE DATABASE \"$name\""
+}
+
+# --- Redis: a cache only, so no persistence -------------------------------
 
 ensure_redis() {
   port_open 6379 && return 0
-  log "starting Redis"
-  command -v redis-server >/dev/null || die "Redis is not running on 127.0.0.1:6379 and is not installed"
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
-  wait_for_port 6379 Redis
+  command -v redis-server >/dev/null || apt_install redis-server
+  log "starting Redis on 127.0.0.1:6379"
+  mkdir -p "$ENGINES/redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --dir "$ENGINES/redis" \
+    --pidfile "$ENGINES/redis.pid" --logfile "$RUN_DIR/redis.log" --save "" --appendonly no ||
+    die "Redis did not start; see $RUN_DIR/redis.log"
+  wait_until Redis "$RUN_DIR/redis.log" 30 redis-cli -p 6379 ping
 }
+
+# --- NATS, with JetStream -------------------------------------------------
 
 ensure_nats() {
   port_open 4222 && return 0
-  log "starting NATS"
-  command -v nats-server >/dev/null || die "NATS is not running on 127.0.0.1:4222 and is not installed"
-  mkdir -p "$RUN_DIR/nats"
-  nohup nats-server -a 127.0.0.1 -p 4222 -js -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
-  wait_for_port 4222 NATS
+  command -v nats-server >/dev/null || apt_install nats-server
+  log "starting NATS on 127.0.0.1:4222"
+  mkdir -p "$ENGINES/nats"
+  nohup setsid nats-server -a 127.0.0.1 -p 4222 -js -sd "$ENGINES/nats" -P "$ENGINES/nats.pid" \
+    >>"$RUN_DIR/nats.log" 2>&1 &
+  wait_until NATS "$RUN_DIR/nats.log" 30 port_open 4222
 }
 
-# The Kafka-compatible broker: tansu, built from the Rust registry at a
-# pinned version the first time (about 15 minutes on 2 cores), then reused.
+# --- Apache Kafka, KRaft, one node (scripts/kafka-node) ------------------
+
+# The broker's jars, resolved once from Maven Central into the tool cache.
+ensure_kafka_jars() {
+  [ -s "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ] && return 0
+  command -v java >/dev/null || die "Kafka needs Java 17 or newer, and java is not on PATH"
+  command -v mvn >/dev/null || apt_install maven
+  log "resolving Apache Kafka $KAFKA_VERSION from Maven Central (once)"
+  rm -rf "$KAFKA_LIBS.partial"
+  mvn -q -B -f "$ROOT/scripts/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.partial" \
+    >>"$RUN_DIR/maven.log" 2>&1 || die "resolving Kafka's jars failed; see $RUN_DIR/maven.log"
+  mv "$KAFKA_LIBS.partial" "$KAFKA_LIBS"
+}
+
+kafka_started() { grep -q "Kafka Server started" "$1"; }
+
+# Starts the broker on $KAFKA_PORT (its controller on the next port) with
+# its log folder in $KAFKA_DATA, unless one answers there already.
 ensure_kafka() {
   port_open "$KAFKA_PORT" && return 0
-  if [ ! -x "$TANSU" ]; then
-    log "installing the Kafka-compatible broker (tansu $TANSU_VERSION); this takes a while, once"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
-      --root "$TOOLS/tansu-$TANSU_VERSION"
-  fi
-  mkdir -p "$RUN_DIR"
-  local storage="${KAFKA_STORAGE:-memory://tansu/}"
-  log "starting the Kafka-compatible broker on 127.0.0.1:$KAFKA_PORT ($storage)"
-  nohup "$TANSU" broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine "$storage" >"$RUN_DIR/kafka-$KAFKA_PORT.log" 2>&1 &
-  echo $! >"$RUN_DIR/kafka-$KAFKA_PORT.pid"
-  wait_for_port "$KAFKA_PORT" "the Kafka broker"
+  ensure_kafka_jars
+  local data="${KAFKA_DATA:-$ENGINES/kafka-$KAFKA_PORT}" out="$RUN_DIR/kafka-$KAFKA_PORT.log"
+  log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (log folder $data)"
+  : >"$out"
+  nohup setsid "$ROOT/scripts/kafka-node" "$KAFKA_PORT" "$((KAFKA_PORT + 1))" "$data" >>"$out" 2>&1 &
+  echo $! >"$ENGINES/kafka-$KAFKA_PORT.pid"
+  wait_until "Kafka on 127.0.0.1:$KAFKA_PORT" "$out" 90 kafka_started "$out"
 }
 
-# A broker of one's own on $KAFKA_PORT, empty: for runs that must not share
-# the development broker's topics. `stop_kafka` ends it.
+# A broker of one's own on $KAFKA_PORT with an empty log folder: for runs
+# that must not share the development broker's topics. `stop_kafka` ends it.
 fresh_kafka() {
   stop_kafka
+  rm -rf "${KAFKA_DATA:-$ENGINES/kafka-$KAFKA_PORT}"
   ensure_kafka
 }
 
+# Stops the broker on $KAFKA_PORT if these scripts started it.
 stop_kafka() {
-  local pid_file="$RUN_DIR/kafka-$KAFKA_PORT.pid"
-  if [ -f "$pid_file" ]; then
-    kill "$(cat "$pid_file")" 2>/dev/null || true
-    rm -f "$pid_file"
-    for _ in $(seq 1 50); do port_open "$KAFKA_PORT" || break; sleep 0.1; done
-  fi
+  stop_pid_file "$ENGINES/kafka-$KAFKA_PORT.pid" 30
 }
 
-ensure_services() {
+# stop_pid_file FILE SECONDS: SIGTERM, then SIGKILL after SECONDS.
+stop_pid_file() {
+  local pid_file=$1 seconds=$2 pid
+  [ -f "$pid_file" ] || return 0
+  pid=$(cat "$pid_file")
+  if kill -TERM "$pid" 2>/dev/null; then
+    for _ in $(seq 1 $((seconds * 5))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pid_file"
+}
+
+ensure_engines() {
   ensure_postgres
   ensure_redis
   ensure_nats
   ensure_kafka
 }
 
-ensure_database() {
-  local name=$1
-  psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1 ||
-    psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$name\""
+# Stops every engine that these scripts started (not ones found running).
+stop_engines() {
+  local pid_file
+  for pid_file in "$ENGINES"/kafka-*.pid; do [ -e "$pid_file" ] && stop_pid_file "$pid_file" 30; done
+  stop_pid_file "$ENGINES/nats.pid" 10
+  stop_pid_file "$ENGINES/redis.pid" 10
+  stop_postgres
 }

@@ -16,10 +16,12 @@ pub struct Config {
     #[arg(long, env = "KAFKA_GROUP", default_value = "chat-archiver")]
     pub kafka_group: String,
 
-    /// This archiver's stable identity in the group (static membership):
-    /// the pod name in a StatefulSet; by default the host name.
-    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID", default_value_t = default_instance_id())]
-    pub kafka_instance_id: String,
+    /// A stable identity in the group (static membership, e.g. the pod name
+    /// of a StatefulSet): a restarted archiver takes its old partitions back
+    /// at once instead of after the session timeout. Unset: dynamic
+    /// membership, right for replicas with changing names.
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    pub kafka_instance_id: Option<String>,
 
     /// The most messages written in one database transaction.
     #[arg(long, env = "ARCHIVE_BATCH_SIZE", default_value_t = 1000)]
@@ -28,12 +30,4 @@ pub struct Config {
     /// How long a batch waits to fill once its first message is in.
     #[arg(long, env = "ARCHIVE_BATCH_WAIT_MS", default_value_t = 20)]
     pub batch_wait_ms: u64,
-}
-
-fn default_instance_id() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "archiver".to_owned())
 }

@@ -1,4 +1,4 @@
-use std::{future::Future, pin::pin, sync::Arc, time::Duration};
+use std::{future::Future, pin::pin, time::Duration};
 
 use anyhow::Context;
 use chat_proto::v1::Message;
@@ -18,7 +18,7 @@ use crate::{config::Config, store};
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Archiver {
-    consumer: Arc<StreamConsumer>,
+    consumer: StreamConsumer,
     db: PgPool,
     batch_size: usize,
     batch_wait: Duration,
@@ -42,22 +42,23 @@ impl Archiver {
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&config.database_url)
             .context("DATABASE_URL")?;
-        let consumer: StreamConsumer = ClientConfig::new()
+        let mut consumer_config = ClientConfig::new();
+        consumer_config
             .set("bootstrap.servers", &config.kafka_brokers)
             .set("group.id", &config.kafka_group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
-            // Static membership: a restarted archiver takes its old place in
-            // the group at once instead of waiting for the dead member to be
-            // expelled, which some brokers are slow to do.
-            .set("group.instance.id", &config.kafka_instance_id)
-            .create()
-            .context("creating the Kafka consumer (KAFKA_BROKERS)")?;
+            .set("socket.nagle.disable", "true");
+        if let Some(instance_id) = &config.kafka_instance_id {
+            consumer_config.set("group.instance.id", instance_id);
+        }
+        let consumer: StreamConsumer =
+            consumer_config.create().context("creating the Kafka consumer (KAFKA_BROKERS)")?;
         consumer.subscribe(&[&config.kafka_topic]).context("subscribing to the message topic")?;
         tracing::info!(topic = config.kafka_topic, group = config.kafka_group, "archiver consuming");
         Ok(Self {
-            consumer: Arc::new(consumer),
+            consumer,
             db,
             batch_size: config.batch_size.max(1),
             batch_wait: Duration::from_millis(config.batch_wait_ms),
@@ -78,7 +79,7 @@ impl Archiver {
             }
             // A failed commit only means these messages are read (and
             // harmlessly skipped) again after the next rebalance.
-            if let Err(error) = self.commit(batch.next_offsets).await {
+            if let Err(error) = self.commit(&batch.next_offsets) {
                 tracing::warn!(error = format!("{error:#}"), "cannot commit offsets");
             }
         }
@@ -95,12 +96,17 @@ impl Archiver {
         let first = loop {
             match self.consumer.recv().await {
                 Ok(first) => break first,
-                // The topic may not exist yet, or the broker may be away:
-                // neither is a reason to stop.
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the message log; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                // A fatal error (a static member fenced by another with its
+                // id) leaves a consumer that never reads again: stop, so
+                // that the process is restarted rather than idle.
+                Err(error) if self.consumer.client().fatal_error().is_some() => {
+                    return Err(error).context("the Kafka consumer failed for good");
                 }
+                // The topic may not exist yet, or the broker may be away:
+                // the consumer retries by itself, so read on at once. (A
+                // pause per error let an outage's burst of errors queue up
+                // and hold back the records behind them for minutes.)
+                Err(error) => tracing::warn!(%error, "cannot read the message log"),
             }
         };
         let deadline = Instant::now() + self.batch_wait;
@@ -140,11 +146,12 @@ impl Archiver {
         }
     }
 
-    async fn commit(&self, offsets: TopicPartitionList) -> anyhow::Result<()> {
-        let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
-            .await?
-            .context("committing offsets")
+    /// Queues the commit and returns at once. A synchronous commit waits
+    /// while the group rebalances, and a rebalance is served only while this
+    /// task polls the consumer: after a broker restart the two waited on
+    /// each other. Queued commits are sent when the consumer closes.
+    fn commit(&self, offsets: &TopicPartitionList) -> anyhow::Result<()> {
+        self.consumer.commit(offsets, CommitMode::Async).context("committing offsets")
     }
 }
 

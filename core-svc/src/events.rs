@@ -66,6 +66,7 @@ impl Events {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
+            .set("socket.nagle.disable", "true")
             .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string());
         let producer: FutureProducer =
             producer_config.create().context("creating the Kafka producer (KAFKA_BROKERS)")?;
@@ -157,8 +158,8 @@ impl Events {
 }
 
 /// Whether an idempotent producer will never send again. After sends timed
-/// out, a broker may fence the producer for good (seen with tansu once it
-/// hung for a while: every later send failed with ProducerFenced); only a
+/// out, a broker may fence the producer for good (seen with a Kafka-compatible
+/// broker that hung for a while: every later send failed with ProducerFenced); only a
 /// new producer, with a new producer id, recovers.
 fn producer_is_done(producer: &FutureProducer, error: &KafkaError) -> bool {
     use RDKafkaErrorCode::{

@@ -37,8 +37,13 @@ pub struct Shared {
 impl Shared {
     pub async fn new() -> Self {
         // Spans get trace context, as in the binaries, so that it can be
-        // seen crossing the hops.
-        service_kit::logging::init_without_output();
+        // seen crossing the hops. `TEST_LOG=1` (with `RUST_LOG` and
+        // `--nocapture`) shows the services' logs, to debug a test.
+        if std::env::var("TEST_LOG").is_ok() {
+            service_kit::logging::init("test")
+        } else {
+            service_kit::logging::init_without_output()
+        }
         let unique = testkit::unique_prefix();
         Self {
             database_url: testkit::fresh_database().await,
@@ -133,16 +138,22 @@ pub async fn spawn_archiver(shared: &Shared) -> oneshot::Sender<()> {
         kafka_brokers: shared.kafka_brokers.clone(),
         kafka_topic: shared.topic.clone(),
         kafka_group: format!("{}-archiver", shared.nats_prefix),
-        kafka_instance_id: "archiver-0".into(),
+        kafka_instance_id: None,
         batch_size: 500,
         batch_wait_ms: 10,
     })
     .await
     .expect("archiver starts");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(archiver.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        // A test that needs the archiver then fails on what it did not store.
+        if let Err(error) = archiver.run_until_stopped(stopped).await {
+            eprintln!("the archiver stopped with an error: {error:#}");
+        }
+    });
     stop
 }
 

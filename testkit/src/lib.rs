@@ -2,13 +2,14 @@
 //! Redis key prefix, Kafka topic and NATS subjects on the real local
 //! services, so tests run in parallel without seeing each other; and the
 //! means to make those services fail: a [`Proxy`] to cut, a [`Broker`] to
-//! pause.
+//! pause or kill.
 //!
 //! `TEST_POSTGRES_URL`, `TEST_REDIS_URL`, `TEST_NATS_URL` and
 //! `TEST_KAFKA_BROKERS` name the servers; the defaults are the local ones.
 
 use std::{
     net::SocketAddr,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -126,37 +127,53 @@ impl Drop for Proxy {
     }
 }
 
-/// A Kafka-compatible broker (tansu, with in-memory storage) of one test's
-/// own, that it can pause and resume as if the broker hung. `TANSU_BIN`
-/// names the binary; the default is where the project's scripts install it.
+/// An Apache Kafka broker of one test's own (`scripts/kafka-node`: KRaft,
+/// one node), on free ports with its log folder in a folder of its own,
+/// that the test can pause and resume (as if it hung), and kill and start
+/// again on the same log folder (as if it crashed).
 pub struct Broker {
     pub addr: String,
-    child: Child,
+    ports: (u16, u16),
+    dir: PathBuf,
+    child: Option<Child>,
 }
 
 impl Broker {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let binary = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
-            format!("{}/.cache/chat-tools/tansu-0.6.0/bin/tansu", std::env::var("HOME").unwrap_or_default())
-        });
-        let child = Command::new(&binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let dir = std::env::temp_dir().join(format!("chat-test-kafka-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("a folder for the broker");
+        let ports = (free_port(), free_port());
+        let mut broker = Self { addr: format!("127.0.0.1:{}", ports.0), ports, dir, child: None };
+        broker.run().await;
+        broker
+    }
+
+    /// Starts the broker process and waits until it says it has started.
+    async fn run(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-node");
+        let log_path = self.dir.join("broker.log");
+        let log = std::fs::File::create(&log_path).expect("the broker's log file");
+        let child = Command::new(&script)
+            .args([self.ports.0.to_string(), self.ports.1.to_string(), self.dir.display().to_string()])
+            .env("KAFKA_HEAP", "256m")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the broker's log file"))
+            .stderr(log)
             .spawn()
-            .unwrap_or_else(|error| panic!("cannot start the broker {binary} (set TANSU_BIN): {error}"));
-        // Owned at once, so that a broker that never listens is still killed.
-        let broker = Self { addr: format!("127.0.0.1:{port}"), child };
-        for _ in 0..100 {
-            if TcpStream::connect(&broker.addr).await.is_ok() {
-                return broker;
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", script.display()));
+        // Owned at once, so that a broker that never starts is still killed.
+        self.child = Some(child);
+        for _ in 0..1200 {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains("Kafka Server started") {
+                return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
+                panic!("the broker exited with {status}:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("the broker did not start listening on {}", broker.addr);
+        panic!("the broker did not start within 120 s; its log is {}", log_path.display());
     }
 
     pub fn pause(&self) {
@@ -167,15 +184,34 @@ impl Broker {
         self.signal("-CONT");
     }
 
+    /// SIGKILL, as a crash would: nothing is flushed or closed cleanly.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL the broker");
+            child.wait().expect("the broker exits");
+        }
+    }
+
+    /// Starts a killed broker again on the same ports and log folder.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill the broker first");
+        self.run().await;
+    }
+
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill runs");
+        let pid = self.child.as_ref().expect("the broker runs").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
         assert!(status.success(), "kill {signal} failed");
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("a free port").port()
 }

@@ -100,3 +100,114 @@ async fn sends_are_refused_while_the_message_log_hangs_and_nothing_acknowledged_
     let expected = acknowledged.len() as i64;
     assert_eq!(all_archived(&shared.database_url, &acknowledged).await, expected);
 }
+
+fn stored_once(stored: &std::collections::HashMap<String, i64>, text: &str) -> bool {
+    stored.get(text) == Some(&1)
+}
+
+/// How many times each of `texts` is in the room's archived history.
+async fn archived_texts(database_url: &str, room: i64) -> std::collections::HashMap<String, i64> {
+    let mut db = PgConnection::connect(database_url).await.expect("the test database");
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT text, count(*) FROM messages WHERE room_id = $1 AND kind = 1 GROUP BY text")
+            .bind(room)
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    rows.into_iter().collect()
+}
+
+#[tokio::test]
+async fn a_broker_killed_mid_stream_refuses_sends_then_resumes_and_nothing_acknowledged_is_lost_or_doubled() {
+    let mut broker = Broker::start().await;
+    let shared = Shared { kafka_brokers: broker.addr.clone(), ..Shared::new().await };
+    let (core, _stop_core) = spawn_core(&shared, &Settings::default()).await;
+    let _stop_archiver = spawn_archiver(&shared).await;
+    let mut grpc = Grpc::connect(core).await;
+    let alice = grpc.register("alice").await;
+    let room = grpc.create_room(&alice, "General", false).await;
+
+    // A steady stream of sends, some of them in flight when the broker dies.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let streaming = {
+        let (mut grpc, alice) = (Grpc::connect(core).await, alice.clone());
+        tokio::spawn(async move {
+            let (mut acknowledged, mut refused) = (Vec::new(), 0);
+            for n in 0.. {
+                if *stopped.borrow_and_update() {
+                    break;
+                }
+                let text = format!("stream {n}");
+                // A send either succeeds or is refused within the produce
+                // timeout: it never hangs.
+                let answer = tokio::time::timeout(Duration::from_secs(30), grpc.send(&alice, room, &text))
+                    .await
+                    .expect("a send is answered while the broker is down");
+                match answer {
+                    Ok(_) => acknowledged.push(text),
+                    Err(status) => {
+                        assert_eq!((status.code(), status.message()), (Code::Unavailable, "temporarily unavailable"));
+                        refused += 1;
+                    }
+                }
+            }
+            (acknowledged, refused)
+        })
+    };
+    let mut before = Vec::new();
+    for n in 0..20 {
+        grpc.send(&alice, room, &format!("before {n}")).await.unwrap();
+        before.push(format!("before {n}"));
+    }
+    // The archiver is mid-stream too: it has stored and committed some.
+    for _ in 0..300 {
+        let stored = archived_texts(&shared.database_url, room).await;
+        if before.iter().all(|text| stored_once(&stored, text)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    broker.kill();
+    let refused = tokio::time::timeout(Duration::from_secs(30), grpc.send(&alice, room, "while the broker is down"))
+        .await
+        .expect("a send is answered while the broker is down")
+        .expect_err("no broker, no success");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(refused.message(), "temporarily unavailable");
+
+    broker.restart().await;
+    // The same core-svc and archiver go on: the producer reconnects by itself.
+    let mut after = Vec::new();
+    for n in 0..300 {
+        let text = format!("after {n}");
+        match grpc.send(&alice, room, &text).await {
+            Ok(_) => after.push(text),
+            Err(status) if after.is_empty() && status.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("a send failed after the broker came back: {status:?}"),
+        }
+        if after.len() == 20 {
+            break;
+        }
+    }
+    assert_eq!(after.len(), 20, "sends succeed again once the broker is back");
+    stop.send_replace(true);
+    let (streamed, streamed_refused) = streaming.await.unwrap();
+    assert!(streamed_refused > 0, "the stream was running while the broker was down");
+
+    let acknowledged: Vec<String> = before.into_iter().chain(streamed).chain(after).collect();
+    let mut stored = archived_texts(&shared.database_url, room).await;
+    for _ in 0..300 {
+        if acknowledged.iter().all(|text| stored.contains_key(text)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stored = archived_texts(&shared.database_url, room).await;
+    }
+    let missing: Vec<&String> = acknowledged.iter().filter(|text| !stored.contains_key(*text)).collect();
+    assert!(missing.is_empty(), "acknowledged but not in history: {missing:?}");
+    let doubled: Vec<(&String, &i64)> = stored.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(doubled.is_empty(), "stored more than once: {doubled:?}");
+}
