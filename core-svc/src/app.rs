@@ -8,8 +8,8 @@ use chat_proto::v1::{
 use service_kit::telemetry;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::{
     codegen::http::{HeaderName, Method},
     service::interceptor::InterceptedService,
@@ -160,7 +160,7 @@ impl Application {
     /// finishes the calls in flight, flushes the message log and gives back
     /// the id node.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let incoming = TcpListenerStream::new(self.listener);
+        let incoming = accept_nodelay(self.listener);
         let streams_shutdown = self.streams_shutdown.clone();
         let shutdown = async move {
             shutdown.await;
@@ -173,5 +173,29 @@ impl Application {
         self.db.close().await;
         tracing::info!("core-svc stopped");
         Ok(())
+    }
+}
+
+/// The accepted connections, each with `TCP_NODELAY`: an answer or a stream
+/// event leaves at once instead of waiting on Nagle's algorithm for the
+/// peer's delayed ACK.
+fn accept_nodelay(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_set() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = accept_nodelay(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.expect("a connection").expect("accepted");
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY on the accepted socket");
     }
 }

@@ -14,7 +14,7 @@ use tonic::Code;
 use tracing::Instrument;
 
 use super::{
-    Sockets,
+    MAX_FRAME, Sockets,
     frames::{ClientFrame, Frame, ServerFrame},
 };
 use crate::{
@@ -30,6 +30,8 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 /// A write that cannot finish in this time means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLAY_PAGE: u32 = 100;
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Connection {
     uid: i64,
@@ -71,8 +73,7 @@ impl Connection {
         open.decrement(1);
         if let End::Close(code, reason) = end {
             metrics::counter!(WS_CLOSED_BY_SERVER, "reason" => reason).increment(1);
-            let close = CloseFrame { code, reason: reason.into() };
-            let _ = timeout(WRITE_TIMEOUT, socket.send(WsMessage::Close(Some(close)))).await;
+            close(&mut socket, code, reason).await;
         }
         tracing::debug!(uid = self.uid, "socket closed");
     }
@@ -97,13 +98,16 @@ impl Connection {
                 incoming = socket.recv(), if sending.is_none() => {
                     last_heard = Instant::now();
                     match incoming {
+                        Some(Ok(message)) if payload_len(&message) > MAX_FRAME => {
+                            return Err(End::Close(close_code::SIZE, "frame larger than 16 KiB"));
+                        }
+                        Some(Err(error)) if too_big(&error) => {
+                            return Err(End::Close(close_code::SIZE, "frame larger than 16 KiB"));
+                        }
                         Some(Ok(WsMessage::Text(text))) => sending = self.on_text(socket, &text).await?,
                         Some(Ok(WsMessage::Binary(_))) => error(socket, "invalid operation", None).await?,
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                         Some(Ok(WsMessage::Close(_))) | None => return Ok(()),
-                        Some(Err(error)) if too_big(&error) => {
-                            return Err(End::Close(close_code::SIZE, "frame larger than 16 KiB"));
-                        }
                         Some(Err(_)) => return Err(End::Quietly),
                     }
                 }
@@ -296,10 +300,37 @@ fn status_text(status: &tonic::Status) -> &'static str {
     }
 }
 
+fn payload_len(message: &WsMessage) -> usize {
+    match message {
+        WsMessage::Text(text) => text.len(),
+        WsMessage::Binary(bytes) => bytes.len(),
+        _ => 0,
+    }
+}
+
 fn too_big(error: &axum::Error) -> bool {
     use tokio_tungstenite::tungstenite::Error;
     let source = std::error::Error::source(error);
     matches!(source.and_then(|e| e.downcast_ref::<Error>()), Some(Error::Capacity(_)))
+}
+
+/// Sends the close frame, then reads and discards what the client still
+/// sends until it answers with its own close (or [`CLOSE_WAIT`] passes).
+/// Dropping the connection with the client's bytes unread would make the
+/// kernel reset it, and the client would often never see the close frame.
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code, reason: reason.into() };
+    if timeout(WRITE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await.is_err() {
+        return;
+    }
+    let drain = async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = timeout(CLOSE_WAIT, drain).await;
 }
 
 async fn send(socket: &mut WebSocket, message: WsMessage) -> Step {

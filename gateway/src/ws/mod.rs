@@ -19,6 +19,11 @@ use crate::{core_client::CoreClient, error::ApiError, extract::Token};
 /// The largest frame or message a client may send; a larger one closes the
 /// connection with 1009.
 pub const MAX_FRAME: usize = 16 * 1024;
+/// What the WebSocket layer reads whole before the connection decides. A
+/// frame between [`MAX_FRAME`] and this is read to its end, so that the
+/// 1009 close that answers it is the last word on a clean connection; only
+/// a larger one is cut off mid-frame.
+const READ_LIMIT: usize = 64 * 1024;
 /// Client frames are small; the default (128 KiB per socket) would dominate
 /// the memory of an idle connection. A larger frame grows the buffer while
 /// it is read. (4 KiB gave 11.1 KiB of RSS per idle socket, 1 KiB 8.1.)
@@ -54,8 +59,8 @@ pub async fn upgrade(
     let uid = core.users.get_profile(token.request(GetProfileRequest { uid: 0 })).await?.into_inner().uid;
     let tracker = sockets.tracker.clone();
     Ok(upgrade
-        .max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
+        .max_message_size(READ_LIMIT)
+        .max_frame_size(READ_LIMIT)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {

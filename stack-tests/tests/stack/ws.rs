@@ -357,3 +357,27 @@ async fn a_socket_is_closed_when_its_token_expires() {
     assert_eq!(ws.close_code().await, Some(1008));
     assert!(chrono::Utc::now() >= short_lived.expires_at, "not before the token expired");
 }
+
+#[tokio::test]
+async fn a_client_that_chats_then_sends_an_oversized_frame_always_gets_the_1009_close() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "General", false).await;
+    // Each try chats first, so that the server's side of the connection
+    // has traffic behind it, then sends a frame that is too large whole.
+    for attempt in 0..10 {
+        let mut ws = Ws::connect(&app.base, &alice.token).await;
+        ws.enter(room).await;
+        let (sent, _) = ws.say(&format!("hello {attempt}")).await;
+        assert_eq!(sent["Type"], "sent");
+        ws.send_raw(WsMessage::text("x".repeat(20 * 1024))).await;
+        // The client goes on writing before it reads the answer: a server
+        // that drops the connection with the client's bytes unread resets
+        // it, and the reset loses the close frame it had sent.
+        for n in 0..20 {
+            ws.send(json!({"Type": "message", "Text": format!("after the big one {n}")})).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(ws.close_code().await, Some(1009), "try {attempt}: the close frame arrives, not a reset");
+    }
+}
