@@ -1,10 +1,13 @@
 """Starts the real binaries (from $BIN_DIR) on free ports against a fresh
 database, for tests that drive them as independent clients would."""
 
+import contextlib
 import os
+import pathlib
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,8 +48,10 @@ class Stack:
         ).stdout
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+@contextlib.contextmanager
+def start_stack():
+    """The three binaries on free ports against a fresh database and the
+    engines that the environment names; stopped with SIGTERM at the end."""
     run_id = uuid.uuid4().hex[:12]
     database = f"chat_e2e_{run_id}"
     subprocess.run([*PSQL, f'CREATE DATABASE "{database}"'], check=True)
@@ -73,7 +78,7 @@ def stack(tmp_path_factory):
         grpc=f"127.0.0.1:{core_port}",
         database=database,
         env=env,
-        log_dir=tmp_path_factory.mktemp("logs"),
+        log_dir=pathlib.Path(tempfile.mkdtemp(prefix="chat-e2e-logs-")),
         processes={},
     )
     for name in ("core-svc", "gateway", "archiver"):
@@ -104,3 +109,9 @@ def stack(tmp_path_factory):
                 codes[name] = "killed after 15 s"
         subprocess.run([*PSQL, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'], check=False)
         assert codes == {"gateway": 0, "archiver": 0, "core-svc": 0}, f"unclean shutdown {codes}; logs in {log_dir}"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with start_stack() as stack:
+        yield stack

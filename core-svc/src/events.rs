@@ -96,12 +96,22 @@ impl Events {
             .fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload).headers(kafka_headers);
         let producer = self.producer();
-        if let Err((error, _)) = producer.send(record, PRODUCE_TIMEOUT).await {
-            tracing::warn!(%error, room_id, "the message log refused an event");
-            if producer_is_done(&producer, &error) {
-                self.replace(&producer);
+        // librdkafka's own timeout was seen to answer only after twice its
+        // value when the broker had just died: the caller waits no longer
+        // than PRODUCE_TIMEOUT whatever librdkafka does.
+        match tokio::time::timeout(PRODUCE_TIMEOUT, producer.send(record, PRODUCE_TIMEOUT)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => {
+                tracing::warn!(%error, room_id, "the message log refused an event");
+                if producer_is_done(&producer, &error) {
+                    self.replace(&producer);
+                }
+                return Err(Error::Unavailable("temporarily unavailable"));
             }
-            return Err(Error::Unavailable("temporarily unavailable"));
+            Err(_) => {
+                tracing::warn!(room_id, "the message log did not acknowledge an event in time");
+                return Err(Error::Unavailable("temporarily unavailable"));
+            }
         }
         self.cache.push_recent(room_id, id, &payload).await;
         let subject = room_subject(&self.subject_prefix, room_id);
