@@ -89,11 +89,16 @@ impl Users {
         // would say which half of the credentials was wrong.
         let email = request.email.trim().to_lowercase();
         self.check_not_locked(&email).await?;
-        let account: Option<(i64, String)> =
+        // PostgreSQL text cannot hold NUL, so no account has such an address,
+        // and a query with one would fail rather than find none.
+        let account: Option<(i64, String)> = if email.contains('\0') {
+            None
+        } else {
             sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = $1")
                 .bind(&email)
                 .fetch_optional(&self.db)
-                .await?;
+                .await?
+        };
         let (uid, hash) = match account {
             Some((uid, hash)) => (Some(uid), hash),
             None => (None, self.decoy_hash.clone()),

@@ -46,8 +46,21 @@ pub fn parse_case_insensitive<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Ap
     let Value::Object(fields) = value else {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     };
-    let fields: Map<String, Value> = fields.into_iter().map(|(name, value)| (name.to_lowercase(), value)).collect();
+    let fields: Map<String, Value> =
+        fields.into_iter().map(|(name, value)| (name.to_lowercase(), whole_number_as_integer(value))).collect();
     T::deserialize(Value::Object(fields)).map_err(|error| ApiError::bad_request(format!("invalid request: {error}")))
+}
+
+/// JSON Schema, and so the OpenAPI document, counts `3.0` as the integer 3,
+/// which serde reads as a float that no integer field takes; such a number
+/// is read as the integer it is. Past 2^53 a float no longer tells
+/// neighbouring integers apart, so those stay floats and are refused.
+fn whole_number_as_integer(value: Value) -> Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value.as_f64() {
+        Some(number) if value.is_f64() && number.fract() == 0.0 && number.abs() <= EXACT => Value::from(number as i64),
+        _ => value,
+    }
 }
 
 /// The caller's access token, from `Authorization: <jwt>` or
@@ -179,6 +192,18 @@ mod tests {
         ] {
             let login: Login = parse_case_insensitive(body.as_bytes()).unwrap();
             assert_eq!(login, Login { email: "a@b.co".into(), roomid: 3 }, "{body}");
+        }
+    }
+
+    #[test]
+    fn whole_numbers_are_integers_however_spelled() {
+        for body in [r#"{"RoomID":3}"#, r#"{"RoomID":3.0}"#, r#"{"RoomID":0.3e1}"#] {
+            let login: Login = parse_case_insensitive(body.as_bytes()).unwrap();
+            assert_eq!(login.roomid, 3, "{body}");
+        }
+        for body in [r#"{"RoomID":3.5}"#, r#"{"RoomID":1e300}"#, r#"{"Email":1.0}"#] {
+            let error = parse_case_insensitive::<Login>(body.as_bytes()).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{body}");
         }
     }
 

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{Query, State},
 };
 use chat_proto::v1::{HistoryRequest, Message, MessageKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, parse_path_id, rfc3339};
+use super::{AppState, PathParam, parse_path_id, rfc3339};
 use crate::{
     core_client::CoreClient,
     error::{ApiError, ErrorBody},
@@ -69,9 +69,9 @@ struct HistoryBody {
 /// Members only.
 #[utoipa::path(get, path = "/messages/{roomID}", tag = "messages", security(("token" = [])),
     params(
-        ("roomID" = i64, Path, description = "the room's id"),
-        ("LastID" = Option<i64>, Query, description = "page from this id down (also `last_id`, or `LastID` in a JSON body, as the original took it)"),
-        ("Limit" = Option<u32>, Query, description = "1 to 100, default 100"),
+        ("roomID" = i64, Path, minimum = 1, description = "the room's id"),
+        ("LastID" = Option<i64>, Query, minimum = 0, description = "page from this id down (also `last_id`, or `LastID` in a JSON body, as the original took it)"),
+        ("Limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 100"),
     ),
     responses(
         (status = 200, body = Vec<MessageBody>),
@@ -83,11 +83,11 @@ struct HistoryBody {
 async fn history(
     State(mut core): State<CoreClient>,
     token: Token,
-    Path(room_id): Path<String>,
+    room_id: PathParam,
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Json<Vec<MessageBody>>, ApiError> {
-    let room_id = parse_path_id(&room_id, "room")?;
+    let room_id = parse_path_id(room_id, "room")?;
     let query: HashMap<String, String> = query.into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
     let number = |names: &[&str], what: &str| -> Result<Option<i64>, ApiError> {
         match names.iter().find_map(|name| query.get(*name)) {

@@ -4,7 +4,13 @@
 
 use std::sync::Arc;
 
-use axum::{Json, Router, extract::FromRef, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Json, Router,
+    extract::{FromRef, Path, rejection::PathRejection},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::get,
+};
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{ApiKey, ApiKeyValue, SecurityScheme},
@@ -20,6 +26,7 @@ use crate::{
     ws::{self, Sockets},
 };
 
+mod fields;
 mod messages;
 mod ops;
 mod rooms;
@@ -88,7 +95,14 @@ pub(crate) fn rfc3339(at: Option<prost_types::Timestamp>) -> String {
         .to_string()
 }
 
+/// A path parameter as it came, so that one that is not UTF-8 gets the
+/// API's JSON error rather than axum's plain-text rejection.
+type PathParam = Result<Path<String>, PathRejection>;
+
 /// A positive id from the path; anything else is 400.
-fn parse_path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
+fn parse_path_id(raw: PathParam, what: &str) -> Result<i64, ApiError> {
+    raw.ok()
+        .and_then(|Path(raw)| raw.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
 }

@@ -1,16 +1,12 @@
 //! Rooms and members: create, join, invite, list mine, details.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use chat_proto::v1::{CreateRoomRequest, GetRoomRequest, InviteRequest, JoinRoomRequest, ListMyRoomsRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, parse_path_id, rfc3339, users::StatusBody};
+use super::{AppState, PathParam, fields, parse_path_id, rfc3339, users::StatusBody};
 use crate::{
     core_client::CoreClient,
     error::{ApiError, ErrorBody},
@@ -26,13 +22,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(room))
 }
 
-#[derive(Deserialize, ToSchema, Default)]
-#[serde(default)]
+#[derive(Deserialize, ToSchema)]
 struct CreateRoomBody {
-    /// 1–100 characters after trimming; unique, ignoring case.
-    #[schema(rename = "Name")]
+    // Missing reads as empty, which is refused as any invalid name is.
+    #[serde(default)]
+    #[schema(rename = "Name", required, schema_with = fields::room_name)]
     name: String,
-    #[schema(rename = "IsPrivate")]
+    #[serde(default)]
+    #[schema(rename = "IsPrivate", default = false)]
     isprivate: bool,
 }
 
@@ -60,10 +57,11 @@ async fn create_room(
     Ok((StatusCode::CREATED, Json(RoomIdBody { room_id: reply.room_id })))
 }
 
-#[derive(Deserialize, ToSchema, Default)]
-#[serde(default)]
+#[derive(Deserialize, ToSchema)]
 struct JoinBody {
-    #[schema(rename = "RoomID")]
+    // Missing reads as 0, which is refused as any invalid id is.
+    #[serde(default)]
+    #[schema(rename = "RoomID", required, minimum = 1)]
     roomid: i64,
 }
 
@@ -86,13 +84,15 @@ async fn join(
     Ok(Json(StatusBody { status: "joined" }))
 }
 
-#[derive(Deserialize, ToSchema, Default)]
-#[serde(default)]
+// A missing id reads as 0, which is refused as any invalid id is.
+#[derive(Deserialize, ToSchema)]
 struct InviteBody {
-    #[schema(rename = "RoomID")]
+    #[serde(default)]
+    #[schema(rename = "RoomID", required, minimum = 1)]
     roomid: i64,
     /// The user to add.
-    #[schema(rename = "UID")]
+    #[serde(default)]
+    #[schema(rename = "UID", required, minimum = 1)]
     uid: i64,
 }
 
@@ -148,7 +148,7 @@ struct RoomBody {
 
 /// A room's details. A private room is shown only to its members.
 #[utoipa::path(get, path = "/room/{roomID}", tag = "rooms", security((), ("token" = [])),
-    params(("roomID" = i64, Path, description = "the room's id")),
+    params(("roomID" = i64, Path, minimum = 1, description = "the room's id")),
     responses(
         (status = 200, body = RoomBody),
         (status = 400, body = ErrorBody),
@@ -158,9 +158,9 @@ struct RoomBody {
 async fn room(
     State(mut core): State<CoreClient>,
     token: Option<Token>,
-    Path(room_id): Path<String>,
+    room_id: PathParam,
 ) -> Result<Json<RoomBody>, ApiError> {
-    let room_id = parse_path_id(&room_id, "room")?;
+    let room_id = parse_path_id(room_id, "room")?;
     let room = core.rooms.get_room(grpc_request(token.as_ref(), GetRoomRequest { room_id })).await?.into_inner();
     Ok(Json(RoomBody {
         room_id: room.room_id,

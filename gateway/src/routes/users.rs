@@ -1,16 +1,12 @@
 //! Accounts and sessions: register, login, profiles, change name.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use chat_proto::v1::{ChangeNameRequest, GetProfileRequest, LoginRequest, RegisterRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, rfc3339};
+use super::{AppState, PathParam, fields, rfc3339};
 use crate::{
     core_client::CoreClient,
     error::{ApiError, ErrorBody},
@@ -27,16 +23,18 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(change_name))
 }
 
-#[derive(Deserialize, ToSchema, Default)]
-#[serde(default)]
+// Every field is required; a missing one reads as empty, so that the reply
+// names every problem at once.
+#[derive(Deserialize, ToSchema)]
 struct RegisterBody {
-    /// 3–20 letters, digits or `_`.
-    #[schema(rename = "Username")]
+    #[serde(default)]
+    #[schema(rename = "Username", required, schema_with = fields::username)]
     username: String,
-    #[schema(rename = "Email")]
+    #[serde(default)]
+    #[schema(rename = "Email", required, schema_with = fields::email)]
     email: String,
-    /// 8–128 characters.
-    #[schema(rename = "Password")]
+    #[serde(default)]
+    #[schema(rename = "Password", required, schema_with = fields::password)]
     password: String,
 }
 
@@ -62,12 +60,15 @@ async fn register(
     Ok((StatusCode::CREATED, Json(UidBody { uid: reply.uid })))
 }
 
-#[derive(Deserialize, ToSchema, Default)]
-#[serde(default)]
+// Not validated beyond being strings, so as not to tell which half of the
+// credentials is wrong; a missing one reads as empty, and so as wrong.
+#[derive(Deserialize, ToSchema)]
 struct LoginBody {
-    #[schema(rename = "Email")]
+    #[serde(default)]
+    #[schema(rename = "Email", required)]
     email: String,
-    #[schema(rename = "Password")]
+    #[serde(default)]
+    #[schema(rename = "Password", required)]
     password: String,
 }
 
@@ -86,7 +87,8 @@ struct LoginReply {
     (status = 400, body = ErrorBody),
     (status = 401, description = "wrong e-mail or password", body = ErrorBody),
     (status = 413, body = ErrorBody),
-    (status = 429, description = "too many attempts from this address or for this account; see `Retry-After`", body = ErrorBody),
+    (status = 429, description = "too many attempts from this address or for this account", body = ErrorBody,
+        headers(("Retry-After" = u64, description = "seconds until an attempt may succeed"))),
 ))]
 async fn login(
     State(mut core): State<CoreClient>,
@@ -134,7 +136,7 @@ async fn own_profile(State(mut core): State<CoreClient>, token: Token) -> Result
 
 /// A user's public profile; the e-mail only when the caller is that user.
 #[utoipa::path(get, path = "/profile/{UID}", tag = "users", security((), ("token" = [])),
-    params(("UID" = i64, Path, description = "the user's id")),
+    params(("UID" = i64, Path, minimum = 1, description = "the user's id")),
     responses(
         (status = 200, body = ProfileBody),
         (status = 400, description = "not a valid user id", body = ErrorBody),
@@ -144,16 +146,17 @@ async fn own_profile(State(mut core): State<CoreClient>, token: Token) -> Result
 async fn profile(
     State(mut core): State<CoreClient>,
     token: Option<Token>,
-    Path(uid): Path<String>,
+    uid: PathParam,
 ) -> Result<Json<ProfileBody>, ApiError> {
-    let uid = super::parse_path_id(&uid, "user")?;
+    let uid = super::parse_path_id(uid, "user")?;
     fetch_profile(&mut core, token.as_ref(), uid).await
 }
 
-#[derive(Deserialize, ToSchema, Default)]
-#[serde(default)]
+#[derive(Deserialize, ToSchema)]
 struct ChangeNameBody {
-    #[schema(rename = "NewName")]
+    // Missing reads as empty, which is refused as any invalid name is.
+    #[serde(default)]
+    #[schema(rename = "NewName", required, schema_with = fields::username)]
     newname: String,
 }
 
