@@ -171,19 +171,21 @@ fresh_kafka() {
 
 # Stops the broker on $KAFKA_PORT if these scripts started it.
 stop_kafka() {
-  stop_pid_file "$ENGINES/kafka-$KAFKA_PORT.pid" 30
+  stop_pid_file "$ENGINES/kafka-$KAFKA_PORT.pid" 30 kafka
 }
 
-# stop_pid_file FILE SECONDS: SIGTERM, then SIGKILL after SECONDS.
+# stop_pid_file FILE SECONDS NAME: SIGTERM, then SIGKILL after SECONDS, to
+# the process in FILE if its command line still names NAME (a pid file
+# that outlived its process may name another one by now).
 stop_pid_file() {
-  local pid_file=$1 seconds=$2 pid
+  local pid_file=$1 seconds=$2 name=$3 pid
   [ -f "$pid_file" ] || return 0
   pid=$(cat "$pid_file")
-  if kill -TERM "$pid" 2>/dev/null; then
-    for _ in $(seq 1 $((seconds * 5))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
   rm -f "$pid_file"
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$name" || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 $((seconds * 5))); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -KILL "$pid" 2>/dev/null || true
 }
 
 ensure_engines() {
@@ -196,8 +198,8 @@ ensure_engines() {
 # Stops every engine that these scripts started (not ones found running).
 stop_engines() {
   local pid_file
-  for pid_file in "$ENGINES"/kafka-*.pid; do [ -e "$pid_file" ] && stop_pid_file "$pid_file" 30; done
-  stop_pid_file "$ENGINES/nats.pid" 10
-  stop_pid_file "$ENGINES/redis.pid" 10
+  for pid_file in "$ENGINES"/kafka-*.pid; do [ -e "$pid_file" ] && stop_pid_file "$pid_file" 30 kafka; done
+  stop_pid_file "$ENGINES/nats.pid" 10 nats-server
+  stop_pid_file "$ENGINES/redis.pid" 10 redis-server
   stop_postgres
 }
