@@ -59,15 +59,34 @@ async fn the_archiver_waits_out_a_postgres_outage_and_loses_nothing() {
     assert_eq!(all_archived(&shared.database_url, &all).await, 100, "every acknowledged message, once");
 }
 
+/// core-svc and an archiver on a broker of the test's own, and a room with
+/// one member.
+struct OnItsOwnBroker {
+    broker: Broker,
+    shared: Shared,
+    core: std::net::SocketAddr,
+    grpc: Grpc,
+    alice: stack_tests::User,
+    room: i64,
+    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl OnItsOwnBroker {
+    async fn start() -> Self {
+        let broker = Broker::start().await;
+        let shared = Shared { kafka_brokers: broker.addr.clone(), ..Shared::new().await };
+        let (core, stop_core) = spawn_core(&shared, &Settings::default()).await;
+        let stop_archiver = spawn_archiver(&shared).await;
+        let mut grpc = Grpc::connect(core).await;
+        let alice = grpc.register("alice").await;
+        let room = grpc.create_room(&alice, "General", false).await;
+        Self { broker, shared, core, grpc, alice, room, _stops: vec![stop_archiver, stop_core] }
+    }
+}
+
 #[tokio::test]
 async fn sends_are_refused_while_the_message_log_hangs_and_nothing_acknowledged_is_lost() {
-    let broker = Broker::start().await;
-    let shared = Shared { kafka_brokers: broker.addr.clone(), ..Shared::new().await };
-    let (core, _stop_core) = spawn_core(&shared, &Settings::default()).await;
-    let _stop_archiver = spawn_archiver(&shared).await;
-    let mut grpc = Grpc::connect(core).await;
-    let alice = grpc.register("alice").await;
-    let room = grpc.create_room(&alice, "General", false).await;
+    let OnItsOwnBroker { broker, shared, core: _, mut grpc, alice, room, _stops } = OnItsOwnBroker::start().await;
     let mut acknowledged = Vec::new();
     for n in 0..20 {
         acknowledged.push(grpc.send(&alice, room, &format!("before {n}")).await.unwrap());
@@ -119,13 +138,7 @@ async fn archived_texts(database_url: &str, room: i64) -> std::collections::Hash
 
 #[tokio::test]
 async fn a_broker_killed_mid_stream_refuses_sends_then_resumes_and_nothing_acknowledged_is_lost_or_doubled() {
-    let mut broker = Broker::start().await;
-    let shared = Shared { kafka_brokers: broker.addr.clone(), ..Shared::new().await };
-    let (core, _stop_core) = spawn_core(&shared, &Settings::default()).await;
-    let _stop_archiver = spawn_archiver(&shared).await;
-    let mut grpc = Grpc::connect(core).await;
-    let alice = grpc.register("alice").await;
-    let room = grpc.create_room(&alice, "General", false).await;
+    let OnItsOwnBroker { mut broker, shared, core, mut grpc, alice, room, _stops } = OnItsOwnBroker::start().await;
 
     // A steady stream of sends, some of them in flight when the broker dies.
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
