@@ -10,15 +10,20 @@ use rdkafka::{
 };
 use service_kit::telemetry;
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use tokio::time::{Instant, timeout};
+use tokio::{
+    sync::oneshot,
+    time::{Instant, timeout},
+};
 use tracing::Instrument;
 
 use crate::{config::Config, store};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a stop waits for the consumer to send its last commits.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Archiver {
-    consumer: StreamConsumer,
+    consumer: LogConsumer,
     db: PgPool,
     batch_size: usize,
     batch_wait: Duration,
@@ -58,7 +63,7 @@ impl Archiver {
         consumer.subscribe(&[&config.kafka_topic]).context("subscribing to the message topic")?;
         tracing::info!(topic = config.kafka_topic, group = config.kafka_group, "archiver consuming");
         Ok(Self {
-            consumer,
+            consumer: LogConsumer(Some(consumer)),
             db,
             batch_size: config.batch_size.max(1),
             batch_wait: Duration::from_millis(config.batch_wait_ms),
@@ -83,6 +88,7 @@ impl Archiver {
                 tracing::warn!(error = format!("{error:#}"), "cannot commit offsets");
             }
         }
+        self.consumer.close(CLOSE_WAIT).await;
         tracing::info!("archiver stopped");
         Ok(())
     }
@@ -152,6 +158,53 @@ impl Archiver {
     /// each other. Queued commits are sent when the consumer closes.
     fn commit(&self, offsets: &TopicPartitionList) -> anyhow::Result<()> {
         self.consumer.commit(offsets, CommitMode::Async).context("committing offsets")
+    }
+}
+
+/// The consumer, closed on a thread of its own. Closing sends the queued
+/// commits and leaves the group, and it waits for as long as the broker is
+/// away: that must hold up neither a stop nor the runtime.
+struct LogConsumer(Option<StreamConsumer>);
+
+impl LogConsumer {
+    /// Closes the consumer, waiting at most `wait` for its last commits. A
+    /// commit that does not go out means its batch is read again.
+    async fn close(mut self, wait: Duration) {
+        let (done, closed) = oneshot::channel();
+        if let Some(consumer) = self.0.take() {
+            close_aside(consumer, Some(done));
+        }
+        if timeout(wait, closed).await.is_err() {
+            tracing::warn!("the Kafka consumer did not close in time; its last batch will be read again");
+        }
+    }
+}
+
+impl std::ops::Deref for LogConsumer {
+    type Target = StreamConsumer;
+
+    fn deref(&self) -> &StreamConsumer {
+        self.0.as_ref().expect("open until closed")
+    }
+}
+
+impl Drop for LogConsumer {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            close_aside(consumer, None);
+        }
+    }
+}
+
+fn close_aside(consumer: StreamConsumer, done: Option<oneshot::Sender<()>>) {
+    let closing = std::thread::Builder::new().name("kafka-close".into()).spawn(move || {
+        drop(consumer);
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    });
+    if let Err(error) = closing {
+        tracing::warn!(%error, "cannot close the Kafka consumer on a thread of its own");
     }
 }
 
