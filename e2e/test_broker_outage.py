@@ -15,7 +15,7 @@ import requests
 import websockets
 
 from conftest import free_port, start_stack
-from test_live import recv, user
+from test_live import enter, recv, user
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -81,9 +81,7 @@ def test_the_broker_and_the_archiver_killed_together_and_restarted_lose_and_doub
     async def session():
         acked = []
         async with websockets.connect(f"{stack.ws}?token={token}") as ws:
-            await recv(ws)
-            await ws.send(json.dumps({"Type": "enter", "RoomID": room}))
-            await recv(ws)
+            await enter(ws, room)
             for i in range(100):
                 frame = await send(ws, f"before {i}")
                 assert frame["Type"] == "sent", frame

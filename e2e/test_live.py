@@ -22,6 +22,13 @@ async def recv(ws):
     return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
 
+async def enter(ws, room):
+    """Reads the lobby frame of a new socket, then enters `room`."""
+    await recv(ws)
+    await ws.send(json.dumps({"Type": "enter", "RoomID": room}))
+    assert await recv(ws) == {"Type": "enter", "RoomID": room}
+
+
 def test_wscat_session_from_the_readme(stack):
     token = user(stack, "wsuser")
     room = requests.post(f"{stack.base}/create-room", headers={"Authorization": token}, json={"Name": "ws"}).json()["RoomID"]
@@ -53,9 +60,7 @@ def test_every_sent_message_survives_an_archiver_killed_mid_stream(stack):
     async def stream():
         acked = []
         async with websockets.connect(f"{stack.ws}?token={token}") as ws:
-            await recv(ws)
-            await ws.send(json.dumps({"Type": "enter", "RoomID": room}))
-            await recv(ws)
+            await enter(ws, room)
             for i in range(total):
                 if i == total // 3:
                     stack.processes["archiver"].send_signal(signal.SIGKILL)
