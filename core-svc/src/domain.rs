@@ -31,6 +31,9 @@ impl Username {
         if !(3..=20).contains(&length) {
             return Err("username must be 3 to 20 characters".into());
         }
+        if input.chars().any(char::is_control) {
+            return Err("username has invalid characters".into());
+        }
         if !input.chars().all(|c| c.is_alphanumeric() || c == '_') {
             return Err("username may contain only letters, digits and underscores".into());
         }
@@ -96,25 +99,52 @@ impl RoomName {
             return Err("room name must be 1 to 100 characters".into());
         }
         if name.chars().any(char::is_control) {
-            return Err("room name must not contain control characters".into());
+            return Err("room name has invalid characters".into());
         }
         Ok(Self(name.to_owned()))
     }
 }
 
-/// A chat message's text: 1–2000 Unicode scalar values, not only white space.
+/// A chat message's text: 1–2000 Unicode scalar values, not only white
+/// space, and no control characters but newline and tab (PostgreSQL cannot
+/// store a NUL, and the others only ever garble a screen).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageText(String);
 text_newtype!(MessageText);
 
+/// What is wrong with a message's text. Each has its own error reason on
+/// the wire, so the gateway can say it in the contract's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TextProblem {
+    #[error("empty message")]
+    Empty,
+    #[error("message too long")]
+    TooLong,
+    #[error("invalid characters")]
+    InvalidCharacters,
+}
+
+impl TextProblem {
+    pub fn reason(self) -> &'static str {
+        use chat_proto::reason;
+        match self {
+            Self::Empty => reason::EMPTY_MESSAGE,
+            Self::TooLong => reason::MESSAGE_TOO_LONG,
+            Self::InvalidCharacters => reason::INVALID_CHARACTERS,
+        }
+    }
+}
+
 impl MessageText {
     pub const MAX_CHARS: usize = 2000;
 
-    pub fn parse(input: String) -> Result<Self, String> {
+    pub fn parse(input: String) -> Result<Self, TextProblem> {
         if input.trim().is_empty() {
-            Err("empty message".into())
+            Err(TextProblem::Empty)
         } else if input.chars().count() > Self::MAX_CHARS {
-            Err("message too long".into())
+            Err(TextProblem::TooLong)
+        } else if input.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            Err(TextProblem::InvalidCharacters)
         } else {
             Ok(Self(input))
         }
@@ -144,7 +174,9 @@ mod tests {
         for ok in ["bob", "user_1", "Zoë_Ђорђе", "a".repeat(20).as_str(), "名前です"] {
             assert!(Username::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "ab", "a".repeat(21).as_str(), "has space", "semi;colon", "<script>", "tab\t", "dash-ed"] {
+        for bad in
+            ["", "ab", "a".repeat(21).as_str(), "has space", "semi;colon", "<script>", "tab\t", "dash-ed", "nul\u{0}x"]
+        {
             assert!(Username::parse(bad).is_err(), "{bad}");
         }
     }
@@ -192,9 +224,13 @@ mod tests {
     fn message_texts() {
         assert!(MessageText::parse("hi".into()).is_ok());
         assert!(MessageText::parse("é".repeat(2000)).is_ok());
-        assert_eq!(MessageText::parse("x".repeat(2001)), Err("message too long".into()));
-        assert_eq!(MessageText::parse("".into()), Err("empty message".into()));
-        assert_eq!(MessageText::parse(" \n\t ".into()), Err("empty message".into()));
+        assert!(MessageText::parse("two\nlines\tand a tab".into()).is_ok());
+        assert_eq!(MessageText::parse("x".repeat(2001)), Err(TextProblem::TooLong));
+        assert_eq!(MessageText::parse("".into()), Err(TextProblem::Empty));
+        assert_eq!(MessageText::parse(" \n\t ".into()), Err(TextProblem::Empty));
+        for bad in ["nul\u{0}byte", "bell\u{7}", "carriage\rreturn", "escape\u{1b}[2J", "del\u{7f}", "c1\u{85}"] {
+            assert_eq!(MessageText::parse(bad.into()), Err(TextProblem::InvalidCharacters), "{bad:?}");
+        }
     }
 
     #[test]

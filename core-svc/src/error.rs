@@ -1,12 +1,19 @@
+use chat_proto::reason;
 use tonic::{Code, Status};
 
+use crate::domain::TextProblem;
+
 /// Everything a call can fail with. Each variant maps to one gRPC status
-/// (and through the gateway to one HTTP status) in [`From<Error> for Status`].
+/// (and through the gateway to one HTTP status) and one error reason
+/// ([`chat_proto::reason`]) in [`From<Error> for Status`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Input that fails validation; every problem found, for the client.
     #[error("{}", .0.join("; "))]
     Invalid(Vec<String>),
+    /// A message's text that cannot be sent, with a reason of its own.
+    #[error(transparent)]
+    InvalidText(#[from] TextProblem),
     #[error("{0}")]
     Unauthenticated(&'static str),
     #[error("{0}")]
@@ -18,6 +25,10 @@ pub enum Error {
     /// Too many attempts of `what` (a message for the client).
     #[error("{what}")]
     RateLimited { retry_after_secs: u64, what: &'static str },
+    /// More of some costly work than the server takes on at once (password
+    /// hashing); the client may retry shortly.
+    #[error("{0}")]
+    Overloaded(&'static str),
     /// A dependency is down; the client may retry.
     #[error("{0}")]
     Unavailable(&'static str),
@@ -55,23 +66,31 @@ impl From<sqlx::Error> for Error {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
-        match error {
-            Error::Invalid(_) => Status::invalid_argument(message),
-            Error::Unauthenticated(_) => Status::unauthenticated(message),
-            Error::PermissionDenied(_) => Status::permission_denied(message),
-            Error::NotFound(_) => Status::not_found(message),
-            Error::AlreadyExists(_) => Status::already_exists(message),
-            Error::RateLimited { retry_after_secs, .. } => {
-                let mut status = Status::new(Code::ResourceExhausted, message);
-                status.metadata_mut().insert("retry-after", retry_after_secs.into());
-                status
-            }
-            Error::Unavailable(_) => Status::unavailable(message),
+        let (code, reason) = match &error {
+            Error::Invalid(_) => (Code::InvalidArgument, reason::INVALID_ARGUMENT),
+            Error::InvalidText(problem) => (Code::InvalidArgument, problem.reason()),
+            Error::Unauthenticated(_) => (Code::Unauthenticated, reason::UNAUTHENTICATED),
+            Error::PermissionDenied(_) => (Code::PermissionDenied, reason::PERMISSION_DENIED),
+            Error::NotFound(_) => (Code::NotFound, reason::NOT_FOUND),
+            Error::AlreadyExists(_) => (Code::AlreadyExists, reason::ALREADY_EXISTS),
+            Error::RateLimited { .. } => (Code::ResourceExhausted, reason::RATE_LIMITED),
+            Error::Overloaded(_) => (Code::ResourceExhausted, reason::OVERLOADED),
+            Error::Unavailable(_) => (Code::Unavailable, reason::UNAVAILABLE),
             Error::Internal(error) => {
                 tracing::error!(error = ?error, "internal error");
-                Status::internal("internal error")
+                return reason::status(Code::Internal, "internal error", reason::INTERNAL);
             }
+        };
+        let mut status = reason::status(code, message, reason);
+        let retry_after_secs = match error {
+            Error::RateLimited { retry_after_secs, .. } => Some(retry_after_secs),
+            Error::Overloaded(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after_secs {
+            status.metadata_mut().insert("retry-after", secs.into());
         }
+        status
     }
 }
 
@@ -108,11 +127,28 @@ mod tests {
             (Error::NotFound("no"), Code::NotFound),
             (Error::AlreadyExists("no"), Code::AlreadyExists),
             (Error::RateLimited { retry_after_secs: 3, what: "slow down" }, Code::ResourceExhausted),
+            (Error::Overloaded("busy"), Code::ResourceExhausted),
             (Error::Unavailable("down"), Code::Unavailable),
             (Error::Internal(anyhow::anyhow!("boom")), Code::Internal),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
+        }
+    }
+
+    #[test]
+    fn each_error_carries_its_reason() {
+        let cases = [
+            (Error::invalid("bad"), reason::INVALID_ARGUMENT),
+            (Error::from(TextProblem::Empty), reason::EMPTY_MESSAGE),
+            (Error::from(TextProblem::TooLong), reason::MESSAGE_TOO_LONG),
+            (Error::from(TextProblem::InvalidCharacters), reason::INVALID_CHARACTERS),
+            (Error::RateLimited { retry_after_secs: 3, what: "slow down" }, reason::RATE_LIMITED),
+            (Error::Overloaded("busy"), reason::OVERLOADED),
+            (Error::Internal(anyhow::anyhow!("boom")), reason::INTERNAL),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(reason::of(&Status::from(error)).as_deref(), Some(expected));
         }
     }
 

@@ -282,7 +282,7 @@ impl MessageService for Messages {
         let uid = auth::required(&request)?;
         let SendRequest { room_id, text } = request.into_inner();
         let room_id = parse_id(room_id, "room").map_err(Error::invalid)?;
-        let text = MessageText::parse(text).map_err(Error::invalid)?;
+        let text = MessageText::parse(text).map_err(Error::from)?;
         if !self.rooms.is_member(room_id, uid).await? {
             return Err(Error::PermissionDenied("not room member").into());
         }

@@ -1,5 +1,8 @@
 //! The public gRPC API of the messenger: the types and the tonic clients and
-//! servers generated from `chat/v1/*.proto`.
+//! servers generated from `chat/v1/*.proto`, and the error reasons
+//! ([`reason`]) its failures carry.
+
+pub mod reason;
 
 pub mod v1 {
     tonic::include_proto!("chat.v1");

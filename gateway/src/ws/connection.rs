@@ -4,7 +4,10 @@
 use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, close_code};
-use chat_proto::v1::{CheckMembershipRequest, HistoryRequest, SendRequest, SendResponse};
+use chat_proto::{
+    reason,
+    v1::{CheckMembershipRequest, HistoryRequest, SendRequest, SendResponse},
+};
 use service_kit::feeds::Feed;
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
@@ -289,9 +292,12 @@ fn status_text(status: &tonic::Status) -> &'static str {
     match status.code() {
         Code::PermissionDenied | Code::NotFound => "not room member",
         Code::ResourceExhausted => "too many messages",
-        Code::InvalidArgument if status.message() == "empty message" => "empty message",
-        Code::InvalidArgument if status.message() == "message too long" => "message too long",
-        Code::InvalidArgument => "invalid room id",
+        Code::InvalidArgument => match reason::of(status).as_deref() {
+            Some(reason::EMPTY_MESSAGE) => "empty message",
+            Some(reason::MESSAGE_TOO_LONG) => "message too long",
+            Some(reason::INVALID_CHARACTERS) => "invalid characters",
+            _ => "invalid room id",
+        },
         Code::Unavailable | Code::DeadlineExceeded => "temporarily unavailable",
         _ => {
             tracing::error!(code = ?status.code(), message = status.message(), "core-svc call failed");

@@ -1,10 +1,12 @@
 //! Malformed, oversized and hostile input: a clear 4xx, nothing stored,
 //! nothing leaked, and the server keeps serving.
 
+use chat_proto::{reason, v1::SendRequest};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use tonic::Code;
 
-use stack_tests::{TestApp, assert_error};
+use stack_tests::{TestApp, Ws, assert_error, assert_status, authed};
 
 const BODY_ENDPOINTS: [(Method, &str); 6] = [
     (Method::POST, "/register"),
@@ -86,4 +88,43 @@ async fn passwords_and_tokens_never_appear_in_error_bodies() {
     assert!(!answer.1.to_string().contains(secret));
     let answer = app.get("/profile", Some(&format!("{}x", alice.token))).await;
     assert!(!answer.1.to_string().contains(&alice.token));
+}
+
+/// A NUL once reached the message log, where the archiver could never
+/// store it (PostgreSQL refuses it in text) and stopped archiving. Control
+/// characters other than newline and tab are refused at every edge.
+#[tokio::test]
+async fn control_characters_are_refused_on_every_edge_and_nothing_is_stored() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "General", false).await;
+    let mut ws = Ws::connect(&app.base, &alice.token).await;
+    ws.enter(room).await;
+    let hostile = ["nul\u{0}byte", "bell\u{7}", "carriage\rreturn", "escape\u{1b}[2J", "c1\u{85}"];
+    for text in hostile {
+        ws.send(json!({"Type": "message", "Text": text, "Ref": "r"})).await;
+        assert_eq!(ws.recv().await, json!({"Type": "error", "Error": "invalid characters", "Ref": "r"}), "{text:?}");
+    }
+    let (sent, _) = ws.say("two lines\n\tand a tab").await;
+
+    let mut grpc = app.grpc().await;
+    for text in hostile {
+        let answer = grpc.messages.send(authed(&alice, SendRequest { room_id: room, text: text.into() })).await;
+        let status = answer.expect_err("refused");
+        assert_eq!(reason::of(&status).as_deref(), Some(reason::INVALID_CHARACTERS), "{text:?}");
+        assert_status(Err::<(), _>(status), Code::InvalidArgument, "invalid characters");
+    }
+    let (_, page) = app.get(&format!("/messages/{room}"), Some(&alice.token)).await;
+    let ids: Vec<&serde_json::Value> = page.as_array().unwrap().iter().map(|m| &m["ID"]).collect();
+    assert_eq!(ids, [&sent["MessageID"]], "only the valid message is stored: {page}");
+
+    let token = Some(alice.token.as_str());
+    for name in ["nul\u{0}room", "tab\there", "line\nbreak"] {
+        let answer = app.post("/create-room", token, json!({"Name": name, "IsPrivate": false})).await;
+        assert_error(answer, StatusCode::BAD_REQUEST, "invalid characters");
+    }
+    let answer = app.put("/change-name", token, json!({"NewName": "nul\u{0}name"})).await;
+    assert_error(answer, StatusCode::BAD_REQUEST, "invalid characters");
+    let register = json!({"Username": "bob\u{0}", "Email": "bob@example.com", "Password": "password"});
+    assert_error(app.post("/register", None, register).await, StatusCode::BAD_REQUEST, "invalid characters");
 }
