@@ -7,7 +7,7 @@ use chat_proto::v1::{
 };
 use service_kit::telemetry;
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::AbortHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{
@@ -25,7 +25,7 @@ use crate::{
     config::Config,
     events::{Events, KafkaSettings},
     health,
-    ids::NodeLease,
+    ids::{IdGenerator, NodeLease},
     messages::{Feeds, Messages, SendLimit},
     rooms::Rooms,
     token::TokenKeys,
@@ -40,7 +40,10 @@ pub struct Application {
     router: tonic::transport::server::Router<Layers>,
     db: PgPool,
     events: Arc<Events>,
-    node: i32,
+    lease: Arc<NodeLease>,
+    ids: Arc<IdGenerator>,
+    /// The lease's renewal, stopped before the lease is released.
+    renewing: AbortHandle,
     /// Ends the live streams, which would otherwise hold shutdown up forever.
     streams_shutdown: CancellationToken,
 }
@@ -63,9 +66,7 @@ impl Application {
             .connect(&config.database_url)
             .await
             .context("connecting to PostgreSQL (DATABASE_URL)")?;
-        // core-svc owns the schema; concurrent replicas serialise on sqlx's
-        // advisory lock.
-        sqlx::migrate!("../migrations").run(&db).await.context("migrating the database")?;
+        migrate(&db).await?;
         let deployment: String = sqlx::query_scalar("SELECT left(replace(id::text, '-', ''), 12) FROM deployment")
             .fetch_one(&db)
             .await
@@ -73,9 +74,12 @@ impl Application {
         let cache = Arc::new(Cache::new(&config.redis_url, &format!("{}{deployment}:", config.redis_key_prefix)));
 
         let (lease, ids) = NodeLease::acquire(db.clone()).await?;
-        let node = lease.node;
-        let ids = Arc::new(ids);
-        tokio::spawn(lease.renew_forever(ids.clone()));
+        let (lease, ids) = (Arc::new(lease), Arc::new(ids));
+        let renewing = tokio::spawn({
+            let (lease, ids) = (lease.clone(), ids.clone());
+            async move { lease.renew_forever(&ids).await }
+        })
+        .abort_handle();
         let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (NATS_URL)")?;
         let feeds =
             Arc::new(Feeds::new(nats.clone(), config.nats_subject_prefix.clone(), config.subscribe_queue_messages));
@@ -84,7 +88,8 @@ impl Application {
             topic: &config.kafka_topic,
             partitions: config.kafka_partitions,
         };
-        let events = Arc::new(Events::connect(kafka, ids, cache.clone(), nats, &config.nats_subject_prefix).await?);
+        let events =
+            Arc::new(Events::connect(kafka, ids.clone(), cache.clone(), nats, &config.nats_subject_prefix).await?);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         tokio::spawn(health::probe_forever(health_reporter, db.clone(), cache.clone(), events.clone()));
@@ -149,7 +154,7 @@ impl Application {
 
         let listener =
             TcpListener::bind(config.listen_addr).await.with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self { listener, router, db, events, node, streams_shutdown })
+        Ok(Self { listener, router, db, events, lease, ids, renewing, streams_shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -169,11 +174,18 @@ impl Application {
         self.router.serve_with_incoming_shutdown(incoming, shutdown).await?;
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || events.flush()).await?;
-        NodeLease::release(&self.db, self.node).await;
+        self.renewing.abort();
+        self.lease.release(&self.ids).await;
         self.db.close().await;
         tracing::info!("core-svc stopped");
         Ok(())
     }
+}
+
+/// Brings the schema up to date. core-svc owns it; concurrent replicas
+/// serialise on sqlx's advisory lock.
+pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("../migrations").run(db).await.context("migrating the database")
 }
 
 /// The accepted connections, each with `TCP_NODELAY`: an answer or a stream

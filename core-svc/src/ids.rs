@@ -3,7 +3,10 @@
 //! 5 bits of node id, 7 bits of sequence (128 ids per millisecond per node;
 //! a burst beyond that borrows the next millisecond rather than waiting).
 //! Unique across replicas because each replica leases its node id from
-//! PostgreSQL and stops issuing ids when it can no longer renew the lease.
+//! PostgreSQL and stops issuing ids when it can no longer renew the lease;
+//! and increasing per node across holders, because the lease row keeps the
+//! last id issued under it and a new holder starts above that, whatever its
+//! clock says.
 
 use std::{
     sync::{
@@ -35,10 +38,19 @@ pub struct IdGenerator {
 }
 
 impl IdGenerator {
-    /// A generator for `node` whose lease is known valid until `valid_until_ms`.
-    pub fn new(node: i32, valid_until_ms: i64) -> Self {
+    /// A generator for `node` whose lease is known valid until
+    /// `valid_until_ms`, issuing only ids above `floor` (the last id issued
+    /// under this node before).
+    pub fn new(node: i32, valid_until_ms: i64, floor: i64) -> Self {
         assert!((0..MAX_NODES).contains(&node), "node id out of range");
-        Self { node: node.into(), state: Mutex::new((0, 0)), valid_until_ms: AtomicI64::new(valid_until_ms) }
+        let state = (floor >> (NODE_BITS + SEQUENCE_BITS), floor & ((1 << SEQUENCE_BITS) - 1));
+        Self { node: node.into(), state: Mutex::new(state), valid_until_ms: AtomicI64::new(valid_until_ms) }
+    }
+
+    /// The last id issued (or the floor it started from).
+    pub fn last_issued(&self) -> i64 {
+        let (millis, sequence) = *self.state.lock().expect("lock poisoned");
+        (millis << (NODE_BITS + SEQUENCE_BITS)) | (self.node << SEQUENCE_BITS) | sequence
     }
 
     pub fn node(&self) -> i32 {
@@ -73,7 +85,9 @@ impl IdGenerator {
     }
 }
 
-/// A node id held by this process in `node_leases`.
+/// A node id held by this process in `node_leases`. Only its holder may
+/// renew or release it: a replica that paused past its lease and came back
+/// must not touch its successor's.
 pub struct NodeLease {
     pub node: i32,
     holder: String,
@@ -81,12 +95,13 @@ pub struct NodeLease {
 }
 
 impl NodeLease {
-    /// Takes the lowest node id that is free or whose lease has lapsed.
+    /// Takes the lowest node id that is free or whose lease has lapsed, with
+    /// a generator that starts above the last id issued under it.
     pub async fn acquire(db: PgPool) -> anyhow::Result<(Self, IdGenerator)> {
         let holder = uuid::Uuid::new_v4().to_string();
         for _ in 0..10 {
             let started = Utc::now().timestamp_millis();
-            let node: Option<i32> = sqlx::query_scalar(
+            let taken: Option<(i32, i64)> = sqlx::query_as(
                 "INSERT INTO node_leases (node_id, holder, expires_at)
                  SELECT n, $1, now() + make_interval(secs => $2)
                    FROM generate_series(0, $3 - 1) AS n
@@ -94,16 +109,16 @@ impl NodeLease {
                   ORDER BY n LIMIT 1
                  ON CONFLICT (node_id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
                   WHERE node_leases.expires_at <= now()
-                 RETURNING node_id",
+                 RETURNING node_id, last_id",
             )
             .bind(&holder)
             .bind(LEASE.as_secs_f64())
             .bind(MAX_NODES)
             .fetch_optional(&db)
             .await?;
-            if let Some(node) = node {
+            if let Some((node, last_id)) = taken {
                 tracing::info!(node, "leased a message id node");
-                let ids = IdGenerator::new(node, valid_until(started));
+                let ids = IdGenerator::new(node, valid_until(started), last_id);
                 return Ok((Self { node, holder, db }, ids));
             }
             // Another replica took the same id at the same moment; look again.
@@ -112,25 +127,17 @@ impl NodeLease {
         anyhow::bail!("all {MAX_NODES} message id nodes are leased by running replicas")
     }
 
-    /// Renews the lease until the process ends, keeping `ids` valid while it holds.
-    pub async fn renew_forever(self, ids: std::sync::Arc<IdGenerator>) {
+    /// Renews the lease, recording the last id issued, until it is lost;
+    /// `ids` stays valid while it holds.
+    pub async fn renew_forever(&self, ids: &IdGenerator) {
         let mut interval = tokio::time::interval(RENEW_EVERY);
         interval.tick().await;
         loop {
             interval.tick().await;
             let started = Utc::now().timestamp_millis();
-            let renewed = sqlx::query(
-                "UPDATE node_leases SET expires_at = now() + make_interval(secs => $3)
-                  WHERE node_id = $1 AND holder = $2",
-            )
-            .bind(self.node)
-            .bind(&self.holder)
-            .bind(LEASE.as_secs_f64())
-            .execute(&self.db)
-            .await;
-            match renewed {
-                Ok(done) if done.rows_affected() == 1 => ids.extend(valid_until(started)),
-                Ok(_) => {
+            match self.renew(ids.last_issued()).await {
+                Ok(true) => ids.extend(valid_until(started)),
+                Ok(false) => {
                     tracing::error!(node = self.node, "message id node lease was lost; no longer issuing ids");
                     ids.extend(0);
                     return;
@@ -140,10 +147,38 @@ impl NodeLease {
         }
     }
 
-    /// Gives the node id back, so a restarted replica need not wait.
-    pub async fn release(db: &PgPool, node: i32) {
-        if let Err(error) = sqlx::query("DELETE FROM node_leases WHERE node_id = $1").bind(node).execute(db).await {
-            tracing::warn!(%error, node, "cannot release the message id node lease");
+    /// Extends the lease if this process still holds it (true).
+    pub async fn renew(&self, last_issued: i64) -> sqlx::Result<bool> {
+        let renewed = sqlx::query(
+            "UPDATE node_leases SET expires_at = now() + make_interval(secs => $3), last_id = GREATEST(last_id, $4)
+              WHERE node_id = $1 AND holder = $2",
+        )
+        .bind(self.node)
+        .bind(&self.holder)
+        .bind(LEASE.as_secs_f64())
+        .bind(last_issued)
+        .execute(&self.db)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    /// Stops `ids` and gives the node id back, so a restarted replica need
+    /// not wait; the row keeps the last id issued for the next holder.
+    pub async fn release(&self, ids: &IdGenerator) {
+        ids.extend(0);
+        let released = sqlx::query(
+            "UPDATE node_leases SET expires_at = now(), last_id = GREATEST(last_id, $3)
+              WHERE node_id = $1 AND holder = $2",
+        )
+        .bind(self.node)
+        .bind(&self.holder)
+        .bind(ids.last_issued())
+        .execute(&self.db)
+        .await;
+        match released {
+            Ok(done) if done.rows_affected() == 1 => {}
+            Ok(_) => tracing::warn!(node = self.node, "the message id node lease was lost before its release"),
+            Err(error) => tracing::warn!(%error, node = self.node, "cannot release the message id node lease"),
         }
     }
 }
@@ -159,7 +194,7 @@ mod tests {
     use super::*;
 
     fn generator(node: i32) -> IdGenerator {
-        IdGenerator::new(node, i64::MAX)
+        IdGenerator::new(node, i64::MAX, 0)
     }
 
     #[test]
@@ -191,8 +226,19 @@ mod tests {
     }
 
     #[test]
+    fn ids_start_above_the_floor_even_from_the_future() {
+        let ahead = generator(4);
+        let floor = ahead.next().unwrap() + (3_600_000 << (NODE_BITS + SEQUENCE_BITS));
+        let ids = IdGenerator::new(4, i64::MAX, floor);
+        assert_eq!(ids.last_issued(), floor);
+        let first = ids.next().unwrap();
+        assert!(first > floor, "{first} > {floor}");
+        assert_eq!(ids.last_issued(), first);
+    }
+
+    #[test]
     fn no_ids_once_the_lease_may_have_lapsed() {
-        let ids = IdGenerator::new(0, Utc::now().timestamp_millis() - 1);
+        let ids = IdGenerator::new(0, Utc::now().timestamp_millis() - 1, 0);
         assert_eq!(ids.next(), None);
         ids.extend(i64::MAX);
         assert!(ids.next().is_some());

@@ -10,6 +10,7 @@ mod grpc_rooms;
 mod grpc_stream;
 mod grpc_users;
 mod hostile;
+mod ids;
 mod messages;
 mod ops;
 mod outages;
