@@ -82,6 +82,10 @@ impl Archiver {
             if !self.store(&batch, &mut shutdown).await {
                 break;
             }
+            // Behind is safe: history only waits for the archiver longer.
+            if let Err(error) = store::record_progress(&self.db, &batch.next_offsets).await {
+                tracing::warn!(%error, "cannot record the archiving progress");
+            }
             // A failed commit only means these messages are read (and
             // harmlessly skipped) again after the next rebalance.
             if let Err(error) = self.commit(&batch.next_offsets) {

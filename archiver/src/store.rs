@@ -1,5 +1,6 @@
 use chat_proto::v1::Message;
 use chrono::{DateTime, Utc};
+use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 
 /// Writes a batch in one statement; messages already stored are skipped, so
@@ -34,4 +35,31 @@ pub async fn insert(db: &PgPool, batch: &[Message]) -> sqlx::Result<u64> {
     .execute(db)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Records that every record below these offsets is stored, for core-svc's
+/// history reads (`archive_progress`). Written after the rows, so it is
+/// never ahead of them; a progress that moves back (a batch read again
+/// after a rebalance) is ignored.
+pub async fn record_progress(db: &PgPool, next_offsets: &TopicPartitionList) -> sqlx::Result<()> {
+    let (mut topics, mut partitions, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
+    for element in next_offsets.elements() {
+        if let Offset::Offset(next) = element.offset() {
+            topics.push(element.topic().to_owned());
+            partitions.push(element.partition());
+            offsets.push(next);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO archive_progress (topic, partition, next_offset)
+         SELECT * FROM UNNEST($1::text[], $2::int[], $3::bigint[])
+         ON CONFLICT (topic, partition)
+         DO UPDATE SET next_offset = GREATEST(archive_progress.next_offset, EXCLUDED.next_offset)",
+    )
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .execute(db)
+    .await?;
+    Ok(())
 }

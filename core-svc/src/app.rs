@@ -20,6 +20,7 @@ use tower::layer::util::{Identity, Stack};
 use tower_http::cors::CorsLayer;
 
 use crate::{
+    archive::ArchiveProgress,
     auth::Authenticator,
     cache::Cache,
     config::Config,
@@ -88,8 +89,14 @@ impl Application {
             topic: &config.kafka_topic,
             partitions: config.kafka_partitions,
         };
+        let archive = Arc::new(ArchiveProgress::new(db.clone(), &config.kafka_topic));
+        tokio::spawn({
+            let archive = archive.clone();
+            async move { archive.refresh_forever().await }
+        });
         let events =
-            Arc::new(Events::connect(kafka, ids.clone(), cache.clone(), nats, &config.nats_subject_prefix).await?);
+            Events::connect(kafka, ids.clone(), cache.clone(), archive.clone(), nats, &config.nats_subject_prefix);
+        let events = Arc::new(events.await?);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         tokio::spawn(health::probe_forever(health_reporter, db.clone(), cache.clone(), events.clone()));
@@ -119,6 +126,7 @@ impl Application {
         let messages = Messages::new(
             db.clone(),
             cache,
+            archive,
             rooms.clone(),
             events.clone(),
             feeds,

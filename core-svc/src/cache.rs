@@ -1,9 +1,16 @@
 //! Redis in front of the hot reads. It only ever accelerates: every read
 //! falls back to PostgreSQL on a miss or when Redis is unreachable, and every
 //! write path deletes the keys it affects after the database commit.
+//!
+//! The recent history of a room is the one place where Redis holds what
+//! PostgreSQL may not have yet: messages the archiver has not stored. Its
+//! entries carry their offset in the message log, and an entry leaves only
+//! once the archiver has stored it, so the reader can tell when the cache
+//! and PostgreSQL together cannot answer (see `messages`).
 
 use std::{
-    sync::Mutex,
+    collections::HashSet,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -14,8 +21,13 @@ use tokio::sync::OnceCell;
 /// How long a cached value lives at most; a bound on the damage of a
 /// stale entry left behind by a write that raced a read.
 const TTL_SECS: u64 = 600;
-/// How many of a room's newest messages the recent-history cache keeps.
-pub const RECENT_MESSAGES: isize = 200;
+/// How many of a room's newest messages the recent-history cache keeps,
+/// besides those the archiver has not stored yet.
+pub const RECENT_MESSAGES: usize = 200;
+/// The most a room's recent history holds even when the archiver is
+/// behind: beyond this, the oldest go, and readers that would need them are
+/// told to retry instead of getting a short page.
+pub const RECENT_MAX: usize = 10_000;
 /// A quiet room's recent history leaves the cache after this long.
 const RECENT_TTL_SECS: i64 = 3600;
 /// Redis is on the request path; a slow Redis must not make requests slow.
@@ -24,6 +36,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failed connection attempt, requests go straight to PostgreSQL
 /// for this long instead of each waiting for another attempt.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A message in a room's recent history, as the message log has it.
+pub struct Recent {
+    /// Its offset in its partition of the message log.
+    pub offset: i64,
+    /// The encoded `chat.v1.Message`.
+    pub encoded: Vec<u8>,
+}
+
+impl Recent {
+    /// A cached member: its 8-byte big-endian offset, then the message.
+    fn decode(member: Vec<u8>) -> Option<Self> {
+        let (offset, encoded) = member.split_first_chunk::<8>()?;
+        Some(Self { offset: i64::from_be_bytes(*offset), encoded: encoded.to_vec() })
+    }
+}
+
+/// What the recent history holds of a range, and where it begins.
+pub struct RecentPage {
+    pub entries: Vec<Recent>,
+    /// The room's oldest cached message: its id and offset.
+    pub oldest: Option<(i64, i64)>,
+}
 
 /// Which part of a room's recent history to read.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +74,31 @@ pub struct Cache {
     client: Option<redis::Client>,
     connection: OnceCell<ConnectionManager>,
     last_failure: Mutex<Option<Instant>>,
+    /// Rooms whose recent history lost an entry and is being deleted.
+    forgetting: Mutex<HashSet<i64>>,
+    push_recent: redis::Script,
 }
+
+/// Adds a member to a room's recent history, then trims it: of what lies
+/// beyond the newest KEEP, only what the archiver has stored (offset below
+/// ARCHIVED) goes; beyond MAX the oldest go regardless. A member starts
+/// with its 8-byte big-endian offset.
+const PUSH_RECENT: &str = r"
+local key, member, id = KEYS[1], ARGV[1], ARGV[2]
+local keep, archived, max, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+redis.call('ZADD', key, id, member)
+local extra = redis.call('ZCARD', key) - keep
+if extra > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', key, 0, extra - 1)) do
+    local offset = 0
+    for i = 1, 8 do offset = offset * 256 + string.byte(old, i) end
+    if offset < archived then redis.call('ZREM', key, old) end
+  end
+  local over = redis.call('ZCARD', key) - max
+  if over > 0 then redis.call('ZREMRANGEBYRANK', key, 0, over - 1) end
+end
+redis.call('EXPIRE', key, ttl)
+";
 
 /// The keys, in one place, so writers delete exactly what readers fill.
 pub mod key {
@@ -55,8 +114,9 @@ pub mod key {
     pub fn member(room_id: i64, uid: i64) -> String {
         format!("member:{room_id}:{uid}")
     }
+    /// v2: members carry their log offset.
     pub fn recent(room_id: i64) -> String {
-        format!("recent:{room_id}")
+        format!("recent-v2:{room_id}")
     }
     pub fn login_failures(email: &str) -> String {
         format!("login-failures:{email}")
@@ -68,7 +128,14 @@ impl Cache {
         let client = redis::Client::open(url)
             .inspect_err(|error| tracing::error!(%error, "invalid REDIS_URL; running without a cache"))
             .ok();
-        Self { prefix: prefix.to_owned(), client, connection: OnceCell::new(), last_failure: Mutex::new(None) }
+        Self {
+            prefix: prefix.to_owned(),
+            client,
+            connection: OnceCell::new(),
+            last_failure: Mutex::new(None),
+            forgetting: Mutex::new(HashSet::new()),
+            push_recent: redis::Script::new(PUSH_RECENT),
+        }
     }
 
     async fn connection(&self) -> Option<ConnectionManager> {
@@ -158,36 +225,69 @@ impl Cache {
         Some((count?, ttl.max(1) as u64))
     }
 
-    /// Adds an encoded message to its room's recent history, a sorted set
-    /// scored by id that keeps the newest [`RECENT_MESSAGES`]. Adding the same
-    /// message again changes nothing.
-    pub async fn push_recent(&self, room_id: i64, id: i64, encoded: &[u8]) {
+    /// Adds a message, at `offset` in the log, to its room's recent history,
+    /// a sorted set scored by id. Adding the same message again changes
+    /// nothing. `archived` is an offset below which the archiver is known to
+    /// have stored everything (a stale value only keeps more). False when
+    /// Redis did not take it.
+    pub async fn push_recent(&self, room_id: i64, id: i64, offset: i64, encoded: &[u8], archived: i64) -> bool {
         let key = self.key(&key::recent(room_id));
+        let member = [&offset.to_be_bytes()[..], encoded].concat(); // as `Recent::decode` reads it
         self.run(async |mut c| {
-            redis::pipe()
-                .zadd(&key, encoded, id)
-                .ignore()
-                .zremrangebyrank(&key, 0, -(RECENT_MESSAGES + 1))
-                .ignore()
-                .expire(&key, RECENT_TTL_SECS)
-                .ignore()
-                .query_async::<()>(&mut c)
+            self.push_recent
+                .key(&key)
+                .arg(member)
+                .arg(id)
+                .arg(RECENT_MESSAGES)
+                .arg(archived)
+                .arg(RECENT_MAX)
+                .arg(RECENT_TTL_SECS)
+                .invoke_async::<()>(&mut c)
                 .await
         })
-        .await;
+        .await
+        .is_some()
     }
 
-    /// Up to `limit` cached messages of a room: newest first with ids at most
-    /// `max_id`, or (with `ascending`) oldest first with ids above `min_id`.
-    pub async fn recent(&self, room_id: i64, range: RecentRange, limit: usize) -> Option<Vec<Vec<u8>>> {
-        let key = self.key(&key::recent(room_id));
-        self.run(async |mut c| match range {
-            RecentRange::AtMost(max_id) => c.zrevrangebyscore_limit(&key, max_id, "-inf", 0, limit as isize).await,
-            RecentRange::After(min_id) => {
-                c.zrangebyscore_limit(&key, format!("({min_id}"), "+inf", 0, limit as isize).await
+    /// Deletes a room's recent history after an entry could not be added:
+    /// with a hole in it, it would answer for a range it does not hold.
+    /// Retries in the background until Redis takes it or the entries would
+    /// have expired anyway.
+    pub fn forget_recent(self: &Arc<Self>, room_id: i64) {
+        if !self.forgetting.lock().expect("lock poisoned").insert(room_id) {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let key = cache.key(&key::recent(room_id));
+            let give_up = Instant::now() + Duration::from_secs(RECENT_TTL_SECS as u64);
+            while cache.run(async |mut c| c.del::<_, ()>(&key).await).await.is_none() && Instant::now() < give_up {
+                tokio::time::sleep(RECONNECT_BACKOFF / 4).await;
             }
-        })
-        .await
+            cache.forgetting.lock().expect("lock poisoned").remove(&room_id);
+        });
+    }
+
+    /// Up to `limit` cached messages of a room in `range`; `None` when Redis
+    /// cannot say.
+    pub async fn recent(&self, room_id: i64, range: RecentRange, limit: usize) -> Option<RecentPage> {
+        let key = self.key(&key::recent(room_id));
+        let (members, oldest): (Vec<Vec<u8>>, Vec<(Vec<u8>, f64)>) = self
+            .run(async |mut c| {
+                let mut pipe = redis::pipe();
+                match range {
+                    RecentRange::AtMost(max_id) => pipe.zrevrangebyscore_limit(&key, max_id, "-inf", 0, limit as isize),
+                    RecentRange::After(min_id) => {
+                        pipe.zrangebyscore_limit(&key, format!("({min_id}"), "+inf", 0, limit as isize)
+                    }
+                };
+                pipe.zrange_withscores(&key, 0, 0).query_async(&mut c).await
+            })
+            .await?;
+        let entries = members.into_iter().filter_map(Recent::decode).collect();
+        let oldest =
+            oldest.into_iter().next().and_then(|(member, id)| Some((id as i64, Recent::decode(member)?.offset)));
+        Some(RecentPage { entries, oldest })
     }
 
     /// Whether Redis answers right now.

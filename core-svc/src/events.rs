@@ -3,7 +3,9 @@
 //! then the room's recent-history cache, then the live subject (NATS).
 //! Once `publish` returns, the event will reach history, and anyone who
 //! subscribed to the room before it returned will see it live or in the
-//! cache.
+//! cache. A room's events all go to one partition, `room_id` modulo the
+//! partition count, so that the log keeps them in order and a reader knows
+//! which partition's archiving to ask about.
 
 use std::{
     sync::{Arc, RwLock},
@@ -25,6 +27,7 @@ use rdkafka::{
 use service_kit::{feeds::room_subject, telemetry};
 
 use crate::{
+    archive::ArchiveProgress,
     cache::Cache,
     domain::timestamp,
     error::{Error, Result},
@@ -47,7 +50,9 @@ pub struct Events {
     producer: RwLock<FutureProducer>,
     producer_config: ClientConfig,
     topic: String,
+    partitions: i32,
     cache: Arc<Cache>,
+    archive: Arc<ArchiveProgress>,
     nats: async_nats::Client,
     subject_prefix: String,
 }
@@ -57,6 +62,7 @@ impl Events {
         kafka: KafkaSettings<'_>,
         ids: Arc<IdGenerator>,
         cache: Arc<Cache>,
+        archive: Arc<ArchiveProgress>,
         nats: async_nats::Client,
         subject_prefix: &str,
     ) -> anyhow::Result<Self> {
@@ -71,12 +77,15 @@ impl Events {
         let producer: FutureProducer =
             producer_config.create().context("creating the Kafka producer (KAFKA_BROKERS)")?;
         ensure_topic(kafka.brokers, kafka.topic, kafka.partitions).await?;
+        let partitions = partition_count(&producer, kafka.topic).await?;
         Ok(Self {
             ids,
             producer: RwLock::new(producer),
             producer_config,
             topic: kafka.topic.to_owned(),
+            partitions,
             cache,
+            archive,
             nats,
             subject_prefix: subject_prefix.to_owned(),
         })
@@ -94,13 +103,15 @@ impl Events {
         let kafka_headers = trace
             .iter()
             .fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
-        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload).headers(kafka_headers);
+        let partition = self.partition_of(room_id);
+        let record =
+            FutureRecord::to(&self.topic).partition(partition).key(&key).payload(&payload).headers(kafka_headers);
         let producer = self.producer();
         // librdkafka's own timeout was seen to answer only after twice its
         // value when the broker had just died: the caller waits no longer
         // than PRODUCE_TIMEOUT whatever librdkafka does.
-        match tokio::time::timeout(PRODUCE_TIMEOUT, producer.send(record, PRODUCE_TIMEOUT)).await {
-            Ok(Ok(_)) => {}
+        let offset = match tokio::time::timeout(PRODUCE_TIMEOUT, producer.send(record, PRODUCE_TIMEOUT)).await {
+            Ok(Ok(delivery)) => delivery.offset,
             Ok(Err((error, _))) => {
                 tracing::warn!(%error, room_id, "the message log refused an event");
                 if producer_is_done(&producer, &error) {
@@ -112,8 +123,11 @@ impl Events {
                 tracing::warn!(room_id, "the message log did not acknowledge an event in time");
                 return Err(Error::Unavailable("temporarily unavailable"));
             }
+        };
+        let archived = self.archive.known_stored_below(partition);
+        if !self.cache.push_recent(room_id, id, offset, &payload, archived).await {
+            self.cache.forget_recent(room_id);
         }
-        self.cache.push_recent(room_id, id, &payload).await;
         let subject = room_subject(&self.subject_prefix, room_id);
         let mut nats_headers = async_nats::HeaderMap::new();
         for (key, value) in &trace {
@@ -124,6 +138,29 @@ impl Events {
             tracing::warn!(%error, room_id, id, "cannot publish a live event");
         }
         Ok(message)
+    }
+
+    /// The partition of the message log that holds a room's events.
+    pub fn partition_of(&self, room_id: i64) -> i32 {
+        room_id.rem_euclid(self.partitions.into()) as i32
+    }
+
+    /// The offset below which a partition's records are acknowledged: what
+    /// the archiver must have reached for PostgreSQL to hold all of them.
+    pub async fn log_end(self: &Arc<Self>, partition: i32) -> Result<i64> {
+        let events = self.clone();
+        // librdkafka's offset query blocks its thread.
+        let ends = tokio::task::spawn_blocking(move || {
+            events.producer().client().fetch_watermarks(&events.topic, partition, Duration::from_secs(2))
+        });
+        match ends.await {
+            Ok(Ok((_, high))) => Ok(high),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, partition, "cannot read the message log's end");
+                Err(Error::Unavailable("temporarily unavailable"))
+            }
+            Err(error) => Err(Error::Internal(error.into())),
+        }
     }
 
     fn producer(&self) -> FutureProducer {
@@ -186,6 +223,17 @@ fn producer_is_done(producer: &FutureProducer, error: &KafkaError) -> bool {
                     | UnknownProducerId
             )
         )
+}
+
+async fn partition_count(producer: &FutureProducer, topic: &str) -> anyhow::Result<i32> {
+    let (producer, topic) = (producer.clone(), topic.to_owned());
+    let metadata =
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10)))
+            .await?;
+    let metadata = metadata.context("reading the message topic's partitions")?;
+    let count = metadata.topics().first().map_or(0, |topic| topic.partitions().len());
+    anyhow::ensure!(count > 0, "the message topic has no partitions");
+    Ok(count as i32)
 }
 
 async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {

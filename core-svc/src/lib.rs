@@ -12,10 +12,13 @@
 //! - [`auth`]: who the caller is, from the bearer token in the metadata.
 //! - [`token`], [`password`]: access tokens and password hashes.
 //! - [`cache`]: Redis in front of the hot reads; never the source of truth.
+//! - [`archive`]: how far the archiver has stored the message log, so that
+//!   history knows what PostgreSQL holds.
 //! - [`health`]: the `grpc.health.v1` status, from probing the dependencies.
 //! - [`error`]: the one error type, and how it maps to gRPC status codes.
 
 pub mod app;
+pub mod archive;
 pub mod auth;
 pub mod cache;
 pub mod config;

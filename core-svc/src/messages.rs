@@ -5,6 +5,7 @@ use std::{
     num::NonZeroU32,
     pin::Pin,
     sync::Arc,
+    time::Duration,
 };
 
 use chat_proto::v1::{
@@ -25,6 +26,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    archive::ArchiveProgress,
     auth,
     cache::{Cache, RecentRange},
     domain::{MessageText, parse_id, timestamp},
@@ -49,11 +51,14 @@ pub struct Messages {
     shutdown: CancellationToken,
 }
 
-/// Where history is read from: the recent-history cache, then PostgreSQL.
+/// Where history is read from: the recent-history cache, then PostgreSQL,
+/// which is asked only for what the archiver is known to have stored.
 #[derive(Clone)]
 struct HistoryStore {
     db: PgPool,
     cache: Arc<Cache>,
+    events: Arc<Events>,
+    archive: Arc<ArchiveProgress>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -86,9 +91,11 @@ pub struct SendLimit {
 }
 
 impl Messages {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: PgPool,
         cache: Arc<Cache>,
+        archive: Arc<ArchiveProgress>,
         rooms: Arc<Rooms>,
         events: Arc<Events>,
         feeds: Arc<Feeds>,
@@ -96,7 +103,8 @@ impl Messages {
         shutdown: CancellationToken,
     ) -> Self {
         let send_limit = RateLimiter::keyed(Quota::per_second(limit.per_second).allow_burst(limit.burst));
-        Self { history: HistoryStore { db, cache }, rooms, events, feeds, send_limit, shutdown }
+        let history = HistoryStore { db, cache, events: events.clone(), archive };
+        Self { history, rooms, events, feeds, send_limit, shutdown }
     }
 
     /// The caller's room, once it is known that they may read it.
@@ -110,11 +118,19 @@ impl Messages {
     }
 }
 
+/// How long a read waits for the archiver to store what it needs before
+/// answering "temporarily unavailable". It is normally milliseconds behind.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(2);
+const ARCHIVE_POLL: Duration = Duration::from_millis(50);
+
 impl HistoryStore {
     /// A page of history: the recent-history cache first, PostgreSQL for
     /// what the cache does not hold. The cache holds a contiguous run of
-    /// each room's newest messages, so what it lacks is older than what it
-    /// has.
+    /// each room's newest messages and every message not yet archived, so
+    /// what it lacks is older than what it has, and is in PostgreSQL once
+    /// the archiver has passed the oldest entry's place in the log. When it
+    /// has not (or Redis cannot say), the read waits a little for it, then
+    /// fails rather than skip a message.
     async fn page(&self, room_id: i64, request: &HistoryRequest) -> Result<Vec<Message>> {
         let limit = match request.limit {
             0 => MAX_PAGE,
@@ -127,29 +143,57 @@ impl HistoryStore {
             None if request.last_id == 0 => RecentRange::AtMost(i64::MAX),
             None => return Err(Error::invalid("invalid last id")),
         };
-        let cached: Vec<Message> = self
-            .cache
-            .recent(room_id, range, limit)
-            .await
+        let recent = self.cache.recent(room_id, range, limit).await;
+        // Below the cache's oldest entry, PostgreSQL must answer.
+        let oldest = recent.as_ref().and_then(|page| page.oldest);
+        let cached: Vec<Message> = recent
+            .map(|page| page.entries)
             .unwrap_or_default()
             .iter()
-            .filter_map(|bytes| Message::decode(bytes.as_slice()).ok())
+            .filter_map(|entry| Message::decode(entry.encoded.as_slice()).ok())
             .collect();
+        let oldest_offset = oldest.map(|(_, offset)| offset);
         let oldest_cached = cached.iter().map(|m| m.id).min().unwrap_or(i64::MAX);
+        let cached = cached.into_iter();
         match range {
-            RecentRange::AtMost(_) if cached.len() == limit => Ok(cached),
+            RecentRange::AtMost(_) if cached.len() == limit => Ok(cached.collect()),
+            RecentRange::After(after) if oldest.is_some_and(|(id, _)| id <= after) => Ok(cached.collect()),
             RecentRange::AtMost(max_id) => {
+                self.archived_before(room_id, oldest_offset).await?;
                 let below = max_id.min(oldest_cached.saturating_sub(1));
                 let older = self.stored(room_id, i64::MIN, below, limit - cached.len(), true).await?;
-                Ok(cached.into_iter().chain(older).collect())
+                Ok(cached.chain(older).collect())
             }
             // Catching up: what lies between `after` and the cache can only
             // be in PostgreSQL.
             RecentRange::After(after) => {
+                self.archived_before(room_id, oldest_offset).await?;
                 let mut page = self.stored(room_id, after + 1, oldest_cached - 1, limit, false).await?;
-                page.extend(cached.into_iter().take(limit - page.len()));
+                page.extend(cached.take(limit - page.len()));
                 Ok(page)
             }
+        }
+    }
+
+    /// Waits until PostgreSQL holds every message of the room logged before
+    /// `offset`, or (with `None`) before the log's end as of now.
+    async fn archived_before(&self, room_id: i64, offset: Option<i64>) -> Result<()> {
+        let partition = self.events.partition_of(room_id);
+        let needed = match offset {
+            Some(offset) => offset,
+            None => self.events.log_end(partition).await?,
+        };
+        let deadline = tokio::time::Instant::now() + ARCHIVE_WAIT;
+        loop {
+            let stored = self.archive.stored_below(partition).await?;
+            if stored >= needed {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(room_id, partition, stored, needed, "history not archived yet; read refused");
+                return Err(Error::Unavailable("temporarily unavailable"));
+            }
+            tokio::time::sleep(ARCHIVE_POLL).await;
         }
     }
 

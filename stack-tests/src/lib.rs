@@ -62,6 +62,9 @@ pub struct Settings {
     pub send_per_second: u32,
     pub ws_queue_frames: usize,
     pub subscribe_queue: usize,
+    /// Whether the archiver starts with the rest ([`TestApp::start_archiver`]
+    /// starts it later).
+    pub archiver: bool,
 }
 
 impl Default for Settings {
@@ -73,6 +76,7 @@ impl Default for Settings {
             send_per_second: 10_000,
             ws_queue_frames: 512,
             subscribe_queue: 512,
+            archiver: true,
         }
     }
 }
@@ -163,8 +167,10 @@ pub struct TestApp {
     pub base: String,
     pub core: SocketAddr,
     pub redis_prefix: String,
+    pub shared: Shared,
     client: reqwest::Client,
-    _stop: Vec<oneshot::Sender<()>>,
+    /// Dropped in order: the gateway, the archiver, core-svc.
+    stops: Vec<oneshot::Sender<()>>,
 }
 
 /// A registered, logged-in user.
@@ -183,20 +189,36 @@ impl TestApp {
         let shared = Shared::new().await;
         let (core, stop_core) = spawn_core(&shared, &settings).await;
         let (base, stop_gateway) = spawn_gateway(&shared, &settings, core).await;
-        let stop_archiver = spawn_archiver(&shared).await;
-        Self {
+        let mut app = Self {
             base,
             core,
             redis_prefix: shared.redis_prefix.clone(),
+            shared,
             client: reqwest::Client::new(),
-            _stop: vec![stop_gateway, stop_archiver, stop_core],
+            stops: vec![stop_gateway, stop_core],
+        };
+        if settings.archiver {
+            app.start_archiver().await;
         }
+        app
+    }
+
+    pub async fn start_archiver(&mut self) {
+        let stop = spawn_archiver(&self.shared).await;
+        self.stops.insert(1, stop);
     }
 
     /// A client of the gateway at `base` (another gateway, say), in front of
     /// the core-svc at `core`.
     pub fn at(base: String, core: SocketAddr, shared: &Shared) -> Self {
-        Self { base, core, redis_prefix: shared.redis_prefix.clone(), client: reqwest::Client::new(), _stop: vec![] }
+        Self {
+            base,
+            core,
+            redis_prefix: shared.redis_prefix.clone(),
+            shared: shared.clone(),
+            client: reqwest::Client::new(),
+            stops: vec![],
+        }
     }
 
     pub async fn grpc(&self) -> Grpc {

@@ -1,11 +1,16 @@
-//! Redis is a cache only: a change is visible on the very next read, and
-//! with Redis unreachable every endpoint still answers from PostgreSQL.
+//! Redis is a cache only: a change is visible on the very next read, with
+//! Redis unreachable every endpoint still answers from PostgreSQL, and
+//! history never skips a message that only the cache held.
 
+use std::time::{Duration, Instant};
+
+use chat_proto::v1::SubscribeRequest;
 use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::json;
+use tonic::Code;
 
-use stack_tests::{Settings, TestApp};
+use stack_tests::{Settings, TestApp, User, Ws, assert_error, assert_status, authed};
 
 #[tokio::test]
 async fn reads_are_cached_and_writes_are_visible_at_once() {
@@ -58,4 +63,64 @@ async fn every_endpoint_works_with_redis_unreachable() {
     assert_eq!(app.put("/invite", own, json!({"RoomID": room, "UID": bob.uid})).await.0, StatusCode::OK);
     assert_eq!(app.get("/rooms", own).await.1, json!({"IDs": [room, public]}));
     assert_eq!(app.get(&format!("/room/{room}"), Some(&bob.token)).await.0, StatusCode::OK);
+}
+
+/// Pages through a room's whole history over REST, newest first.
+async fn whole_history(app: &TestApp, user: &User, room: i64) -> (StatusCode, Vec<i64>) {
+    let mut ids = Vec::new();
+    let mut last_id = 0;
+    loop {
+        let (status, page) = app.get(&format!("/messages/{room}?LastID={last_id}&Limit=100"), Some(&user.token)).await;
+        if status != StatusCode::OK {
+            return (status, ids);
+        }
+        let page: Vec<i64> = page.as_array().unwrap().iter().map(|m| m["ID"].as_i64().unwrap()).collect();
+        let Some(&oldest) = page.last() else { return (status, ids) };
+        ids.extend(&page);
+        last_id = oldest - 1;
+    }
+}
+
+/// With the archiver stopped, the recent cache is all there is of the newest
+/// messages: it must keep every one of them past its usual 200, and when it
+/// is gone (Redis flushed) history must refuse rather than skip them.
+#[tokio::test]
+async fn history_never_skips_a_message_the_archiver_has_not_stored() {
+    let mut app = TestApp::spawn_with(Settings { archiver: false, ..Settings::default() }).await;
+    let mut grpc = app.grpc().await;
+    let alice = grpc.register("alice").await;
+    let room = grpc.create_room(&alice, "General", false).await;
+    let mut sent = Vec::new();
+    for n in 0..250 {
+        sent.push(grpc.send(&alice, room, &format!("message {n}")).await.expect("sent"));
+    }
+    sent.reverse();
+    assert_eq!(whole_history(&app, &alice, room).await, (StatusCode::OK, sent.clone()), "every message, once");
+    let after = |after_id| authed(&alice, SubscribeRequest { room_id: room, after_id: Some(after_id) });
+    let mut stream = grpc.messages.subscribe(after(sent[1])).await.expect("subscribed").into_inner();
+    assert_eq!(stream.message().await.unwrap().map(|m| m.id), Some(sent[0]), "a resume gets the newest");
+
+    // Redis loses the room's recent history before the archiver stored it.
+    let key = app.cache_key(&format!("recent-v2:{room}")).await;
+    let _: () = app.redis().await.del(key).await.unwrap();
+    assert_error(app.get(&format!("/messages/{room}"), Some(&alice.token)).await, StatusCode::SERVICE_UNAVAILABLE, "");
+    let mut ws = Ws::connect(&app.base, &alice.token).await;
+    ws.send(json!({"Type": "enter", "RoomID": room, "LastID": sent[100]})).await;
+    let mut frames = vec![ws.recv().await, ws.recv().await];
+    frames.retain(|frame| frame["Type"] == "error");
+    assert_eq!(frames, [json!({"Type": "error", "Error": "temporarily unavailable"})], "no resume with a gap");
+    let mut stream = grpc.messages.subscribe(after(sent[100])).await.expect("subscribed").into_inner();
+    assert_status(stream.message().await, Code::Unavailable, "temporarily unavailable");
+
+    app.start_archiver().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let history = whole_history(&app, &alice, room).await;
+        if history.0 == StatusCode::OK {
+            assert_eq!(history.1, sent, "every message, from PostgreSQL");
+            break;
+        }
+        assert!(Instant::now() < deadline, "history is back once archived: {history:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

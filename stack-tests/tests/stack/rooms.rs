@@ -33,7 +33,11 @@ async fn create_room_validates_and_refuses_taken_names_ignoring_case() {
         StatusCode::BAD_REQUEST,
         "1 to 100",
     );
-    assert_error(app.post("/create-room", token, json!({"Name": "a\u{0}b"})).await, StatusCode::BAD_REQUEST, "control");
+    assert_error(
+        app.post("/create-room", token, json!({"Name": "a\u{0}b"})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid characters",
+    );
     assert_error(app.post("/create-room", None, json!({"Name": "x"})).await, StatusCode::UNAUTHORIZED, "missing token");
 }
 
