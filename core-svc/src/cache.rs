@@ -272,7 +272,8 @@ impl Cache {
     /// cannot say.
     pub async fn recent(&self, room_id: i64, range: RecentRange, limit: usize) -> Option<RecentPage> {
         let key = self.key(&key::recent(room_id));
-        let (members, oldest): (Vec<Vec<u8>>, Vec<(Vec<u8>, f64)>) = self
+        type Members = Vec<Vec<u8>>;
+        let (members, oldest): (Members, Vec<(Vec<u8>, f64)>) = self
             .run(async |mut c| {
                 let mut pipe = redis::pipe();
                 match range {
