@@ -1,16 +1,20 @@
-//! The archiver's durability rules, each checked against the real log and
-//! database: offsets are committed only after the insert, and storing what
-//! is already stored changes nothing.
+//! The archiver against the real log and database: no record stops it
+//! (one that can never be stored is set aside as a dead letter), offsets
+//! are committed only after the insert, and storing what is already stored
+//! changes nothing.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use chat_proto::v1::{Message, MessageKind};
 use chrono::{DateTime, Utc};
+use prost::Message as _;
 use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer},
+    producer::{FutureProducer, FutureRecord},
 };
 use sqlx::{Connection, PgConnection};
 use stack_tests::{Grpc, Settings, Shared, User, archiver_group, spawn_archiver, spawn_archiver_in, spawn_core};
@@ -46,6 +50,51 @@ async fn history(database_url: &str) -> Vec<Row> {
 async fn archived(database_url: &str, ids: &[i64]) -> usize {
     let stored = history(database_url).await;
     ids.iter().filter(|id| stored.iter().any(|row| row.0 == **id)).count()
+}
+
+/// One row of the `dead_letters` table: partition, offset, message id,
+/// payload, reason.
+type DeadLetter = (i32, i64, Option<i64>, Option<Vec<u8>>, String);
+
+/// Every record of `topic` set aside, in log order.
+async fn dead_letters(database_url: &str, topic: &str) -> Vec<DeadLetter> {
+    let mut db = PgConnection::connect(database_url).await.expect("the test database");
+    sqlx::query_as(
+        "SELECT partition, record_offset, message_id, payload, reason FROM dead_letters
+         WHERE topic = $1 ORDER BY partition, record_offset",
+    )
+    .bind(topic)
+    .fetch_all(&mut db)
+    .await
+    .unwrap()
+}
+
+/// A message record's payload, as core-svc would write it.
+fn message(id: i64, room_id: i64, text: &str) -> Vec<u8> {
+    let kind = MessageKind::Message.into();
+    Message { id, room_id, uid: 1, kind, text: text.into(), timestamp: None }.encode_to_vec()
+}
+
+/// Writes records straight to one test's topic, as any producer could.
+struct Producer {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Producer {
+    fn to(shared: &Shared) -> Self {
+        let producer = ClientConfig::new().set("bootstrap.servers", &shared.kafka_brokers).create().unwrap();
+        Self { producer, topic: shared.topic.clone() }
+    }
+
+    /// Writes `payload` keyed by `room`, as core-svc does; where it went:
+    /// the partition and the offset.
+    async fn write(&self, room: i64, payload: &[u8]) -> (i32, i64) {
+        let key = room.to_string();
+        let record = FutureRecord::to(&self.topic).key(&key).payload(payload);
+        let delivery = self.producer.send(record, KAFKA_CALL).await.map_err(|(error, _)| error).expect("written");
+        (delivery.partition, delivery.offset)
+    }
 }
 
 /// core-svc (which migrates the database and creates the topic) and a room
@@ -187,6 +236,8 @@ async fn storing_the_log_again_leaves_history_as_it_was_and_the_archiver_running
     })
     .await;
     assert_eq!(history(&shared.database_url).await, before, "the same rows, once each, unchanged");
+    let set_aside = dead_letters(&shared.database_url, &shared.topic).await;
+    assert!(set_aside.is_empty(), "a message stored again is not set aside: {set_aside:?}");
 
     let after = room.send(1).await;
     eventually("a message sent afterwards is archived", async || archived(&shared.database_url, &after).await == 1)
@@ -194,4 +245,34 @@ async fn storing_the_log_again_leaves_history_as_it_was_and_the_archiver_running
     let now = history(&shared.database_url).await;
     assert_eq!(now.len(), before.len() + 1);
     assert!(before.iter().all(|row| now.contains(row)), "history before it is unchanged");
+}
+
+#[tokio::test]
+async fn a_record_postgres_refuses_or_that_is_no_message_is_set_aside_and_the_rest_is_archived() {
+    let mut room = Room::open().await;
+    let shared = room.shared.clone();
+    let log = Producer::to(&shared);
+    log.write(room.id, &message(1, room.id, "before")).await;
+    // PostgreSQL text cannot hold NUL: the row is refused, for ever.
+    let nul = message(2, room.id, "a \0 in the text");
+    let nul_at = log.write(room.id, &nul).await;
+    log.write(room.id, &message(3, room.id, "between")).await;
+    let garbage = b"\xff\xff\xff\xff".to_vec();
+    let garbage_at = log.write(room.id, &garbage).await;
+    log.write(room.id, &message(4, room.id, "after")).await;
+    let _stop_archiver = spawn_archiver(&shared).await;
+    let sent = room.send(1).await;
+
+    let group = GroupOffsets::of(&shared, &archiver_group(&shared));
+    eventually("the archiver stores and commits the log", async || group.caught_up().await).await;
+    let expected: Vec<i64> = [1, 3, 4].into_iter().chain(sent).collect();
+    assert_eq!(archived(&shared.database_url, &expected).await, expected.len(), "every other message is archived");
+    assert_eq!(archived(&shared.database_url, &[2]).await, 0);
+    assert_eq!(
+        dead_letters(&shared.database_url, &shared.topic).await,
+        vec![
+            (nul_at.0, nul_at.1, Some(2), Some(nul), "refused".to_owned()),
+            (garbage_at.0, garbage_at.1, None, Some(garbage), "undecodable".to_owned()),
+        ],
+    );
 }
