@@ -5,8 +5,9 @@
 //! reading one again is harmless (`ON CONFLICT (id) DO NOTHING`).
 //!
 //! No record stops it: one that can never be stored as a message
-//! (undecodable, or refused by PostgreSQL for its data) is set aside in
-//! `dead_letters`, neither retried for ever nor dropped silently.
+//! (undecodable, refused by PostgreSQL for its data, or carrying the id of a
+//! different stored message) is set aside in `dead_letters`, neither retried
+//! for ever nor dropped silently.
 //!
 //! - [`config`]: flags and environment.
 //! - [`consumer`]: the loop: collect a batch, store it, commit its offsets.

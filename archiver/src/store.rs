@@ -1,9 +1,9 @@
 use chat_proto::v1::Message;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::PgPool;
 
 /// A message as its row in `messages` holds it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, sqlx::FromRow)]
 pub struct Row {
     pub id: i64,
     pub room_id: i64,
@@ -23,7 +23,9 @@ impl From<Message> for Row {
             user_id: message.uid,
             kind: message.kind as i16,
             text: message.text,
-            created_at,
+            // PostgreSQL keeps microseconds: cut to them here, so that the
+            // row read back is equal to this one.
+            created_at: created_at.trunc_subsecs(6),
         }
     }
 }
@@ -34,7 +36,7 @@ pub struct DeadLetter<'a> {
     pub offset: i64,
     pub message_id: Option<i64>,
     pub payload: Option<&'a [u8]>,
-    /// "undecodable" or "refused".
+    /// "undecodable", "refused" or "id collision".
     pub reason: &'static str,
     /// The details, for whoever looks into it. Never logged: a database
     /// error may quote the record.
@@ -73,6 +75,14 @@ pub async fn insert(db: &PgPool, rows: &[&Row]) -> sqlx::Result<Vec<i64>> {
     .bind(&times)
     .fetch_all(db)
     .await
+}
+
+/// The stored rows with these ids.
+pub async fn stored(db: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<Row>> {
+    sqlx::query_as("SELECT id, room_id, user_id, kind, text, created_at FROM messages WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(db)
+        .await
 }
 
 /// Writes dead letters of `topic` in one statement; the partition and

@@ -1,7 +1,8 @@
 //! The archiver against the real log and database: no record stops it
-//! (one that can never be stored is set aside as a dead letter), offsets
-//! are committed only after the insert, and storing what is already stored
-//! changes nothing.
+//! (one that can never be stored is set aside as a dead letter, and so is a
+//! different message with an id already stored), offsets are committed
+//! only after the insert, and storing what is already stored changes
+//! nothing.
 
 use std::{
     sync::Arc,
@@ -273,6 +274,42 @@ async fn a_record_postgres_refuses_or_that_is_no_message_is_set_aside_and_the_re
         vec![
             (nul_at.0, nul_at.1, Some(2), Some(nul), "refused".to_owned()),
             (garbage_at.0, garbage_at.1, None, Some(garbage), "undecodable".to_owned()),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_different_message_with_an_id_already_stored_is_set_aside_not_dropped() {
+    let mut room = Room::open().await;
+    let shared = room.shared.clone();
+    let log = Producer::to(&shared);
+    let first = message(1, room.id, "first with id 1");
+    log.write(room.id, &first).await;
+    // Two with one id in the same batch: written before the archiver starts.
+    log.write(room.id, &message(2, room.id, "first with id 2")).await;
+    let second_2 = message(2, room.id, "second with id 2");
+    let second_2_at = log.write(room.id, &second_2).await;
+    let _stop_archiver = spawn_archiver(&shared).await;
+    eventually("the first ones are archived", async || archived(&shared.database_url, &[1, 2]).await == 2).await;
+
+    // Then, in a later batch, a copy of a stored record (no collision), and
+    // a different message with a stored id.
+    log.write(room.id, &first).await;
+    let second_1 = message(1, room.id, "second with id 1");
+    let second_1_at = log.write(room.id, &second_1).await;
+    let sent = room.send(1).await;
+    let group = GroupOffsets::of(&shared, &archiver_group(&shared));
+    eventually("the archiver stores and commits the log", async || group.caught_up().await).await;
+
+    let texts: Vec<(i64, String)> =
+        history(&shared.database_url).await.into_iter().filter(|row| row.0 <= 2).map(|row| (row.0, row.4)).collect();
+    assert_eq!(texts, [(1, "first with id 1".to_owned()), (2, "first with id 2".to_owned())]);
+    assert_eq!(archived(&shared.database_url, &sent).await, 1, "the archiver goes on");
+    assert_eq!(
+        dead_letters(&shared.database_url, &shared.topic).await,
+        vec![
+            (second_2_at.0, second_2_at.1, Some(2), Some(second_2), "id collision".to_owned()),
+            (second_1_at.0, second_1_at.1, Some(1), Some(second_1), "id collision".to_owned()),
         ],
     );
 }
