@@ -16,7 +16,10 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use crate::{config::Config, store};
+use crate::{
+    archive::{self, Record},
+    config::Config,
+};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a stop waits for the consumer to send its last commits.
@@ -24,15 +27,16 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Archiver {
     consumer: LogConsumer,
+    topic: String,
     db: PgPool,
     batch_size: usize,
     batch_wait: Duration,
 }
 
-/// A batch read from the log: the messages, and for each partition the
+/// A batch read from the log: the records, and for each partition the
 /// offset to commit once they are stored.
 struct Batch {
-    messages: Vec<Message>,
+    records: Vec<Record>,
     next_offsets: TopicPartitionList,
     /// Linked to the trace of every message in the batch.
     span: tracing::Span,
@@ -64,6 +68,7 @@ impl Archiver {
         tracing::info!(topic = config.kafka_topic, group = config.kafka_group, "archiver consuming");
         Ok(Self {
             consumer: LogConsumer(Some(consumer)),
+            topic: config.kafka_topic,
             db,
             batch_size: config.batch_size.max(1),
             batch_wait: Duration::from_millis(config.batch_wait_ms),
@@ -99,7 +104,7 @@ impl Archiver {
 
     async fn next_batch(&self) -> anyhow::Result<Batch> {
         let mut batch = Batch {
-            messages: Vec::new(),
+            records: Vec::new(),
             next_offsets: TopicPartitionList::new(),
             span: tracing::info_span!("archive.batch"),
         };
@@ -136,12 +141,19 @@ impl Archiver {
 
     /// Writes the batch, retrying until it is stored (true) or the archiver
     /// is told to stop (false; the batch is then read again next time).
+    /// Only an error that may pass is retried: a record that can never be
+    /// stored is set aside, so that it holds back nothing behind it.
     async fn store(&self, batch: &Batch, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match store::insert(&self.db, &batch.messages).instrument(batch.span.clone()).await {
-                Ok(inserted) => {
-                    tracing::debug!(read = batch.len(), inserted, "batch archived");
+            match archive::archive(&self.db, &self.topic, &batch.records).instrument(batch.span.clone()).await {
+                Ok(done) => {
+                    tracing::debug!(
+                        read = batch.len(),
+                        inserted = done.inserted,
+                        set_aside = done.set_aside,
+                        "batch archived"
+                    );
                     return true;
                 }
                 Err(error) => {
@@ -214,7 +226,7 @@ fn close_aside(consumer: StreamConsumer, done: Option<oneshot::Sender<()>>) {
 
 impl Batch {
     fn len(&self) -> usize {
-        self.messages.len()
+        self.records.len()
     }
 
     fn add(&mut self, record: &impl rdkafka::Message) -> anyhow::Result<()> {
@@ -223,13 +235,16 @@ impl Batch {
             std::str::from_utf8(header.value?).ok()
         });
         telemetry::link(&self.span, &carried);
-        match record.payload().map(Message::decode) {
-            Some(Ok(message)) => self.messages.push(message),
-            // Nothing can ever store it; log it and move past it.
-            _ => {
-                tracing::error!(partition = record.partition(), offset = record.offset(), "undecodable record skipped")
-            }
-        }
+        let row = match record.payload() {
+            Some(payload) => Message::decode(payload).map(Into::into).map_err(|error| error.to_string()),
+            None => Err("no payload".to_owned()),
+        };
+        self.records.push(Record {
+            partition: record.partition(),
+            offset: record.offset(),
+            payload: record.payload().map(<[u8]>::to_vec),
+            row,
+        });
         let (topic, partition, next) = (record.topic(), record.partition(), Offset::Offset(record.offset() + 1));
         if self.next_offsets.set_partition_offset(topic, partition, next).is_err() {
             self.next_offsets.add_partition_offset(topic, partition, next).context("recording an offset")?;

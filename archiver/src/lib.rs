@@ -1,13 +1,21 @@
 //! archiver: reads the message log (Kafka topic `chat.messages`) as one
 //! consumer group and writes history to PostgreSQL, in batches, idempotently.
-//! Offsets are committed only after the database commit, so a crash at any
-//! point means some messages are read again, never that one is lost; and
+//! Offsets are committed only once a batch is in the database, so a crash at
+//! any point means some messages are read again, never that one is lost; and
 //! reading one again is harmless (`ON CONFLICT (id) DO NOTHING`).
+//!
+//! No record stops it: one that can never be stored as a message
+//! (undecodable, refused by PostgreSQL for its data, or carrying the id of a
+//! different stored message) is set aside in `dead_letters`, neither retried
+//! for ever nor dropped silently.
 //!
 //! - [`config`]: flags and environment.
 //! - [`consumer`]: the loop: collect a batch, store it, commit its offsets.
-//! - [`store`]: the batch insert.
+//! - [`archive`]: one batch into the database: the messages to history, the
+//!   records that cannot be stored set aside.
+//! - [`store`]: the SQL: the batch insert, the dead letters.
 
+pub mod archive;
 pub mod config;
 pub mod consumer;
 pub mod store;

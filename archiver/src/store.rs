@@ -1,30 +1,72 @@
 use chat_proto::v1::Message;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 
-/// Writes a batch in one statement; messages already stored are skipped, so
-/// writing a batch twice is the same as writing it once.
-pub async fn insert(db: &PgPool, batch: &[Message]) -> sqlx::Result<u64> {
-    let mut ids = Vec::with_capacity(batch.len());
-    let mut rooms = Vec::with_capacity(batch.len());
-    let mut users = Vec::with_capacity(batch.len());
-    let mut kinds = Vec::with_capacity(batch.len());
-    let mut texts = Vec::with_capacity(batch.len());
-    let mut times = Vec::with_capacity(batch.len());
-    for message in batch {
-        ids.push(message.id);
-        rooms.push(message.room_id);
-        users.push(message.uid);
-        kinds.push(message.kind as i16);
-        texts.push(message.text.as_str());
+/// A message as its row in `messages` holds it.
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+pub struct Row {
+    pub id: i64,
+    pub room_id: i64,
+    pub user_id: i64,
+    pub kind: i16,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Message> for Row {
+    fn from(message: Message) -> Self {
         let at = message.timestamp.unwrap_or_default();
-        times.push(DateTime::<Utc>::from_timestamp(at.seconds, at.nanos.max(0) as u32).unwrap_or_default());
+        let created_at = DateTime::<Utc>::from_timestamp(at.seconds, at.nanos.max(0) as u32).unwrap_or_default();
+        Self {
+            id: message.id,
+            room_id: message.room_id,
+            user_id: message.uid,
+            kind: message.kind as i16,
+            text: message.text,
+            // PostgreSQL keeps microseconds: cut to them here, so that the
+            // row read back is equal to this one.
+            created_at: created_at.trunc_subsecs(6),
+        }
     }
-    let done = sqlx::query(
+}
+
+/// A record of the log that cannot be stored as a message.
+pub struct DeadLetter<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub message_id: Option<i64>,
+    pub payload: Option<&'a [u8]>,
+    /// "undecodable", "refused" or "id collision".
+    pub reason: &'static str,
+    /// The details, for whoever looks into it. Never logged: a database
+    /// error may quote the record.
+    pub error: String,
+}
+
+/// Writes rows in one statement; the ids of those it inserted. A row whose
+/// id is stored already is skipped, so writing a batch twice is the same as
+/// writing it once.
+pub async fn insert(db: &PgPool, rows: &[&Row]) -> sqlx::Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut rooms = Vec::with_capacity(rows.len());
+    let mut users = Vec::with_capacity(rows.len());
+    let mut kinds = Vec::with_capacity(rows.len());
+    let mut texts = Vec::with_capacity(rows.len());
+    let mut times = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.push(row.id);
+        rooms.push(row.room_id);
+        users.push(row.user_id);
+        kinds.push(row.kind);
+        texts.push(row.text.as_str());
+        times.push(row.created_at);
+    }
+    sqlx::query_scalar(
         "INSERT INTO messages (id, room_id, user_id, kind, text, created_at)
          SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::smallint[], $5::text[], $6::timestamptz[])
-         ON CONFLICT (id) DO NOTHING",
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
     )
     .bind(&ids)
     .bind(&rooms)
@@ -32,9 +74,50 @@ pub async fn insert(db: &PgPool, batch: &[Message]) -> sqlx::Result<u64> {
     .bind(&kinds)
     .bind(&texts)
     .bind(&times)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
+    .fetch_all(db)
+    .await
+}
+
+/// The stored rows with these ids.
+pub async fn stored(db: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<Row>> {
+    sqlx::query_as("SELECT id, room_id, user_id, kind, text, created_at FROM messages WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(db)
+        .await
+}
+
+/// Writes dead letters of `topic` in one statement; the partition and
+/// offset of each one that was not set aside before.
+pub async fn set_aside(db: &PgPool, topic: &str, letters: &[DeadLetter<'_>]) -> sqlx::Result<Vec<(i32, i64)>> {
+    let partitions: Vec<i32> = letters.iter().map(|letter| letter.partition).collect();
+    let offsets: Vec<i64> = letters.iter().map(|letter| letter.offset).collect();
+    let ids: Vec<Option<i64>> = letters.iter().map(|letter| letter.message_id).collect();
+    let payloads: Vec<Option<&[u8]>> = letters.iter().map(|letter| letter.payload).collect();
+    let reasons: Vec<&str> = letters.iter().map(|letter| letter.reason).collect();
+    let errors: Vec<&str> = letters.iter().map(|letter| letter.error.as_str()).collect();
+    sqlx::query_as(
+        "INSERT INTO dead_letters (topic, partition, record_offset, message_id, payload, reason, error)
+         SELECT $1, * FROM UNNEST($2::integer[], $3::bigint[], $4::bigint[], $5::bytea[], $6::text[], $7::text[])
+         ON CONFLICT DO NOTHING
+         RETURNING partition, record_offset",
+    )
+    .bind(topic)
+    .bind(&partitions)
+    .bind(&offsets)
+    .bind(&ids)
+    .bind(&payloads)
+    .bind(&reasons)
+    .bind(&errors)
+    .fetch_all(db)
+    .await
+}
+
+/// Whether PostgreSQL refused a statement for the data it carried (SQLSTATE
+/// class 22, data exception, or 23, integrity constraint violation): sending
+/// it again can never succeed, unlike after a lost connection or a timeout.
+pub fn refused_for_its_data(error: &sqlx::Error) -> bool {
+    let sqlstate = error.as_database_error().and_then(|error| error.code());
+    sqlstate.is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
 /// Records that every record below these offsets is stored, for core-svc's

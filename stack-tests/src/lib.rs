@@ -2,7 +2,8 @@
 //! ports, each test with its own database, key prefix, topic and subjects
 //! ([`Shared`]), and the clients a user or another service would use.
 //!
-//! - [`spawn_core`], [`spawn_gateway`], [`spawn_archiver`]: one service each.
+//! - [`spawn_core`], [`spawn_gateway`], [`spawn_archiver`] (and
+//!   [`spawn_archiver_in`], in another consumer group): one service each.
 //! - [`TestApp`]: the whole stack, and a REST client of its gateway.
 //! - [`Ws`]: a WebSocket client of a gateway.
 //! - [`Grpc`]: gRPC clients of core-svc.
@@ -135,13 +136,25 @@ pub async fn spawn_gateway(shared: &Shared, settings: &Settings, core: SocketAdd
     (base, stop)
 }
 
-/// Starts an archiver in this process.
+/// Starts an archiver in this process, in the test's consumer group
+/// ([`archiver_group`]); it stops when the sender is used or dropped.
 pub async fn spawn_archiver(shared: &Shared) -> oneshot::Sender<()> {
+    spawn_archiver_in(shared, &archiver_group(shared)).await
+}
+
+/// The consumer group of the archivers [`spawn_archiver`] starts.
+pub fn archiver_group(shared: &Shared) -> String {
+    format!("{}-archiver", shared.nats_prefix)
+}
+
+/// Starts an archiver in the consumer group `group`: in a group of its own,
+/// it reads the test's whole log again.
+pub async fn spawn_archiver_in(shared: &Shared, group: &str) -> oneshot::Sender<()> {
     let archiver = archiver::Archiver::build(archiver::Config {
         database_url: shared.database_url.clone(),
         kafka_brokers: shared.kafka_brokers.clone(),
         kafka_topic: shared.topic.clone(),
-        kafka_group: format!("{}-archiver", shared.nats_prefix),
+        kafka_group: group.to_owned(),
         kafka_instance_id: None,
         batch_size: 500,
         batch_wait_ms: 10,

@@ -11,6 +11,10 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -80,6 +84,7 @@ pub fn unique_prefix() -> String {
 pub struct Proxy {
     addr: SocketAddr,
     up: watch::Sender<bool>,
+    connections: Arc<AtomicU64>,
     task: AbortHandle,
 }
 
@@ -89,8 +94,11 @@ impl Proxy {
         let addr = listener.local_addr().expect("a bound address");
         let (up, _) = watch::channel(true);
         let watching = up.clone();
+        let connections = Arc::new(AtomicU64::new(0));
+        let counting = connections.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                counting.fetch_add(1, Ordering::Relaxed);
                 let mut up = watching.subscribe();
                 if !*up.borrow_and_update() {
                     continue;
@@ -105,11 +113,17 @@ impl Proxy {
             }
         })
         .abort_handle();
-        Self { addr, up, task }
+        Self { addr, up, connections, task }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many connections clients have opened to the proxy, cut or not:
+    /// while it is cut, a sign that a client has tried to reach the service.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     pub fn cut(&self) {

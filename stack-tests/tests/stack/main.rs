@@ -3,6 +3,7 @@
 //! protocol and the gRPC API, one module per resource or protocol. One test
 //! binary, so the stack is linked once.
 
+mod archiver;
 mod cache;
 mod cross;
 mod grpc_messages;

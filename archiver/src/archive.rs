@@ -1,0 +1,139 @@
+use std::collections::{HashMap, HashSet};
+
+use sqlx::PgPool;
+
+use crate::store::{self, DeadLetter, Row};
+
+/// A record as read from the log.
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+    /// The message it carries, or why it carries none.
+    pub row: Result<Row, String>,
+}
+
+/// What storing a batch did.
+pub struct Outcome {
+    pub inserted: usize,
+    pub set_aside: usize,
+}
+
+/// Stores a batch of `topic`: each message not stored yet goes to history,
+/// each record that can never be stored as one is set aside as a dead
+/// letter. Fails only on errors that may pass (the database unreachable, a
+/// timeout); every step is idempotent, so the batch is then written again
+/// as a whole.
+pub async fn archive(db: &PgPool, topic: &str, records: &[Record]) -> sqlx::Result<Outcome> {
+    let mut dead = Vec::new();
+    let mut rows = Vec::new();
+    for record in records {
+        match &record.row {
+            Ok(row) => rows.push((record, row)),
+            Err(error) => dead.push(dead_letter(record, None, "undecodable", error.clone())),
+        }
+    }
+    let Insert { inserted, accepted, refused } = insert_isolating(db, &rows).await?;
+    dead.extend(refused);
+    dead.extend(collisions(db, &accepted, &inserted).await?);
+    let set_aside = if dead.is_empty() { Vec::new() } else { store::set_aside(db, topic, &dead).await? };
+    // Only the first time a record is set aside: a batch read again says
+    // nothing new.
+    let set_aside: HashSet<(i32, i64)> = set_aside.into_iter().collect();
+    for letter in dead.iter().filter(|letter| set_aside.contains(&(letter.partition, letter.offset))) {
+        tracing::error!(
+            message_id = letter.message_id,
+            partition = letter.partition,
+            offset = letter.offset,
+            reason = letter.reason,
+            "a record of the message log is set aside as a dead letter, not stored in history"
+        );
+        metrics::counter!("archiver_dead_letters_total").increment(1);
+        if letter.reason == COLLISION {
+            metrics::counter!("archiver_id_collisions_total").increment(1);
+        }
+    }
+    metrics::counter!("archiver_records_read_total").increment(records.len() as u64);
+    metrics::counter!("archiver_messages_inserted_total").increment(inserted.len() as u64);
+    Ok(Outcome { inserted: inserted.len(), set_aside: set_aside.len() })
+}
+
+const COLLISION: &str = "id collision";
+
+/// What inserting a batch's rows did.
+struct Insert<'a> {
+    /// The ids of the rows inserted.
+    inserted: HashSet<i64>,
+    /// The rows PostgreSQL took (inserted, or skipped as their id is stored).
+    accepted: Vec<(&'a Record, &'a Row)>,
+    /// The rows PostgreSQL refused for their data.
+    refused: Vec<DeadLetter<'a>>,
+}
+
+/// Inserts the rows; when PostgreSQL refuses a part of them for its data,
+/// halves that part until each refused row stands alone, so that every
+/// other row is stored.
+async fn insert_isolating<'a>(db: &PgPool, rows: &[(&'a Record, &'a Row)]) -> sqlx::Result<Insert<'a>> {
+    let mut done = Insert { inserted: HashSet::new(), accepted: Vec::new(), refused: Vec::new() };
+    let mut parts = if rows.is_empty() { Vec::new() } else { vec![rows] };
+    while let Some(part) = parts.pop() {
+        let part_rows: Vec<&Row> = part.iter().map(|(_, row)| *row).collect();
+        match store::insert(db, &part_rows).await {
+            Ok(ids) => {
+                done.inserted.extend(ids);
+                done.accepted.extend_from_slice(part);
+            }
+            Err(error) if store::refused_for_its_data(&error) => match part {
+                [(record, row)] => done.refused.push(dead_letter(record, Some(row.id), "refused", error.to_string())),
+                _ => {
+                    // The first half first, so that rows go in log order.
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.extend([second, first]);
+                }
+            },
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(done)
+}
+
+/// The accepted rows that were not stored as they are because a different
+/// row has their id: two messages given one id. A row skipped because the
+/// same row is stored (a record read again) is no collision.
+async fn collisions<'a>(
+    db: &PgPool,
+    accepted: &[(&'a Record, &'a Row)],
+    inserted: &HashSet<i64>,
+) -> sqlx::Result<Vec<DeadLetter<'a>>> {
+    let mut in_batch: HashMap<i64, usize> = HashMap::new();
+    for (_, row) in accepted {
+        *in_batch.entry(row.id).or_default() += 1;
+    }
+    // A row inserted now, whose id no other row of the batch has, is stored
+    // as it is; any other is compared with the stored one.
+    let unsure: Vec<_> =
+        accepted.iter().filter(|(_, row)| !inserted.contains(&row.id) || in_batch[&row.id] > 1).collect();
+    if unsure.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = unsure.iter().map(|(_, row)| row.id).collect();
+    let stored: HashMap<i64, Row> = store::stored(db, &ids).await?.into_iter().map(|row| (row.id, row)).collect();
+    let colliding = unsure.into_iter().filter(|(_, row)| stored.get(&row.id) != Some(row));
+    Ok(colliding
+        .map(|(record, row)| {
+            let error = format!("a different message is stored with id {}", row.id);
+            dead_letter(record, Some(row.id), COLLISION, error)
+        })
+        .collect())
+}
+
+fn dead_letter<'a>(record: &'a Record, message_id: Option<i64>, reason: &'static str, error: String) -> DeadLetter<'a> {
+    DeadLetter {
+        partition: record.partition,
+        offset: record.offset,
+        message_id,
+        payload: record.payload.as_deref(),
+        reason,
+        error,
+    }
+}
