@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::{
     archive::{self, Record},
     config::Config,
+    store,
 };
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

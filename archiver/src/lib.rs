@@ -13,7 +13,8 @@
 //! - [`consumer`]: the loop: collect a batch, store it, commit its offsets.
 //! - [`archive`]: one batch into the database: the messages to history, the
 //!   records that cannot be stored set aside.
-//! - [`store`]: the SQL: the batch insert, the dead letters.
+//! - [`store`]: the SQL: the batch insert, the dead letters, the progress
+//!   (`archive_progress`) that tells core-svc what PostgreSQL holds.
 
 pub mod archive;
 pub mod config;
