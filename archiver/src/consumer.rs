@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::{
     archive::{self, Record},
     config::Config,
-    store,
+    store::{self, Row},
 };
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -237,7 +237,9 @@ impl Batch {
         });
         telemetry::link(&self.span, &carried);
         let row = match record.payload() {
-            Some(payload) => Message::decode(payload).map(Into::into).map_err(|error| error.to_string()),
+            Some(payload) => Message::decode(payload)
+                .map_err(|error| error.to_string())
+                .and_then(|message| Row::new(message, record.timestamp().to_millis())),
             None => Err("no payload".to_owned()),
         };
         self.records.push(Record {

@@ -14,11 +14,17 @@ pub struct Row {
     pub created_at: DateTime<Utc>,
 }
 
-impl From<Message> for Row {
-    fn from(message: Message) -> Self {
-        let at = message.timestamp.unwrap_or_default();
-        let created_at = DateTime::<Utc>::from_timestamp(at.seconds, at.nanos.max(0) as u32).unwrap_or_default();
-        Self {
+impl Row {
+    /// The row of a message. A message should carry the time it was sent;
+    /// one that does not (or carries an impossible one) takes the time the
+    /// log gave its record, never 1970.
+    pub fn new(message: Message, logged_at_ms: Option<i64>) -> Result<Self, String> {
+        let sent_at =
+            message.timestamp.and_then(|at| DateTime::<Utc>::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?));
+        let created_at = sent_at
+            .or_else(|| DateTime::<Utc>::from_timestamp_millis(logged_at_ms?))
+            .ok_or("no timestamp, in the message or the log")?;
+        Ok(Self {
             id: message.id,
             room_id: message.room_id,
             user_id: message.uid,
@@ -27,7 +33,7 @@ impl From<Message> for Row {
             // PostgreSQL keeps microseconds: cut to them here, so that the
             // row read back is equal to this one.
             created_at: created_at.trunc_subsecs(6),
-        }
+        })
     }
 }
 
@@ -145,4 +151,33 @@ pub async fn record_progress(db: &PgPool, next_offsets: &TopicPartitionList) -> 
     .execute(db)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(timestamp: Option<prost_types::Timestamp>) -> Message {
+        Message { id: 1, room_id: 2, uid: 3, kind: 1, text: "hi".into(), timestamp }
+    }
+
+    #[test]
+    fn a_message_keeps_its_own_time() {
+        let at = prost_types::Timestamp { seconds: 1_800_000_000, nanos: 123_456_789 };
+        let row = Row::new(message(Some(at)), Some(0)).unwrap();
+        assert_eq!(row.created_at.timestamp(), 1_800_000_000);
+        assert_eq!(row.created_at.timestamp_subsec_micros(), 123_456);
+    }
+
+    #[test]
+    fn a_message_without_a_time_takes_the_logs_not_1970() {
+        let row = Row::new(message(None), Some(1_800_000_000_000)).unwrap();
+        assert_eq!(row.created_at.timestamp(), 1_800_000_000);
+        let impossible = prost_types::Timestamp { seconds: 0, nanos: -5 };
+        assert_eq!(
+            Row::new(message(Some(impossible)), Some(1_800_000_000_000)).unwrap().created_at.timestamp(),
+            1_800_000_000
+        );
+        assert!(Row::new(message(None), None).is_err(), "no time at all is refused, not stored as 1970");
+    }
 }

@@ -1,4 +1,4 @@
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use chat_proto::v1::{
@@ -27,10 +27,12 @@ use crate::{
     events::{Events, KafkaSettings},
     health,
     ids::{IdGenerator, NodeLease},
+    limits::RateLimit,
     messages::{Feeds, Messages, SendLimit},
+    password::Hasher,
     rooms::Rooms,
     token::TokenKeys,
-    users::{LoginLimit, Users},
+    users::{LoginLimit, LoginLimits, Users},
 };
 
 /// core-svc, built and bound but not yet serving. Binding happens in
@@ -110,15 +112,33 @@ impl Application {
         let reflection_v1 = reflection().build_v1().context("building the reflection service")?;
         let reflection_v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
 
+        let login_limits = LoginLimits {
+            failures: LoginLimit {
+                max_failures: config.login_max_failures.into(),
+                window: Duration::from_secs(config.login_lockout_secs.into()),
+            },
+            per_address: RateLimit::new(
+                "login",
+                "too many attempts, try again later",
+                cache.clone(),
+                config.login_attempts_per_minute_per_ip,
+                Duration::from_secs(60),
+                config.login_attempts_per_minute_per_ip,
+            ),
+            trusted_proxies: config.trusted_proxies.clone(),
+        };
+        let hashes_at_once = config
+            .password_hashes_at_once
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, NonZeroUsize::get);
+        let hasher = Hasher::new(hashes_at_once, Duration::from_millis(config.password_hash_wait_ms));
         let users = Users::new(
             db.clone(),
             cache.clone(),
             TokenKeys::new(&secret),
             chrono::Duration::seconds(config.token_lifetime_secs.into()),
-            LoginLimit {
-                max_failures: config.login_max_failures.into(),
-                window: Duration::from_secs(config.login_lockout_secs.into()),
-            },
+            login_limits,
+            hasher,
         )
         .await?;
         let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone()));

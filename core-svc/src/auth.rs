@@ -1,7 +1,11 @@
 //! Who is calling: the user id of the bearer token in the `authorization`
 //! metadata, verified once per call by an interceptor. No request field
-//! ever names the caller.
+//! ever names the caller. And from where: the client's address, for the
+//! limits kept per address.
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use tonic::{Request, Status, service::Interceptor};
 
 use crate::{
@@ -61,4 +65,16 @@ pub fn session<T>(request: &Request<T>) -> Result<Verified, Error> {
 /// The caller, if the call carried a token.
 pub fn optional<T>(request: &Request<T>) -> Option<i64> {
     request.extensions().get::<Caller>().and_then(|caller| caller.0).map(|token| token.uid)
+}
+
+/// The address of the client behind a call: the peer's, or, when the peer
+/// is a trusted proxy (a gateway), the first one it forwards in
+/// `x-forwarded-for`.
+pub fn client_address<T>(request: &Request<T>, trusted_proxies: &[IpNet]) -> Option<IpAddr> {
+    let peer = request.remote_addr()?.ip();
+    if !trusted_proxies.iter().any(|net| net.contains(&peer)) {
+        return Some(peer);
+    }
+    let forwarded = request.metadata().get("x-forwarded-for").and_then(|value| value.to_str().ok());
+    Some(forwarded.and_then(|value| value.split(',').next()?.trim().parse().ok()).unwrap_or(peer))
 }

@@ -77,7 +77,25 @@ pub struct Cache {
     /// Rooms whose recent history lost an entry and is being deleted.
     forgetting: Mutex<HashSet<i64>>,
     push_recent: redis::Script,
+    take_token: redis::Script,
 }
+
+/// A generic cell rate algorithm step on Redis's own clock (one clock for
+/// every replica): the key holds the theoretical arrival time, in
+/// microseconds. A call that conforms moves it on by INTERVAL and answers
+/// 0; one that does not leaves it and answers how many microseconds to
+/// wait. BURST calls may come at once.
+const TAKE_TOKEN: &str = r"
+local key, interval, burst = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = math.max(tonumber(redis.call('GET', key)) or now, now)
+local wait = tat - interval * (burst - 1) - now
+if wait > 0 then return wait end
+tat = tat + interval
+redis.call('SET', key, string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
+return 0
+";
 
 /// Adds a member to a room's recent history, then trims it: of what lies
 /// beyond the newest KEEP, only what the archiver has stored (offset below
@@ -121,6 +139,9 @@ pub mod key {
     pub fn login_failures(email: &str) -> String {
         format!("login-failures:{email}")
     }
+    pub fn rate(limit: &str, of: &str) -> String {
+        format!("rate:{limit}:{of}")
+    }
 }
 
 impl Cache {
@@ -135,6 +156,7 @@ impl Cache {
             last_failure: Mutex::new(None),
             forgetting: Mutex::new(HashSet::new()),
             push_recent: redis::Script::new(PUSH_RECENT),
+            take_token: redis::Script::new(TAKE_TOKEN),
         }
     }
 
@@ -289,6 +311,18 @@ impl Cache {
         let oldest =
             oldest.into_iter().next().and_then(|(member, id)| Some((id as i64, Recent::decode(member)?.offset)));
         Some(RecentPage { entries, oldest })
+    }
+
+    /// One call against a rate of one per `interval` with bursts of
+    /// `burst`, shared by every replica: `Ok` if it may go ahead, else how
+    /// long to wait; `None` when Redis cannot say.
+    pub async fn take_token(&self, key: &str, interval: Duration, burst: u32) -> Option<Result<(), Duration>> {
+        let key = self.key(key);
+        let interval_us = interval.as_micros().max(1) as u64;
+        let wait_us: u64 = self
+            .run(async |mut c| self.take_token.key(&key).arg(interval_us).arg(burst).invoke_async(&mut c).await)
+            .await?;
+        Some(if wait_us == 0 { Ok(()) } else { Err(Duration::from_micros(wait_us)) })
     }
 
     /// Whether Redis answers right now.

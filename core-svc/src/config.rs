@@ -1,7 +1,11 @@
-use std::{net::SocketAddr, num::NonZeroU32};
+use std::{
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
 use tonic::codegen::http::HeaderValue;
 use tower_http::cors::AllowOrigin;
 
@@ -49,6 +53,27 @@ pub struct Config {
     /// How long, in seconds, failed logins are counted and an account stays locked.
     #[arg(long, env = "LOGIN_LOCKOUT_SECS", default_value_t = 300)]
     pub login_lockout_secs: u32,
+
+    /// Login attempts one client address may make per minute, across every
+    /// replica. A load test that logs in many users from one machine raises it.
+    #[arg(long, env = "LOGIN_ATTEMPTS_PER_MINUTE_PER_IP", default_value = "30")]
+    pub login_attempts_per_minute_per_ip: NonZeroU32,
+
+    /// Peers (addresses or networks, comma-separated) trusted to name the
+    /// client in `x-forwarded-for`: the gateways. Anyone else is limited by
+    /// their own address.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', default_value = "127.0.0.0/8,::1/128")]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Password hashes (logins, registrations) computed at once; each takes
+    /// about 19 MiB for its time. Unset: one per CPU.
+    #[arg(long, env = "PASSWORD_HASHES_AT_ONCE")]
+    pub password_hashes_at_once: Option<NonZeroUsize>,
+
+    /// How long, in milliseconds, a login waits for its turn to hash before
+    /// it is refused as overloaded (429 / RESOURCE_EXHAUSTED).
+    #[arg(long, env = "PASSWORD_HASH_WAIT_MS", default_value_t = 2000)]
+    pub password_hash_wait_ms: u64,
 
     /// Kafka bootstrap servers of the message log.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]

@@ -10,6 +10,7 @@
 //! - [`ids`]: message ids (53-bit Snowflakes) and the node leases behind them.
 //! - [`domain`]: the input types, parsed and validated at the edge.
 //! - [`auth`]: who the caller is, from the bearer token in the metadata.
+//! - [`limits`]: rate limits shared by every replica (through Redis).
 //! - [`token`], [`password`]: access tokens and password hashes.
 //! - [`cache`]: Redis in front of the hot reads; never the source of truth.
 //! - [`archive`]: how far the archiver has stored the message log, so that
@@ -27,6 +28,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod ids;
+pub mod limits;
 pub mod messages;
 pub mod password;
 pub mod rooms;

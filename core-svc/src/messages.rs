@@ -14,7 +14,6 @@ use chat_proto::v1::{
 };
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::Message as _;
 use service_kit::feeds::{Feed, Hub};
 use sqlx::PgPool;
@@ -32,6 +31,7 @@ use crate::{
     domain::{MessageText, parse_id, timestamp},
     error::{Error, Result},
     events::Events,
+    limits::RateLimit,
     rooms::Rooms,
 };
 
@@ -46,7 +46,8 @@ pub struct Messages {
     rooms: Arc<Rooms>,
     events: Arc<Events>,
     feeds: Arc<Feeds>,
-    send_limit: DefaultKeyedRateLimiter<i64>,
+    /// Per user, shared by every replica.
+    send_limit: RateLimit,
     /// Cancelled when the server starts to shut down; ends every stream.
     shutdown: CancellationToken,
 }
@@ -102,7 +103,14 @@ impl Messages {
         limit: SendLimit,
         shutdown: CancellationToken,
     ) -> Self {
-        let send_limit = RateLimiter::keyed(Quota::per_second(limit.per_second).allow_burst(limit.burst));
+        let send_limit = RateLimit::new(
+            "send",
+            "too many messages",
+            cache.clone(),
+            limit.per_second,
+            Duration::from_secs(1),
+            limit.burst,
+        );
         let history = HistoryStore { db, cache, events: events.clone(), archive };
         Self { history, rooms, events, feeds, send_limit, shutdown }
     }
@@ -330,9 +338,7 @@ impl MessageService for Messages {
         if !self.rooms.is_member(room_id, uid).await? {
             return Err(Error::PermissionDenied("not room member").into());
         }
-        if self.send_limit.check_key(&uid).is_err() {
-            return Err(Error::RateLimited { retry_after_secs: 1, what: "too many messages" }.into());
-        }
+        self.send_limit.check(&uid.to_string()).await?;
         let message = self.events.publish(room_id, uid, MessageKind::Message, text.into_inner()).await?;
         Ok(Response::new(SendResponse { message_id: message.id, timestamp: message.timestamp }))
     }

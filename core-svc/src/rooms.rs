@@ -66,10 +66,13 @@ impl Rooms {
         Ok(room)
     }
 
+    /// Whether `uid` is a member. Only "yes" is cached: a cached "no" (from
+    /// a read that raced a join, or left by a delete that failed) would
+    /// keep a new member out for the entry's lifetime.
     pub async fn is_member(&self, room_id: i64, uid: i64) -> Result<bool> {
         let key = key::member(room_id, uid);
-        if let Some(member) = self.cache.get::<bool>(&key).await {
-            return Ok(member);
+        if self.cache.get::<bool>(&key).await == Some(true) {
+            return Ok(true);
         }
         let member: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)")
@@ -77,7 +80,9 @@ impl Rooms {
                 .bind(uid)
                 .fetch_one(&self.db)
                 .await?;
-        self.cache.set(&key, &member).await;
+        if member {
+            self.cache.set(&key, &true).await;
+        }
         Ok(member)
     }
 

@@ -7,6 +7,7 @@ use chat_proto::v1::{
     RegisterResponse, user_service_server::UserService,
 };
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -16,7 +17,8 @@ use crate::{
     cache::{Cache, key},
     domain::{Email, Password, Username, parse_id, timestamp},
     error::{Error, Result, ResultExt},
-    password,
+    limits::RateLimit,
+    password::Hasher,
     token::TokenKeys,
 };
 
@@ -38,12 +40,25 @@ pub struct LoginLimit {
     pub window: Duration,
 }
 
+/// Who may log in how often, across every replica.
+pub struct LoginLimits {
+    /// Failed logins per account.
+    pub failures: LoginLimit,
+    /// Attempts per client address.
+    pub per_address: RateLimit,
+    /// Peers whose `x-forwarded-for` names the client (the gateways).
+    pub trusted_proxies: Vec<IpNet>,
+}
+
 pub struct Users {
     db: PgPool,
     cache: Arc<Cache>,
     tokens: TokenKeys,
     token_lifetime: chrono::Duration,
     login_limit: LoginLimit,
+    per_address: RateLimit,
+    trusted_proxies: Vec<IpNet>,
+    hasher: Hasher,
     /// Verified against when the e-mail is unknown, so that a wrong e-mail
     /// takes as long as a wrong password and does not reveal who has an account.
     decoy_hash: String,
@@ -55,10 +70,12 @@ impl Users {
         cache: Arc<Cache>,
         tokens: TokenKeys,
         token_lifetime: chrono::Duration,
-        login_limit: LoginLimit,
+        limits: LoginLimits,
+        hasher: Hasher,
     ) -> anyhow::Result<Self> {
-        let decoy_hash = password::hash(Password::parse("decoy password").expect("valid")).await?;
-        Ok(Self { db, cache, tokens, token_lifetime, login_limit, decoy_hash })
+        let decoy_hash = hasher.hash(Password::parse("decoy password").expect("valid")).await?;
+        let LoginLimits { failures: login_limit, per_address, trusted_proxies } = limits;
+        Ok(Self { db, cache, tokens, token_lifetime, login_limit, per_address, trusted_proxies, hasher, decoy_hash })
     }
 
     pub async fn find(&self, uid: i64) -> Result<Option<User>> {
@@ -103,7 +120,7 @@ impl Users {
             Some((uid, hash)) => (Some(uid), hash),
             None => (None, self.decoy_hash.clone()),
         };
-        let matches = password::verify(request.password, hash).await?;
+        let matches = self.hasher.verify(request.password, hash).await?;
         let Some(uid) = uid.filter(|_| matches) else {
             self.cache.increment(&key::login_failures(&email), self.login_limit.window).await;
             tracing::info!(outcome = "refused", "login");
@@ -130,7 +147,7 @@ impl UserService for Users {
                 return Err(Error::collect([username.err(), email.err(), password.err()]).into());
             }
         };
-        let hash = password::hash(password).await.map_err(Error::from)?;
+        let hash = self.hasher.hash(password).await?;
         let uid: i64 =
             sqlx::query_scalar("INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) RETURNING id")
                 .bind(username.as_ref())
@@ -148,6 +165,9 @@ impl UserService for Users {
     }
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+        if let Some(address) = auth::client_address(&request, &self.trusted_proxies) {
+            self.per_address.check(&address.to_string()).await?;
+        }
         Ok(Response::new(self.authenticate(request.into_inner()).await?))
     }
 

@@ -8,7 +8,12 @@
 //! - [`Ws`]: a WebSocket client of a gateway.
 //! - [`Grpc`]: gRPC clients of core-svc.
 
-use std::{collections::VecDeque, net::SocketAddr, num::NonZeroU32, time::Duration};
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    time::Duration,
+};
 
 use chat_proto::v1::{
     CreateRoomRequest, LoginRequest, RegisterRequest, SendRequest, message_service_client::MessageServiceClient,
@@ -61,6 +66,9 @@ pub struct Settings {
     pub login_per_ip: u32,
     pub login_max_failures: u32,
     pub send_per_second: u32,
+    /// 0: one per CPU.
+    pub password_hashes_at_once: usize,
+    pub password_hash_wait_ms: u64,
     pub ws_queue_frames: usize,
     pub subscribe_queue: usize,
     /// Whether the archiver starts with the rest ([`TestApp::start_archiver`]
@@ -75,6 +83,8 @@ impl Default for Settings {
             login_per_ip: 10_000,
             login_max_failures: 5,
             send_per_second: 10_000,
+            password_hashes_at_once: 0,
+            password_hash_wait_ms: 10_000,
             ws_queue_frames: 512,
             subscribe_queue: 512,
             archiver: true,
@@ -94,6 +104,10 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         token_lifetime_secs: 3600,
         login_max_failures: settings.login_max_failures,
         login_lockout_secs: 60,
+        login_attempts_per_minute_per_ip: NonZeroU32::new(settings.login_per_ip).unwrap(),
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        password_hashes_at_once: NonZeroUsize::new(settings.password_hashes_at_once),
+        password_hash_wait_ms: settings.password_hash_wait_ms,
         kafka_brokers: shared.kafka_brokers.clone(),
         kafka_topic: shared.topic.clone(),
         kafka_partitions: 4,

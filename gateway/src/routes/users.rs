@@ -97,7 +97,11 @@ async fn login(
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Result<Json<LoginReply>, ApiError> {
     limit.check(ip)?;
-    let reply = core.users.login(LoginRequest { email: body.email, password: body.password }).await?.into_inner();
+    // core-svc limits attempts per client address across every gateway;
+    // to it, this gateway is a trusted proxy naming the client.
+    let mut request = tonic::Request::new(LoginRequest { email: body.email, password: body.password });
+    request.metadata_mut().insert("x-forwarded-for", ip.to_string().parse().expect("an address is ASCII"));
+    let reply = core.users.login(request).await?.into_inner();
     Ok(Json(LoginReply { token: reply.token, uid: reply.uid, expires_at: rfc3339(reply.expires_at) }))
 }
 

@@ -124,3 +124,32 @@ async fn history_never_skips_a_message_the_archiver_has_not_stored() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A read that raced a join could leave "not a member" in the cache after
+/// the join had deleted the entry; so could a delete that failed. Neither
+/// may keep a member out.
+#[tokio::test]
+async fn a_stale_not_a_member_in_the_cache_never_keeps_a_member_out() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    let (status, _) = app.get(&format!("/messages/{room}"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "not a member yet");
+    assert_eq!(app.put("/join", Some(&bob.token), json!({"RoomID": room})).await.0, StatusCode::OK);
+    // What the racing read leaves behind, after the join's delete.
+    let key = format!("{}{}:member:{room}:{}", app.redis_prefix, deployment(&app).await, bob.uid);
+    let _: () = app.redis().await.set(&key, "false").await.unwrap();
+
+    assert_eq!(app.get(&format!("/messages/{room}"), Some(&bob.token)).await.0, StatusCode::OK);
+    let mut ws = Ws::connect(&app.base, &bob.token).await;
+    ws.enter(room).await;
+    ws.say("I am in").await;
+}
+
+/// The deployment id core-svc puts in its keys, read off a key it wrote.
+async fn deployment(app: &TestApp) -> String {
+    let keys: Vec<String> = app.redis().await.keys(format!("{}*", app.redis_prefix)).await.unwrap();
+    let key = keys.first().expect("core-svc has cached something");
+    key.strip_prefix(&app.redis_prefix).unwrap().split(':').next().unwrap().to_owned()
+}

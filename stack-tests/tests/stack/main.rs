@@ -12,6 +12,7 @@ mod grpc_stream;
 mod grpc_users;
 mod hostile;
 mod ids;
+mod limits;
 mod messages;
 mod ops;
 mod outages;
