@@ -101,7 +101,15 @@ impl Application {
         let events = Arc::new(events.await?);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        tokio::spawn(health::probe_forever(health_reporter, db.clone(), cache.clone(), events.clone()));
+        let probe = health::Probe {
+            reporter: health_reporter,
+            db: db.clone(),
+            cache: cache.clone(),
+            events: events.clone(),
+            ids: ids.clone(),
+        };
+        probe.once().await;
+        tokio::spawn(probe.forever());
         // Both versions of reflection: grpcurl and newer tools ask for v1,
         // many existing clients still only know v1alpha.
         let reflection = || {

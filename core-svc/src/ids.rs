@@ -57,12 +57,17 @@ impl IdGenerator {
         self.node as i32
     }
 
+    /// Whether ids can be issued now: the node lease is certainly held.
+    pub fn issuing(&self) -> bool {
+        Utc::now().timestamp_millis() <= self.valid_until_ms.load(Ordering::Acquire)
+    }
+
     /// The next id, or `None` while the node lease is not certainly held.
     pub fn next(&self) -> Option<i64> {
-        let now = Utc::now().timestamp_millis();
-        if now > self.valid_until_ms.load(Ordering::Acquire) {
+        if !self.issuing() {
             return None;
         }
+        let now = Utc::now().timestamp_millis();
         let mut state = self.state.lock().expect("lock poisoned");
         let (last, sequence) = &mut *state;
         // Never go back in time, even if the clock does.

@@ -17,6 +17,8 @@ pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const WS_CONNECTIONS: &str = "ws_connections";
 /// Messages clients sent that were acknowledged with `sent`.
 pub const WS_MESSAGES_SENT: &str = "ws_messages_sent_total";
+/// 1 while a dependency answers, by `dependency`, as `/readyz` last saw it.
+pub const DEPENDENCY_UP: &str = "dependency_up";
 /// Sockets closed by the server, by reason (`too slow`, `shutdown`, ...).
 pub const WS_CLOSED_BY_SERVER: &str = "ws_closed_by_server_total";
 

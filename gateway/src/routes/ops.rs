@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::AppState;
-use crate::{core_client::CoreClient, ws::Sockets};
+use crate::{core_client::CoreClient, metrics::DEPENDENCY_UP, ws::Sockets};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
@@ -23,7 +23,7 @@ async fn healthz() -> &'static str {
 
 #[derive(Serialize, ToSchema)]
 struct Readiness {
-    /// What is not ready, when something is not.
+    /// Why this gateway cannot serve, when it cannot.
     #[serde(rename = "Error", skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     /// Each dependency: `ok`, `unavailable`, or `degraded` for one the
@@ -32,7 +32,13 @@ struct Readiness {
     checks: BTreeMap<&'static str, &'static str>,
 }
 
-/// 200 when the dependencies answer, else 503 naming the one that does not.
+/// Whether this gateway can serve: 503 only when it cannot reach core-svc or
+/// is shutting down. A dependency every replica shares (PostgreSQL, Redis,
+/// Kafka, NATS) being down is reported in the body and in the
+/// `dependency_up` gauge, but does not fail readiness: taking every gateway
+/// out of its load balancer at once would turn a partial outage (live chat
+/// and sends go on without PostgreSQL, reads go on without Kafka) into a
+/// total one.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, body = Readiness),
     (status = 503, body = Readiness),
@@ -46,23 +52,32 @@ async fn readyz(State(core): State<CoreClient>, State(sockets): State<Sockets>) 
             _ => None,
         }
     };
-    let mut checks = BTreeMap::new();
-    let error = match serving("").await {
-        None => {
-            checks.insert("core-svc", "unavailable");
-            Some("core-svc unavailable")
-        }
-        Some(core_up) => {
-            checks.insert("core-svc", "ok");
-            checks.insert("postgres", if core_up { "ok" } else { "unavailable" });
-            let redis = if serving("redis").await == Some(true) { "ok" } else { "degraded" };
-            checks.insert("redis", redis);
-            (!core_up).then_some("postgres unavailable")
-        }
-    };
+    let (core_up, postgres, redis, kafka) =
+        tokio::join!(serving(""), serving("postgres"), serving("redis"), serving("kafka"));
     let nats = sockets.hub.nats_connected();
-    checks.insert("nats", if nats { "ok" } else { "unavailable" });
-    let error = error.or((!nats).then_some("nats unavailable"));
+    // What core-svc reports is unknown while it does not answer.
+    let state = |up: Option<bool>, when_down| match up {
+        Some(true) => "ok",
+        Some(false) => when_down,
+        None => "unknown",
+    };
+    let checks = BTreeMap::from([
+        ("core-svc", if core_up.is_some() { "ok" } else { "unavailable" }),
+        ("postgres", state(postgres, "unavailable")),
+        ("redis", state(redis, "degraded")),
+        ("kafka", state(kafka, "unavailable")),
+        ("nats", if nats { "ok" } else { "unavailable" }),
+    ]);
+    for (dependency, state) in &checks {
+        metrics::gauge!(DEPENDENCY_UP, "dependency" => *dependency).set(if *state == "ok" { 1.0 } else { 0.0 });
+    }
+    let error = if sockets.shutdown.is_cancelled() {
+        Some("shutting down")
+    } else if core_up.is_none() {
+        Some("core-svc unavailable")
+    } else {
+        None
+    };
     let status = if error.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (status, Json(Readiness { error: error.map(str::to_owned), checks }))
 }

@@ -1,7 +1,9 @@
+use std::time::{Duration, Instant};
+
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use stack_tests::{Settings, TestApp};
+use stack_tests::{Settings, Shared, TestApp, spawn_core, spawn_gateway};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_when_everything_is_up() {
@@ -21,6 +23,38 @@ async fn readyz_names_a_missing_redis_as_degraded_but_stays_ready() {
     let (status, body) = app.get("/readyz", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["Checks"]["redis"], "degraded");
+}
+
+/// PostgreSQL is shared by every replica: its outage is reported, but a
+/// gateway that can reach core-svc stays in its load balancer, where sends
+/// and cached reads still work.
+#[tokio::test]
+async fn readyz_reports_a_shared_outage_but_stays_ready() {
+    let mut shared = Shared::new().await;
+    let postgres = testkit::Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    shared.database_url = shared.database_url.replacen("127.0.0.1:5432", &postgres.addr().to_string(), 1);
+    let settings = Settings::default();
+    let (core, _stop_core) = spawn_core(&shared, &settings).await;
+    let (base, _stop_gateway) = spawn_gateway(&shared, &settings, core).await;
+    let app = TestApp::at(base, core, &shared);
+    let (status, body) = app.get("/readyz", None).await;
+    assert_eq!((status, &body["Checks"]["postgres"]), (StatusCode::OK, &Value::from("ok")), "{body}");
+
+    postgres.cut();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, body) = app.get("/readyz", None).await;
+        assert_eq!(status, StatusCode::OK, "a shared outage keeps the gateway ready: {body}");
+        if body["Checks"]["postgres"] == "unavailable" {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the outage is reported: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(body["Checks"]["core-svc"], "ok");
+    assert!(body.get("Error").is_none(), "{body}");
+    let (_, metrics) = app.get("/metrics", None).await;
+    assert!(metrics.as_str().unwrap().contains(r#"dependency_up{dependency="core-svc"} 1"#), "{metrics}");
 }
 
 #[tokio::test]
