@@ -9,8 +9,18 @@ pub struct Record {
     pub partition: i32,
     pub offset: i64,
     pub payload: Option<Vec<u8>>,
-    /// The message it carries, or why it carries none.
-    pub row: Result<Row, String>,
+    pub carried: Carried,
+}
+
+/// What a record of the log carries.
+pub enum Carried {
+    Message(Row),
+    /// The id of a message whose send was refused: if its record reached the
+    /// log all the same (a broker that hung, then took it), it must never
+    /// reach history.
+    Withdrawal(i64),
+    /// Why it carries nothing that can be stored.
+    Unstorable(String),
 }
 
 /// What storing a batch did.
@@ -27,12 +37,23 @@ pub struct Outcome {
 pub async fn archive(db: &PgPool, topic: &str, records: &[Record]) -> sqlx::Result<Outcome> {
     let mut dead = Vec::new();
     let mut rows = Vec::new();
+    let mut withdrawn = Vec::new();
     for record in records {
-        match &record.row {
-            Ok(row) => rows.push((record, row)),
-            Err(error) => dead.push(dead_letter(record, None, "undecodable", error.clone())),
+        match &record.carried {
+            Carried::Message(row) => rows.push((record, row)),
+            Carried::Withdrawal(id) => withdrawn.push(*id),
+            Carried::Unstorable(error) => dead.push(dead_letter(record, None, "undecodable", error.clone())),
         }
     }
+    // A withdrawal may come before or after its message's record (they are
+    // written by two producers): either way the message stays out.
+    if !withdrawn.is_empty() {
+        store::withdraw(db, &withdrawn).await?;
+        metrics::counter!("archiver_messages_withdrawn_total").increment(withdrawn.len() as u64);
+    }
+    let ids: Vec<i64> = rows.iter().map(|(_, row)| row.id).collect();
+    let withdrawn: HashSet<i64> = store::withdrawn(db, &ids).await?.into_iter().collect();
+    rows.retain(|(_, row)| !withdrawn.contains(&row.id));
     let Insert { inserted, accepted, refused } = insert_isolating(db, &rows).await?;
     dead.extend(refused);
     dead.extend(collisions(db, &accepted, &inserted).await?);

@@ -8,7 +8,7 @@ use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::Headers,
 };
-use service_kit::telemetry;
+use service_kit::{message_log, telemetry};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::{
     sync::oneshot,
@@ -17,7 +17,7 @@ use tokio::{
 use tracing::Instrument;
 
 use crate::{
-    archive::{self, Record},
+    archive::{self, Carried, Record},
     config::Config,
     store::{self, Row},
 };
@@ -231,22 +231,26 @@ impl Batch {
     }
 
     fn add(&mut self, record: &impl rdkafka::Message) -> anyhow::Result<()> {
-        let carried = telemetry::fields_from(|field| {
-            let header = record.headers()?.iter().find(|header| header.key == field)?;
-            std::str::from_utf8(header.value?).ok()
-        });
-        telemetry::link(&self.span, &carried);
-        let row = match record.payload() {
-            Some(payload) => Message::decode(payload)
+        let trace = telemetry::fields_from(|field| std::str::from_utf8(header(record, field)?).ok());
+        telemetry::link(&self.span, &trace);
+        let withdrawn =
+            header(record, message_log::WITHDRAWN).and_then(|id| std::str::from_utf8(id).ok()?.parse().ok());
+        let carried = match (withdrawn, record.payload()) {
+            (Some(id), _) => Carried::Withdrawal(id),
+            (None, Some(payload)) => match Message::decode(payload)
                 .map_err(|error| error.to_string())
-                .and_then(|message| Row::new(message, record.timestamp().to_millis())),
-            None => Err("no payload".to_owned()),
+                .and_then(|message| Row::new(message, record.timestamp().to_millis()))
+            {
+                Ok(row) => Carried::Message(row),
+                Err(error) => Carried::Unstorable(error),
+            },
+            (None, None) => Carried::Unstorable("no payload".to_owned()),
         };
         self.records.push(Record {
             partition: record.partition(),
             offset: record.offset(),
             payload: record.payload().map(<[u8]>::to_vec),
-            row,
+            carried,
         });
         let (topic, partition, next) = (record.topic(), record.partition(), Offset::Offset(record.offset() + 1));
         if self.next_offsets.set_partition_offset(topic, partition, next).is_err() {
@@ -254,4 +258,8 @@ impl Batch {
         }
         Ok(())
     }
+}
+
+fn header<'a>(record: &'a impl rdkafka::Message, name: &str) -> Option<&'a [u8]> {
+    record.headers()?.iter().find(|header| header.key == name)?.value
 }

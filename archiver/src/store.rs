@@ -126,6 +126,26 @@ pub fn refused_for_its_data(error: &sqlx::Error) -> bool {
     sqlstate.is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
+/// Keeps the messages with these ids out of history for good: deletes any
+/// stored, and remembers them so that a record read later is not stored.
+pub async fn withdraw(db: &PgPool, ids: &[i64]) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("INSERT INTO withdrawn_messages (id) SELECT * FROM UNNEST($1::bigint[]) ON CONFLICT DO NOTHING")
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM messages WHERE id = ANY($1)").bind(ids).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// Which of these ids were withdrawn.
+pub async fn withdrawn(db: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<i64>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT id FROM withdrawn_messages WHERE id = ANY($1)").bind(ids).fetch_all(db).await
+}
+
 /// Records that every record below these offsets is stored, for core-svc's
 /// history reads (`archive_progress`). Written after the rows, so it is
 /// never ahead of them; a progress that moves back (a batch read again

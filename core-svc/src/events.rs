@@ -24,7 +24,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
 };
-use service_kit::{feeds::room_subject, telemetry};
+use service_kit::{feeds::room_subject, message_log, telemetry};
 
 use crate::{
     archive::ArchiveProgress,
@@ -49,6 +49,8 @@ pub struct Events {
     /// Replaced by a new producer after a fatal error (see `publish`).
     producer: RwLock<FutureProducer>,
     producer_config: ClientConfig,
+    /// Writes withdrawals; waits for the log as long as it takes.
+    withdrawals: FutureProducer,
     topic: String,
     partitions: i32,
     cache: Arc<Cache>,
@@ -76,12 +78,20 @@ impl Events {
             .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string());
         let producer: FutureProducer =
             producer_config.create().context("creating the Kafka producer (KAFKA_BROKERS)")?;
+        // A withdrawal must get through however long the log is away: no
+        // delivery timeout.
+        let withdrawals: FutureProducer = producer_config
+            .clone()
+            .set("message.timeout.ms", "0")
+            .create()
+            .context("creating the Kafka producer of withdrawals")?;
         ensure_topic(kafka.brokers, kafka.topic, kafka.partitions).await?;
         let partitions = partition_count(&producer, kafka.topic).await?;
         Ok(Self {
             ids,
             producer: RwLock::new(producer),
             producer_config,
+            withdrawals,
             topic: kafka.topic.to_owned(),
             partitions,
             cache,
@@ -113,14 +123,16 @@ impl Events {
         let offset = match tokio::time::timeout(PRODUCE_TIMEOUT, producer.send(record, PRODUCE_TIMEOUT)).await {
             Ok(Ok(delivery)) => delivery.offset,
             Ok(Err((error, _))) => {
-                tracing::warn!(%error, room_id, "the message log refused an event");
+                tracing::warn!(%error, room_id, id, "the message log refused an event");
                 if producer_is_done(&producer, &error) {
                     self.replace(&producer);
                 }
+                self.withdraw(partition, &key, id);
                 return Err(Error::Unavailable("temporarily unavailable"));
             }
             Err(_) => {
-                tracing::warn!(room_id, "the message log did not acknowledge an event in time");
+                tracing::warn!(room_id, id, "the message log did not acknowledge an event in time");
+                self.withdraw(partition, &key, id);
                 return Err(Error::Unavailable("temporarily unavailable"));
             }
         };
@@ -138,6 +150,28 @@ impl Events {
             tracing::warn!(%error, room_id, id, "cannot publish a live event");
         }
         Ok(message)
+    }
+
+    /// The client is told that a refused event was not stored; but a broker
+    /// that hung may still take the record it had been sent. A withdrawal
+    /// behind it, in the same partition, tells the archiver to keep it out
+    /// of history. It was never in the cache nor live: those come after the
+    /// log's acknowledgement.
+    fn withdraw(&self, partition: i32, key: &str, id: i64) {
+        metrics::counter!("core_events_withdrawn_total").increment(1);
+        let withdrawals = self.withdrawals.clone();
+        let (topic, key) = (self.topic.clone(), key.to_owned());
+        tokio::spawn(async move {
+            let id = id.to_string();
+            let header = Header { key: message_log::WITHDRAWN, value: Some(id.as_str()) };
+            let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+                .partition(partition)
+                .key(key.as_str())
+                .headers(OwnedHeaders::new().insert(header));
+            if let Err((error, _)) = withdrawals.send(record, Duration::from_secs(0)).await {
+                tracing::error!(%error, id, "cannot withdraw a refused event; it may reach history");
+            }
+        });
     }
 
     /// The partition of the message log that holds a room's events.

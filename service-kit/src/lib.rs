@@ -5,8 +5,10 @@
 //! - [`shutdown`]: the signal that starts a graceful shutdown.
 //! - [`feeds`]: live room feeds from NATS, shared by a process's listeners
 //!   (the gateway's sockets, core-svc's gRPC streams).
+//! - [`message_log`]: what a record of the message log (Kafka) carries.
 
 pub mod feeds;
 pub mod logging;
+pub mod message_log;
 pub mod shutdown;
 pub mod telemetry;

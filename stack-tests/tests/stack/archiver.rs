@@ -15,8 +15,10 @@ use prost::Message as _;
 use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer},
+    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
+use service_kit::message_log;
 use sqlx::{Connection, PgConnection};
 use stack_tests::{Grpc, Settings, Shared, User, archiver_group, spawn_archiver, spawn_archiver_in, spawn_core};
 use testkit::Proxy;
@@ -70,10 +72,12 @@ async fn dead_letters(database_url: &str, topic: &str) -> Vec<DeadLetter> {
     .unwrap()
 }
 
-/// A message record's payload, as core-svc would write it.
+/// A message record's payload, as core-svc would write it (with the time
+/// it was sent: a copy of the record is then the same message).
 fn message(id: i64, room_id: i64, text: &str) -> Vec<u8> {
     let kind = MessageKind::Message.into();
-    Message { id, room_id, uid: 1, kind, text: text.into(), timestamp: None }.encode_to_vec()
+    let timestamp = Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 });
+    Message { id, room_id, uid: 1, kind, text: text.into(), timestamp }.encode_to_vec()
 }
 
 /// Writes records straight to one test's topic, as any producer could.
@@ -95,6 +99,15 @@ impl Producer {
         let record = FutureRecord::to(&self.topic).key(&key).payload(payload);
         let delivery = self.producer.send(record, KAFKA_CALL).await.map_err(|(error, _)| error).expect("written");
         (delivery.partition, delivery.offset)
+    }
+
+    /// Writes core-svc's withdrawal of a refused message.
+    async fn withdraw(&self, room: i64, id: i64) {
+        let (key, id) = (room.to_string(), id.to_string());
+        let header = Header { key: message_log::WITHDRAWN, value: Some(id.as_str()) };
+        let record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(&self.topic).key(key.as_str()).headers(OwnedHeaders::new().insert(header));
+        self.producer.send(record, KAFKA_CALL).await.map_err(|(error, _)| error).expect("written");
     }
 }
 
@@ -312,4 +325,31 @@ async fn a_different_message_with_an_id_already_stored_is_set_aside_not_dropped(
             (second_1_at.0, second_1_at.1, Some(1), Some(second_1), "id collision".to_owned()),
         ],
     );
+}
+
+/// A send refused for want of an acknowledgement may reach the log all the
+/// same; its withdrawal, before or after it, keeps it out of history, even
+/// once it is stored.
+#[tokio::test]
+async fn a_withdrawn_message_never_stays_in_history_whichever_record_comes_first() {
+    let room = Room::open().await;
+    let shared = room.shared.clone();
+    let log = Producer::to(&shared);
+    log.write(room.id, &message(10, room.id, "refused, then taken")).await;
+    log.withdraw(room.id, 10).await;
+    log.withdraw(room.id, 11).await;
+    log.write(room.id, &message(11, room.id, "taken after its withdrawal")).await;
+    log.write(room.id, &message(12, room.id, "acknowledged")).await;
+    let _stop_archiver = spawn_archiver(&shared).await;
+    let group = GroupOffsets::of(&shared, &archiver_group(&shared));
+    eventually("the archiver stores and commits the log", async || group.caught_up().await).await;
+    assert_eq!(archived(&shared.database_url, &[12]).await, 1);
+    assert_eq!(archived(&shared.database_url, &[10, 11]).await, 0, "withdrawn messages stay out");
+
+    // Withdrawn after it was stored: it leaves history.
+    log.write(room.id, &message(13, room.id, "stored, then withdrawn")).await;
+    eventually("the message is stored", async || archived(&shared.database_url, &[13]).await == 1).await;
+    log.withdraw(room.id, 13).await;
+    eventually("the message leaves history", async || archived(&shared.database_url, &[13]).await == 0).await;
+    assert_eq!(dead_letters(&shared.database_url, &shared.topic).await, vec![], "a withdrawal is no dead letter");
 }

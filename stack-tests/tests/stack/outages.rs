@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use chat_proto::v1::SubscribeRequest;
 use sqlx::{Connection, PgConnection};
-use stack_tests::{Grpc, Settings, Shared, spawn_archiver, spawn_core};
+use stack_tests::{Grpc, Settings, Shared, authed, spawn_archiver, spawn_core};
 use testkit::{Broker, Proxy};
 use tonic::Code;
 
@@ -92,6 +93,10 @@ async fn sends_are_refused_while_the_message_log_hangs_and_nothing_acknowledged_
         acknowledged.push(grpc.send(&alice, room, &format!("before {n}")).await.unwrap());
     }
 
+    // A member in the room: live events reach it only once they are durable.
+    let subscribe = authed(&alice, SubscribeRequest { room_id: room, after_id: None });
+    let mut live = grpc.messages.subscribe(subscribe).await.expect("subscribed").into_inner();
+
     broker.pause();
     let refused = grpc.send(&alice, room, "while the log hangs").await.expect_err("no ack, no success");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
@@ -118,6 +123,19 @@ async fn sends_are_refused_while_the_message_log_hangs_and_nothing_acknowledged_
     assert!(resumed, "sends succeed again once the log is back");
     let expected = acknowledged.len() as i64;
     assert_eq!(all_archived(&shared.database_url, &acknowledged).await, expected);
+    // Live events keep their order: had the refused one been published, it
+    // would come before the first one sent after it.
+    let first_after = acknowledged[20];
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), live.message()).await.expect("live events flow");
+        let event = event.expect("the stream is open").expect("an event");
+        assert_ne!(event.text, "while the log hangs", "a refused send reached a live subscriber");
+        if event.id == first_after {
+            break;
+        }
+    }
+    let stored = archived_texts(&shared.database_url, room).await;
+    assert!(!stored.contains_key("while the log hangs"), "a refused send is not in history");
 }
 
 fn stored_once(stored: &std::collections::HashMap<String, i64>, text: &str) -> bool {
