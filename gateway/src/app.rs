@@ -37,6 +37,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
         crate::metrics::init();
         // Starts even while NATS is down (the client keeps reconnecting and
         // /readyz says so), but gives it a moment to connect first.
@@ -122,6 +123,18 @@ mod tests {
     use axum::serve::Listener;
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_builder_refuses_invalid_settings() {
+        use clap::Parser;
+        let config = Config {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            ws_queue_frames: 0,
+            ..Config::parse_from(["gateway"])
+        };
+        let error = Application::build(config).await.err().expect("refused");
+        assert!(error.to_string().contains("WS_QUEUE_FRAMES must be 1 to 65536, not 0"), "{error:#}");
+    }
 
     #[tokio::test]
     async fn accepted_sockets_have_nodelay_set() {

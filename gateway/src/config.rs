@@ -1,6 +1,12 @@
 use std::{net::SocketAddr, num::NonZeroU32};
 
+use axum::http::Uri;
 use clap::Parser;
+
+/// The most frames a socket's queue may hold. Each room feed allocates its
+/// queue whole (a few dozen bytes a frame), and each socket may hold as many
+/// frames again while a write waits.
+pub const MAX_WS_QUEUE_FRAMES: usize = 65_536;
 
 /// The gateway's settings: flags, each with an environment fallback.
 #[derive(Debug, Clone, Parser)]
@@ -20,8 +26,8 @@ pub struct Config {
     #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "chat")]
     pub nats_subject_prefix: String,
 
-    /// Frames a WebSocket may fall behind its room before it is
-    /// disconnected (close 1008) as too slow.
+    /// Frames a WebSocket may fall behind its room (1 to 65536) before it
+    /// is disconnected (close 1008, "too slow").
     #[arg(long, env = "WS_QUEUE_FRAMES", default_value_t = 512)]
     pub ws_queue_frames: usize,
 
@@ -34,4 +40,93 @@ pub struct Config {
     /// Only behind a proxy that sets it; otherwise clients could choose it.
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false)]
     pub trust_forwarded_for: bool,
+}
+
+impl Config {
+    /// Checks what the types of the fields do not, so that a bad setting
+    /// stops the start with a message naming it, instead of failing later
+    /// (a queue of 0 frames would panic at the first enter). Every problem
+    /// is reported at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if !(1..=MAX_WS_QUEUE_FRAMES).contains(&self.ws_queue_frames) {
+            problems.push(format!("WS_QUEUE_FRAMES must be 1 to {MAX_WS_QUEUE_FRAMES}, not {}", self.ws_queue_frames));
+        }
+        let core = self.core_grpc_addr.parse::<Uri>();
+        let core_ok = core.is_ok_and(|uri| {
+            matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some_and(|a| !a.host().is_empty())
+        });
+        if !core_ok {
+            problems
+                .push(format!("CORE_GRPC_ADDR must be an http:// or https:// address, not {:?}", self.core_grpc_addr));
+        }
+        if !self.nats_url.parse::<async_nats::ServerAddr>().is_ok_and(|addr| !addr.host().is_empty()) {
+            problems.push(format!("NATS_URL must be a NATS server address, not {:?}", self.nats_url));
+        }
+        // Subjects are `<prefix>.room.<id>`: the prefix is one or more
+        // tokens, none empty or a wildcard, with no white space.
+        let subject_ok = self
+            .nats_subject_prefix
+            .split('.')
+            .all(|token| !token.is_empty() && token != "*" && token != ">" && !token.contains(char::is_whitespace));
+        if !subject_ok {
+            problems.push(format!(
+                "NATS_SUBJECT_PREFIX must be NATS subject tokens joined by dots, not {:?}",
+                self.nats_subject_prefix
+            ));
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!("invalid settings: {}", problems.join("; "))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Config {
+        Config::parse_from(["gateway"])
+    }
+
+    #[track_caller]
+    fn refused(config: Config, text: &str) {
+        let message = config.validate().expect_err("refused").to_string();
+        assert!(message.contains(text), "{message:?} does not contain {text:?}");
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        defaults().validate().unwrap();
+    }
+
+    #[test]
+    fn a_socket_queue_of_no_frames_or_too_many_is_refused() {
+        refused(Config { ws_queue_frames: 0, ..defaults() }, "WS_QUEUE_FRAMES must be 1 to 65536, not 0");
+        refused(Config { ws_queue_frames: MAX_WS_QUEUE_FRAMES + 1, ..defaults() }, "WS_QUEUE_FRAMES");
+        Config { ws_queue_frames: 1, ..defaults() }.validate().unwrap();
+        Config { ws_queue_frames: MAX_WS_QUEUE_FRAMES, ..defaults() }.validate().unwrap();
+    }
+
+    #[test]
+    fn addresses_and_the_subject_prefix_are_checked() {
+        for bad in ["127.0.0.1:50051", "core:50051", "ftp://core:50051", "http://", ""] {
+            refused(Config { core_grpc_addr: bad.into(), ..defaults() }, "CORE_GRPC_ADDR");
+        }
+        Config { core_grpc_addr: "https://core.chat.svc:50051".into(), ..defaults() }.validate().unwrap();
+        for bad in ["", "http://nats:4222"] {
+            refused(Config { nats_url: bad.into(), ..defaults() }, "NATS_URL");
+        }
+        for bad in ["", "chat.", ".chat", "chat..x", "chat.*", "chat.>", "my chat"] {
+            refused(Config { nats_subject_prefix: bad.into(), ..defaults() }, "NATS_SUBJECT_PREFIX");
+        }
+        Config { nats_subject_prefix: "test-1.chat".into(), ..defaults() }.validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let config = Config { ws_queue_frames: 0, nats_subject_prefix: String::new(), ..defaults() };
+        refused(config, "WS_QUEUE_FRAMES must be 1 to 65536, not 0; NATS_SUBJECT_PREFIX");
+    }
 }

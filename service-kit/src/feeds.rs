@@ -99,6 +99,11 @@ impl<E: From<Message> + Clone + Send + 'static> Hub<E> {
         Ok(feed)
     }
 
+    /// How many events each listener may fall behind.
+    pub fn queue(&self) -> usize {
+        self.queue
+    }
+
     pub fn nats_connected(&self) -> bool {
         self.nats.connection_state() == async_nats::connection::State::Connected
     }

@@ -428,19 +428,63 @@ impl Ws {
         }
     }
 
-    /// Asserts that nothing arrives for a while.
+    /// Asserts that nothing arrives for a while, and that the socket is
+    /// still open then: a ping sent after the wait is answered. (A closed
+    /// socket receives nothing either.)
     pub async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(Some(Ok(WsMessage::Text(text)))) = tokio::time::timeout(wait, self.stream.next()).await {
-            panic!("expected nothing, got {text}");
+        if let Some(frame) = self.pending.front() {
+            panic!("expected nothing, got {frame}");
         }
+        let quiet_until = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(quiet_until, self.stream.next()).await {
+                Err(_) => break,
+                // The server's keep-alive.
+                Ok(Some(Ok(WsMessage::Ping(_)))) => continue,
+                Ok(other) => panic!("expected nothing, got {other:?}"),
+            }
+        }
+        const PROBE: &str = "still open?";
+        self.send_raw(WsMessage::Ping(PROBE.into())).await;
+        loop {
+            match tokio::time::timeout(WS_WAIT, self.stream.next()).await.expect("the ping answered within 10 s") {
+                Some(Ok(WsMessage::Pong(payload))) if payload == PROBE.as_bytes() => return,
+                Some(Ok(WsMessage::Ping(_))) => continue,
+                other => panic!("expected the answer to the ping, got {other:?}"),
+            }
+        }
+    }
+
+    /// Goes on writing (the frames `frame` makes, one after another) until
+    /// the server's close frame arrives; its close code. Every write must
+    /// succeed: a server that drops the connection with the client's bytes
+    /// unread resets it, and the writes that follow fail.
+    pub async fn write_until_closed(&mut self, mut frame: impl FnMut(usize) -> Value) -> Option<u16> {
+        for n in 0.. {
+            self.send(frame(n)).await;
+            while let Some(next) = futures::FutureExt::now_or_never(self.stream.next()) {
+                match next {
+                    Some(Ok(WsMessage::Close(close))) => return close.map(|f| f.code.into()),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        }
+        unreachable!("more writes than a usize counts")
     }
 
     /// Reads until the server closes the connection; its close code.
     pub async fn close_code(&mut self) -> Option<u16> {
+        self.close_frame().await.map(|(code, _)| code)
+    }
+
+    /// Reads until the server closes the connection; its close code and
+    /// reason.
+    pub async fn close_frame(&mut self) -> Option<(u16, String)> {
         loop {
             let next = tokio::time::timeout(WS_WAIT, self.stream.next()).await.expect("closed within 10 s");
             match next {
-                Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| f.code.into()),
+                Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| (f.code.into(), f.reason.to_string())),
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,
             }

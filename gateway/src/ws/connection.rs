@@ -1,12 +1,18 @@
 //! One WebSocket connection: its frames in, its room's frames out, pings,
 //! and the limits that keep one client from hurting the others.
 
-use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, VecDeque},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, close_code};
 use chat_proto::{
     reason,
-    v1::{CheckMembershipRequest, HistoryRequest, SendRequest, SendResponse},
+    v1::{CheckMembershipRequest, HistoryRequest, Message, SendRequest, SendResponse},
 };
 use service_kit::feeds::Feed;
 use tokio::{
@@ -30,9 +36,18 @@ use crate::{
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
-/// A write that cannot finish in this time means the client stopped reading.
+/// A write that cannot finish in this time means the connection hangs. (A
+/// client that merely reads too slowly is closed sooner, by the queue limit.)
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each call an enter makes (to core-svc, or to NATS to subscribe) gets this
+/// long; past it the enter is refused as `temporarily unavailable`.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const REPLAY_PAGE: u32 = 100;
+/// How many of the ids a replay wrote are kept, to skip their live copies.
+/// A live copy still to come is of a message published moments before it
+/// was read, so among the newest the replay wrote: two pages cover a live
+/// feed that runs a whole page read behind history.
+const REPLAYED_KEPT: usize = 2 * REPLAY_PAGE as usize;
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -47,9 +62,40 @@ pub struct Connection {
 struct InRoom {
     id: i64,
     frames: Receiver<Frame>,
-    /// Ids sent while catching up, so the live copies of them are skipped.
-    replayed: HashSet<i64>,
+    /// Frames taken from the queue while a write waited, oldest first: they
+    /// are written before the queue's next ones.
+    held: VecDeque<Frame>,
+    /// While history after the client's `LastID` is replayed.
+    replay: Option<Replay>,
+    /// Ids the replay wrote whose live copies may still come, so that those
+    /// are skipped: the newest [`REPLAYED_KEPT`], each gone once its live
+    /// copy has passed.
+    replayed: BTreeSet<i64>,
+    /// How many frames `held` (and a replay's `waiting`) may hold.
+    limit: usize,
     _feed: Arc<Feed<Frame>>,
+}
+
+/// How far a replay of history has come. Every live event is in history
+/// before it is published (core-svc writes the recent cache, then NATS), so
+/// a live frame newer than what history has given so far need not be kept:
+/// it is read from history in its turn. Only those that arrive while a page
+/// is being read wait for it (that page may be the last), up to the queue's
+/// limit. So however long the replay and however busy the room, the socket
+/// holds at most a page and a queue, and its queue never overflows.
+struct Replay {
+    /// History has been read up to this id.
+    read_to: i64,
+    /// Whether a page is being read.
+    reading: bool,
+    /// Live frames newer than `read_to` that arrived while the page was read.
+    waiting: VecDeque<Frame>,
+    /// The oldest live frame dropped while the page was read (`waiting`
+    /// being full), or `read_to + 1` if the queue lost some.
+    overflow: Option<i64>,
+    /// The newest live frame dropped: the replay must reach it.
+    dropped_max: i64,
+    limit: usize,
 }
 
 /// Why the loop ended, and what close frame (if any) to send.
@@ -59,6 +105,34 @@ enum End {
 }
 
 type Step = Result<(), End>;
+
+/// What the socket waits for, at most one at a time: a send, an enter, a
+/// page of a replay. Meanwhile it goes on writing its room's frames,
+/// pinging, and minding expiry and shutdown; the client's next frame waits
+/// in the socket.
+struct InFlight {
+    step: Pin<Box<dyn Future<Output = Done> + Send>>,
+    /// The `Ref` of the client frame it answers.
+    reference: Option<String>,
+    /// A send is waited for at shutdown, so that its client learns whether
+    /// it was stored; an enter is abandoned.
+    finish_at_shutdown: bool,
+}
+
+enum Done {
+    Sent(Result<SendResponse, tonic::Status>),
+    Entered(Result<Entered, &'static str>),
+    Page(Result<Vec<Message>, &'static str>),
+}
+
+/// A room the socket may now be in: membership checked, the room's feed
+/// subscribed, and when resuming, the replay's first page read.
+struct Entered {
+    room_id: i64,
+    feed: Arc<Feed<Frame>>,
+    frames: Receiver<Frame>,
+    replay: Option<(Replay, Vec<Message>)>,
+}
 
 impl Connection {
     pub fn new(uid: i64, token: Token, core: CoreClient, sockets: Sockets) -> Self {
@@ -82,7 +156,7 @@ impl Connection {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Step {
-        write(socket, ServerFrame::Enter { room_id: 0, reference: None }.to_json()).await?;
+        self.write(socket, ServerFrame::Enter { room_id: 0, reference: None }).await?;
         let mut ping = interval(PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.tick().await;
@@ -93,12 +167,10 @@ impl Connection {
         // A socket lives no longer than the token it was opened with.
         let lifetime = self.token.lifetime();
         let mut expiry = std::pin::pin!(tokio::time::sleep(lifetime.unwrap_or_default()));
-        // At most one send is in flight. Meanwhile the room's frames keep
-        // flowing to the client, and its next frame waits in the socket.
-        let mut sending: Option<Sending> = None;
+        let mut in_flight: Option<InFlight> = None;
         loop {
             tokio::select! {
-                incoming = socket.recv(), if sending.is_none() => {
+                incoming = socket.recv(), if in_flight.is_none() => {
                     last_heard = Instant::now();
                     match incoming {
                         Some(Ok(message)) if payload_len(&message) > MAX_FRAME => {
@@ -107,34 +179,35 @@ impl Connection {
                         Some(Err(error)) if too_big(&error) => {
                             return Err(End::Close(close_code::SIZE, "frame larger than 16 KiB"));
                         }
-                        Some(Ok(WsMessage::Text(text))) => sending = self.on_text(socket, &text).await?,
-                        Some(Ok(WsMessage::Binary(_))) => error(socket, "invalid operation", None).await?,
+                        Some(Ok(WsMessage::Text(text))) => in_flight = self.on_text(socket, &text).await?,
+                        Some(Ok(WsMessage::Binary(_))) => self.error(socket, "invalid operation", None).await?,
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                         Some(Ok(WsMessage::Close(_))) | None => return Ok(()),
                         Some(Err(_)) => return Err(End::Quietly),
                     }
                 }
-                answer = async { sending.as_mut().expect("guarded").future.as_mut().await }, if sending.is_some() => {
-                    let reference = sending.take().expect("guarded").reference;
-                    self.on_sent(socket, answer, reference.as_deref()).await?;
+                done = async { in_flight.as_mut().expect("guarded").step.as_mut().await }, if in_flight.is_some() => {
+                    let reference = in_flight.take().expect("guarded").reference;
+                    // The client was not read meanwhile: its silence counts from now.
+                    last_heard = Instant::now();
+                    in_flight = self.on_done(socket, done, reference).await?;
                 }
                 frame = next_frame(&mut self.room) => match frame {
-                    Ok(frame) => self.forward(socket, frame).await?,
-                    Err(RecvError::Lagged(_)) => return Err(End::Close(close_code::POLICY, "too slow")),
-                    Err(RecvError::Closed) => return Err(End::Close(close_code::ERROR, "room feed ended")),
+                    Ok(frame) => self.send(socket, WsMessage::Text(frame.json)).await?,
+                    Err(error) => return Err(feed_error(error)),
                 },
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > SILENCE_LIMIT {
+                    if in_flight.is_none() && last_heard.elapsed() > SILENCE_LIMIT {
                         return Err(End::Close(close_code::AWAY, "no answer to pings"));
                     }
-                    send(socket, WsMessage::Ping(Default::default())).await?;
+                    self.send(socket, WsMessage::Ping(Default::default())).await?;
                 }
                 () = &mut expiry, if lifetime.is_some() => {
                     return Err(End::Close(close_code::POLICY, "token expired"));
                 }
                 () = &mut shutdown => {
-                    if let Some(Sending { future, reference }) = sending.take() {
-                        self.on_sent(socket, future.await, reference.as_deref()).await?;
+                    if let Some(InFlight { step, reference, finish_at_shutdown: true }) = in_flight.take() {
+                        self.on_done(socket, step.await, reference).await?;
                     }
                     self.flush(socket).await?;
                     return Err(End::Close(close_code::AWAY, "server shutting down"));
@@ -143,95 +216,188 @@ impl Connection {
         }
     }
 
-    async fn forward(&mut self, socket: &mut WebSocket, frame: Frame) -> Step {
-        match &self.room {
-            Some(room) if room.replayed.contains(&frame.id) => Ok(()),
-            _ => send(socket, WsMessage::Text(frame.json)).await,
-        }
-    }
-
     /// Writes what the room had already queued for this socket.
     async fn flush(&mut self, socket: &mut WebSocket) -> Step {
-        while let Some(Ok(frame)) = self.room.as_mut().map(|room| room.frames.try_recv()) {
-            self.forward(socket, frame).await?;
+        while let Some(frame) = self.room.as_mut().and_then(InRoom::try_next) {
+            self.send(socket, WsMessage::Text(frame.json)).await?;
         }
         Ok(())
     }
 
-    /// Handles a client frame; a message to send comes back as the send
-    /// to put in flight.
-    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<Option<Sending>, End> {
+    /// Handles a client frame; what it puts in flight, if anything.
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<Option<InFlight>, End> {
         let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
-            Err(problem) => return error(socket, problem, None).await.map(|()| None),
+            Err(problem) => return self.error(socket, problem, None).await.map(|()| None),
         };
         let reference = frame.reference.as_deref();
         match frame.kind.as_str() {
-            "enter" => self.enter(socket, &frame).await.map(|()| None),
+            "enter" => self.enter(socket, &frame).await,
             "message" => self.message(socket, frame.text.as_deref(), reference).await,
-            _ => error(socket, "invalid operation", reference).await.map(|()| None),
+            _ => self.error(socket, "invalid operation", reference).await.map(|()| None),
         }
     }
 
-    async fn enter(&mut self, socket: &mut WebSocket, frame: &ClientFrame) -> Step {
+    async fn on_done(
+        &mut self,
+        socket: &mut WebSocket,
+        done: Done,
+        reference: Option<String>,
+    ) -> Result<Option<InFlight>, End> {
+        match done {
+            Done::Sent(answer) => self.on_sent(socket, answer, reference.as_deref()).await.map(|()| None),
+            Done::Entered(Ok(entered)) => self.on_entered(socket, entered, reference).await,
+            Done::Entered(Err(problem)) => self.error(socket, problem, reference.as_deref()).await.map(|()| None),
+            Done::Page(Ok(page)) => self.on_page(socket, page, reference).await,
+            Done::Page(Err(problem)) => self.leave(socket, problem, reference).await,
+        }
+    }
+
+    /// Starts an enter. The socket stays in its room until the enter is
+    /// answered: a refused one changes nothing.
+    async fn enter(&mut self, socket: &mut WebSocket, frame: &ClientFrame) -> Result<Option<InFlight>, End> {
         let reference = frame.reference.as_deref();
         let room_id = match frame.roomid {
             Some(room_id) if room_id >= 0 && frame.lastid.is_none_or(|id| id >= 0) => room_id,
-            _ => return error(socket, "invalid room id", reference).await,
+            _ => return self.error(socket, "invalid room id", reference).await.map(|()| None),
         };
         if room_id == self.room.as_ref().map_or(0, |room| room.id) {
-            return error(socket, "already in room", reference).await;
+            return self.error(socket, "already in room", reference).await.map(|()| None);
         }
         if room_id == 0 {
             self.room = None;
-            return write(socket, ServerFrame::Enter { room_id, reference }.to_json()).await;
+            return self.write(socket, ServerFrame::Enter { room_id, reference }).await.map(|()| None);
         }
-        let membership = self.core.rooms.check_membership(self.token.request(CheckMembershipRequest { room_id })).await;
-        match membership {
-            Ok(answer) if answer.get_ref().member => {}
-            Ok(_) => return error(socket, "not room member", reference).await,
-            Err(status) => return error(socket, status_text(&status), reference).await,
-        }
-        // Subscribe before reading history, so nothing published meanwhile is missed.
-        let Ok(feed) = self.sockets.hub.feed(room_id).await else {
-            return error(socket, "temporarily unavailable", reference).await;
-        };
-        let frames = feed.subscribe();
-        self.room = None;
-        write(socket, ServerFrame::Enter { room_id, reference }.to_json()).await?;
-        let mut room = InRoom { id: room_id, frames, replayed: HashSet::new(), _feed: feed };
-        if let Some(last_id) = frame.lastid
-            && let Err(status) = self.replay(socket, &mut room, last_id).await?
-        {
-            return error(socket, status_text(&status), reference).await;
-        }
-        self.room = Some(room);
-        Ok(())
+        let span = tracing::info_span!(parent: None, "ws.enter", uid = self.uid, room_id);
+        let entering = self.entering(room_id, frame.lastid);
+        let step = Box::pin(async move { Done::Entered(entering.await) }.instrument(span));
+        Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
     }
 
-    /// Sends every message after `last_id`, oldest first.
-    async fn replay(
+    /// Checks membership, subscribes to the room's feed (before history is
+    /// read, so nothing published meanwhile is missed) and, when resuming,
+    /// reads the replay's first page.
+    fn entering(
+        &self,
+        room_id: i64,
+        last_id: Option<i64>,
+    ) -> impl Future<Output = Result<Entered, &'static str>> + Send + use<> {
+        let mut rooms = self.core.rooms.clone();
+        let membership = self.token.request(CheckMembershipRequest { room_id });
+        let hub = self.sockets.hub.clone();
+        let first_page = last_id.map(|after| (after, self.page_after(room_id, after)));
+        async move {
+            if !call(rooms.check_membership(membership)).await?.member {
+                return Err("not room member");
+            }
+            let feed = match timeout(CALL_TIMEOUT, hub.feed(room_id)).await {
+                Ok(Ok(feed)) => feed,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, room_id, "cannot subscribe to a room feed");
+                    return Err("temporarily unavailable");
+                }
+                Err(_) => {
+                    tracing::warn!(room_id, "subscribing to a room feed timed out");
+                    return Err("temporarily unavailable");
+                }
+            };
+            let mut frames = feed.subscribe();
+            let Some((last_id, read)) = first_page else {
+                return Ok(Entered { room_id, feed, frames, replay: None });
+            };
+            let mut replay = Replay::new(last_id, hub.queue());
+            let mut read = std::pin::pin!(read);
+            let page = loop {
+                tokio::select! {
+                    biased;
+                    page = &mut read => break page?,
+                    frame = frames.recv() => match frame {
+                        // One that comes back is at most `LastID`: the client has it.
+                        Ok(frame) => drop(replay.live(frame)),
+                        Err(RecvError::Lagged(_)) => replay.lost(),
+                        Err(RecvError::Closed) => return Err("temporarily unavailable"),
+                    },
+                }
+            };
+            Ok(Entered { room_id, feed, frames, replay: Some((replay, page)) })
+        }
+    }
+
+    /// The socket is in the room from here on; a replay then begins.
+    async fn on_entered(
         &mut self,
         socket: &mut WebSocket,
-        room: &mut InRoom,
-        mut after: i64,
-    ) -> Result<Result<(), tonic::Status>, End> {
-        loop {
-            let request = HistoryRequest { room_id: room.id, last_id: 0, limit: REPLAY_PAGE, after_id: Some(after) };
-            let page = match self.core.messages.history(self.token.request(request)).await {
-                Ok(page) => page.into_inner().messages,
-                Err(status) => return Ok(Err(status)),
-            };
-            let full = page.len() == REPLAY_PAGE as usize;
-            for message in page {
-                after = after.max(message.id);
-                room.replayed.insert(message.id);
-                send(socket, WsMessage::Text(Frame::from(message).json)).await?;
-            }
-            if !full {
-                return Ok(Ok(()));
-            }
+        entered: Entered,
+        reference: Option<String>,
+    ) -> Result<Option<InFlight>, End> {
+        let Entered { room_id, feed, frames, replay } = entered;
+        let (replay, page) = replay.unzip();
+        self.room = Some(InRoom {
+            id: room_id,
+            frames,
+            held: VecDeque::new(),
+            replay,
+            replayed: BTreeSet::new(),
+            limit: self.sockets.hub.queue(),
+            _feed: feed,
+        });
+        self.write(socket, ServerFrame::Enter { room_id, reference: reference.as_deref() }).await?;
+        match page {
+            Some(page) => self.on_page(socket, page, reference).await,
+            None => Ok(None),
         }
+    }
+
+    /// Writes a page of the replay; the next one to read, unless the replay
+    /// is done.
+    async fn on_page(
+        &mut self,
+        socket: &mut WebSocket,
+        mut page: Vec<Message>,
+        reference: Option<String>,
+    ) -> Result<Option<InFlight>, End> {
+        let room = self.room.as_mut().expect("a replay is in a room");
+        if let Err(problem) = room.take_page(&mut page) {
+            tracing::warn!(room_id = room.id, "history lacks a live event; the replay stops");
+            return self.leave(socket, problem, reference).await;
+        }
+        for message in page {
+            self.send(socket, WsMessage::Text(Frame::from(message).json)).await?;
+        }
+        let room = self.room.as_mut().expect("a replay is in a room");
+        let Some(replay) = room.replay.as_mut() else {
+            return Ok(None);
+        };
+        replay.reading = true;
+        let (room_id, after) = (room.id, replay.read_to);
+        let read = self.page_after(room_id, after);
+        let step = Box::pin(async move { Done::Page(read.await) });
+        Ok(Some(InFlight { step, reference, finish_at_shutdown: false }))
+    }
+
+    /// A replay that fails leaves the room, rather than leave the client in
+    /// it with a gap: `{"Type":"enter","RoomID":0}`, then the error.
+    async fn leave(
+        &mut self,
+        socket: &mut WebSocket,
+        problem: &'static str,
+        reference: Option<String>,
+    ) -> Result<Option<InFlight>, End> {
+        self.room = None;
+        self.write(socket, ServerFrame::Enter { room_id: 0, reference: None }).await?;
+        self.error(socket, problem, reference.as_deref()).await.map(|()| None)
+    }
+
+    /// A page of the room's history after `after`, oldest first.
+    fn page_after(
+        &self,
+        room_id: i64,
+        after: i64,
+    ) -> impl Future<Output = Result<Vec<Message>, &'static str>> + Send + use<> {
+        let mut messages = self.core.messages.clone();
+        let request =
+            self.token.request(HistoryRequest { room_id, last_id: 0, limit: REPLAY_PAGE, after_id: Some(after) });
+        async move { call(messages.history(request)).await.map(|page| page.messages) }
     }
 
     async fn message(
@@ -239,51 +405,229 @@ impl Connection {
         socket: &mut WebSocket,
         text: Option<&str>,
         reference: Option<&str>,
-    ) -> Result<Option<Sending>, End> {
+    ) -> Result<Option<InFlight>, End> {
         let Some(room_id) = self.room.as_ref().map(|room| room.id) else {
-            return error(socket, "not in room", reference).await.map(|()| None);
+            return self.error(socket, "not in room", reference).await.map(|()| None);
         };
         let text = text.unwrap_or_default();
         if let Err(problem) = MessageText::check(text) {
-            return error(socket, problem, reference).await.map(|()| None);
+            return self.error(socket, problem, reference).await.map(|()| None);
         }
         let mut messages = self.core.messages.clone();
         let request = self.token.request(SendRequest { room_id, text: text.to_owned() });
         // Each message starts a trace of its own, carried to core-svc and on.
         let span = tracing::info_span!(parent: None, "ws.message", uid = self.uid, room_id);
-        let send = async move { messages.send(request).await.map(|sent| sent.into_inner()) };
-        let future = Box::pin(send.instrument(span));
-        Ok(Some(Sending { future, reference: reference.map(str::to_owned) }))
+        let send = async move { Done::Sent(messages.send(request).await.map(|sent| sent.into_inner())) };
+        let step = Box::pin(send.instrument(span));
+        Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: true }))
     }
 
-    async fn on_sent(&mut self, socket: &mut WebSocket, answer: SendAnswer, reference: Option<&str>) -> Step {
+    async fn on_sent(
+        &mut self,
+        socket: &mut WebSocket,
+        answer: Result<SendResponse, tonic::Status>,
+        reference: Option<&str>,
+    ) -> Step {
         match answer {
             Ok(sent) => {
                 metrics::counter!(WS_MESSAGES_SENT).increment(1);
                 let timestamp = rfc3339(sent.timestamp);
-                write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }.to_json()).await
+                self.write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }).await
             }
             Err(status) if status.code() == Code::Unauthenticated => {
-                error(socket, "token expired", reference).await?;
+                self.error(socket, "token expired", reference).await?;
                 Err(End::Close(close_code::POLICY, "token expired"))
             }
-            Err(status) => error(socket, status_text(&status), reference).await,
+            Err(status) => self.error(socket, status_text(&status), reference).await,
         }
+    }
+
+    /// Writes to the client. While the write waits, the room's frames are
+    /// taken from its queue and held for after it, up to the queue's limit:
+    /// a client that stops reading is closed as `too slow` once its room has
+    /// run that far ahead, and the write timeout is left for a connection
+    /// that hangs.
+    async fn send(&mut self, socket: &mut WebSocket, message: WsMessage) -> Step {
+        let mut write = std::pin::pin!(timeout(WRITE_TIMEOUT, socket.send(message)));
+        loop {
+            tokio::select! {
+                biased;
+                written = &mut write => return match written {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(End::Quietly),
+                    Err(_) => Err(End::Close(close_code::POLICY, "write timed out")),
+                },
+                frame = live_frame(&mut self.room) => {
+                    let room = self.room.as_mut().expect("the frame came from the room");
+                    match frame {
+                        Ok(frame) if room.held.len() < room.limit => room.held.push_back(frame),
+                        Ok(_) => return Err(End::Close(close_code::POLICY, "too slow")),
+                        Err(error) => return Err(feed_error(error)),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, socket: &mut WebSocket, frame: ServerFrame<'_>) -> Step {
+        self.send(socket, WsMessage::Text(Utf8Bytes::from(frame.to_json()))).await
+    }
+
+    async fn error(&mut self, socket: &mut WebSocket, error: &str, reference: Option<&str>) -> Step {
+        self.write(socket, ServerFrame::Error { error, reference }).await
     }
 }
 
-type SendAnswer = Result<SendResponse, tonic::Status>;
+impl InRoom {
+    /// The next frame to write: the held ones first, then the queue's.
+    async fn next(&mut self) -> Result<Frame, RecvError> {
+        match self.held.pop_front() {
+            Some(frame) => Ok(frame),
+            None => self.live().await,
+        }
+    }
 
-/// A message on its way to core-svc.
-struct Sending {
-    future: Pin<Box<dyn Future<Output = SendAnswer> + Send>>,
-    reference: Option<String>,
+    /// As [`InRoom::next`], without waiting; `None` also once the queue fails.
+    fn try_next(&mut self) -> Option<Frame> {
+        if let Some(frame) = self.held.pop_front() {
+            return Some(frame);
+        }
+        while let Ok(frame) = self.frames.try_recv() {
+            if let Some(frame) = self.admit(frame) {
+                return Some(frame);
+            }
+        }
+        None
+    }
+
+    /// The queue's next frame that is to be written.
+    async fn live(&mut self) -> Result<Frame, RecvError> {
+        loop {
+            let frame = self.frames.recv().await?;
+            if let Some(frame) = self.admit(frame) {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// A live frame, unless the replay gives it (or gave it) from history.
+    fn admit(&mut self, frame: Frame) -> Option<Frame> {
+        let frame = match &mut self.replay {
+            Some(replay) => replay.live(frame)?,
+            None => frame,
+        };
+        (!self.replayed.remove(&frame.id)).then_some(frame)
+    }
+
+    /// Takes a page of the replay just read, leaving in it what is to be
+    /// written. The live frames that waited for it go on after it unless it
+    /// holds them.
+    fn take_page(&mut self, page: &mut Vec<Message>) -> Result<(), &'static str> {
+        let replay = self.replay.as_mut().expect("a page belongs to a replay");
+        let done = replay.take(page)?;
+        let waiting = std::mem::take(&mut replay.waiting);
+        if done {
+            self.replay = None;
+        }
+        self.replayed.extend(page.iter().map(|message| message.id));
+        while self.replayed.len() > REPLAYED_KEPT {
+            self.replayed.pop_first();
+        }
+        for frame in waiting {
+            if let Some(frame) = self.admit(frame) {
+                self.held.push_back(frame);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Replay {
+    fn new(last_id: i64, limit: usize) -> Self {
+        Self { read_to: last_id, reading: true, waiting: VecDeque::new(), overflow: None, dropped_max: last_id, limit }
+    }
+
+    /// A live frame while the replay runs. One newer than what history has
+    /// given waits for the page being read, or is dropped (history gives
+    /// it); an older one comes back, to be written.
+    fn live(&mut self, frame: Frame) -> Option<Frame> {
+        if frame.id <= self.read_to {
+            return Some(frame);
+        }
+        if self.reading && self.waiting.len() < self.limit {
+            self.waiting.push_back(frame);
+            return None;
+        }
+        if self.reading {
+            self.overflow = Some(self.overflow.map_or(frame.id, |oldest| oldest.min(frame.id)));
+        }
+        self.dropped_max = self.dropped_max.max(frame.id);
+        None
+    }
+
+    /// Takes a page just read, leaving in it what is to be written; whether
+    /// the replay is done (the page is history's end, and nothing was
+    /// dropped while it was read). Refused when done yet short of a live
+    /// frame it dropped: history lacks that frame.
+    fn take(&mut self, page: &mut Vec<Message>) -> Result<bool, &'static str> {
+        self.reading = false;
+        let full = page.len() == REPLAY_PAGE as usize;
+        let overflow = self.overflow.take();
+        match (overflow, page.last()) {
+            // A live frame dropped while the page was read may be missing
+            // from it (published after the read, yet older than the page's
+            // newest): the page counts only below it, and the next starts there.
+            (Some(oldest), Some(last)) if last.id >= oldest => {
+                page.retain(|message| message.id < oldest);
+                self.read_to = oldest - 1;
+            }
+            (_, Some(last)) => self.read_to = last.id,
+            (_, None) => {}
+        }
+        let done = !full && overflow.is_none();
+        if done && self.read_to < self.dropped_max {
+            return Err("temporarily unavailable");
+        }
+        Ok(done)
+    }
+
+    /// The queue lost frames while the page was read: that page counts for
+    /// nothing, and is read again.
+    fn lost(&mut self) {
+        self.overflow = Some(self.read_to + 1);
+    }
+}
+
+/// A core-svc call an enter makes, within [`CALL_TIMEOUT`]; the contract's
+/// error text if it fails.
+async fn call<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, &'static str> {
+    match timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status_text(&status)),
+        Err(_) => Err("temporarily unavailable"),
+    }
 }
 
 async fn next_frame(room: &mut Option<InRoom>) -> Result<Frame, RecvError> {
     match room {
-        Some(room) => room.frames.recv().await,
+        Some(room) => room.next().await,
         None => std::future::pending().await,
+    }
+}
+
+async fn live_frame(room: &mut Option<InRoom>) -> Result<Frame, RecvError> {
+    match room {
+        Some(room) => room.live().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The close for a room queue that failed: the socket fell a whole queue
+/// behind its room, or the feed ended.
+fn feed_error(error: RecvError) -> End {
+    match error {
+        RecvError::Lagged(_) => End::Close(close_code::POLICY, "too slow"),
+        RecvError::Closed => End::Close(close_code::ERROR, "room feed ended"),
     }
 }
 
@@ -339,18 +683,74 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let _ = timeout(CLOSE_WAIT, drain).await;
 }
 
-async fn send(socket: &mut WebSocket, message: WsMessage) -> Step {
-    match timeout(WRITE_TIMEOUT, socket.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::Quietly),
-        Err(_) => Err(End::Close(close_code::POLICY, "too slow")),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: i64) -> Frame {
+        Frame { id, json: Utf8Bytes::from_static("{}") }
     }
-}
 
-async fn write(socket: &mut WebSocket, json: String) -> Step {
-    send(socket, WsMessage::Text(Utf8Bytes::from(json))).await
-}
+    fn page(ids: impl IntoIterator<Item = i64>) -> Vec<Message> {
+        ids.into_iter().map(|id| Message { id, ..Message::default() }).collect()
+    }
 
-async fn error(socket: &mut WebSocket, error: &str, reference: Option<&str>) -> Step {
-    write(socket, ServerFrame::Error { error, reference }.to_json()).await
+    fn ids(page: &[Message]) -> Vec<i64> {
+        page.iter().map(|message| message.id).collect()
+    }
+
+    #[test]
+    fn live_frames_newer_than_the_replay_wait_for_the_page_being_read_then_are_dropped() {
+        let mut replay = Replay::new(10, 2);
+        assert!(replay.live(frame(9)).is_some(), "older than what history gave: written");
+        assert!(replay.live(frame(11)).is_none());
+        assert!(replay.live(frame(12)).is_none());
+        assert_eq!(replay.waiting.iter().map(|f| f.id).collect::<Vec<_>>(), [11, 12]);
+        assert_eq!(replay.overflow, None);
+        assert!(replay.live(frame(14)).is_none());
+        assert!(replay.live(frame(13)).is_none());
+        assert_eq!((replay.overflow, replay.dropped_max), (Some(13), 14), "the queue's limit reached");
+        let mut read = page([11, 12]);
+        assert_eq!(replay.take(&mut read), Ok(false), "not done: 13 and 14 are still to read");
+        assert_eq!(replay.read_to, 12);
+        assert!(replay.live(frame(15)).is_none(), "between reads: dropped");
+        assert!(replay.waiting.len() == 2 && replay.dropped_max == 15);
+    }
+
+    #[test]
+    fn a_page_counts_only_below_a_live_frame_dropped_while_it_was_read() {
+        let mut replay = Replay::new(10, 0);
+        assert!(replay.live(frame(13)).is_none());
+        // 13 was published after the read, 14 before it.
+        let mut read = page([11, 12, 14]);
+        assert_eq!(replay.take(&mut read), Ok(false));
+        assert_eq!((ids(&read), replay.read_to), (vec![11, 12], 12));
+        replay.reading = true;
+        let mut read = page([13, 14]);
+        assert_eq!(replay.take(&mut read), Ok(true));
+        assert_eq!((ids(&read), replay.read_to), (vec![13, 14], 14));
+    }
+
+    #[test]
+    fn a_replay_ends_at_a_page_short_of_full_unless_history_lacks_a_dropped_frame() {
+        let mut replay = Replay::new(10, 4);
+        let mut read = page(11..11 + i64::from(REPLAY_PAGE));
+        assert_eq!(replay.take(&mut read), Ok(false), "a full page: more may follow");
+        assert!(replay.live(frame(500)).is_none());
+        replay.reading = true;
+        let mut read = page([200]);
+        assert_eq!(replay.take(&mut read), Err("temporarily unavailable"), "500 is missing from history");
+        let mut replay = Replay::new(10, 4);
+        let mut read = page([]);
+        assert_eq!(replay.take(&mut read), Ok(true));
+    }
+
+    #[test]
+    fn a_queue_that_lost_frames_while_a_page_was_read_has_it_read_again() {
+        let mut replay = Replay::new(10, 4);
+        replay.lost();
+        let mut read = page([11, 12]);
+        assert_eq!(replay.take(&mut read), Ok(false));
+        assert_eq!((ids(&read), replay.read_to), (vec![], 10));
+    }
 }

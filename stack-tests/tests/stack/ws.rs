@@ -6,7 +6,9 @@ use std::{collections::HashSet, time::Duration};
 use core_svc::token::TokenKeys;
 use reqwest::StatusCode;
 use serde_json::json;
+use sqlx::{Connection, Executor, PgConnection};
 use stack_tests::{JWT_SECRET, Settings, Shared, TestApp, User, Ws, spawn_archiver, spawn_core, spawn_gateway};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
@@ -158,16 +160,16 @@ async fn resume_with_last_id_delivers_every_missed_message_once_then_live_ones()
     // Bob comes back while Alice keeps sending.
     let mut b = Ws::connect(&app.base, &bob.token).await;
     b.send(json!({"Type": "enter", "RoomID": room, "LastID": last_seen})).await;
-    let mut sender = tokio::spawn(async move {
+    let sender = tokio::spawn(async move {
         let mut live = Vec::new();
         for i in 0..30 {
             let (sent, _) = a.say(&format!("live {i}")).await;
             live.push(sent["MessageID"].as_i64().unwrap());
         }
-        live
+        (live, a)
     });
     assert_eq!(b.recv().await, json!({"Type": "enter", "RoomID": room}));
-    let live = (&mut sender).await.unwrap();
+    let (live, mut a) = sender.await.unwrap();
     let expected: Vec<i64> = missed.iter().chain(&live).copied().collect();
     let mut received = Vec::new();
     while received.len() < expected.len() {
@@ -175,7 +177,9 @@ async fn resume_with_last_id_delivers_every_missed_message_once_then_live_ones()
     }
     assert_eq!(received.iter().collect::<HashSet<_>>().len(), received.len(), "no duplicates");
     assert_eq!(received, expected, "every message once, in order");
-    b.expect_silence(Duration::from_millis(300)).await;
+    // Nothing twice after them either: the next frame is the next message.
+    let (last, _) = a.say("last").await;
+    assert_eq!(b.recv().await["ID"], last["MessageID"]);
 }
 
 #[tokio::test]
@@ -292,13 +296,12 @@ async fn hostile_frames_get_their_errors_and_others_are_still_served() {
     a.send_raw(WsMessage::text("x".repeat(17 * 1024))).await;
     assert_eq!(a.close_code().await, Some(1009));
     // ... and everyone else is still served.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let (sent, _) = b.say("still here").await;
     assert_eq!(sent["Type"], "sent");
 }
 
 #[tokio::test]
-async fn a_client_that_stops_reading_is_disconnected_with_1008() {
+async fn a_client_that_stops_reading_is_disconnected_by_the_queue_limit() {
     let app = TestApp::spawn_with(Settings { ws_queue_frames: 32, ..Settings::default() }).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
@@ -308,7 +311,10 @@ async fn a_client_that_stops_reading_is_disconnected_with_1008() {
     slow.enter(room).await;
     let mut alice_ws = Ws::connect(&app.base, &alice.token).await;
     alice_ws.enter(room).await;
-    const FLOOD: usize = 3000;
+    let closed_before = closed_as_too_slow(&app).await;
+    // 8 KB frames (2000 four-byte characters), 6 MB in all: far more than
+    // the connection's buffers hold, so the writes to Bob stall.
+    const FLOOD: usize = 750;
     // Alice reads everything while Bob reads nothing.
     let keeping_up = tokio::spawn(async move {
         let mut received = 0;
@@ -320,13 +326,35 @@ async fn a_client_that_stops_reading_is_disconnected_with_1008() {
     });
     // Sent by a service over gRPC, so the flood waits for nobody's socket.
     let mut grpc = app.grpc().await;
-    let text = "y".repeat(2000);
-    for _ in 0..FLOOD {
-        grpc.send(&alice, room, &text).await.unwrap();
+    let flood = tokio::spawn(async move {
+        let text = "😀".repeat(2000);
+        for _ in 0..FLOOD {
+            grpc.send(&alice, room, &text).await.unwrap();
+        }
+    });
+    // The server gives up on Bob while he still reads nothing: once 32
+    // frames wait behind the stalled write, not when it times out (that
+    // close says "write timed out"), nor when he reads again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while closed_as_too_slow(&app).await == closed_before {
+        assert!(tokio::time::Instant::now() < deadline, "no socket closed as too slow while Bob read nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(slow.close_code().await, Some(1008));
+    assert_eq!(slow.close_frame().await, Some((1008, "too slow".to_owned())));
+    flood.await.unwrap();
     let mut alice_ws = keeping_up.await.expect("Alice got every message");
     alice_ws.say("still here").await;
+}
+
+/// How many sockets the gateways of this process have closed as too slow.
+/// (The metrics recorder is shared, and no other test's socket is too slow.)
+async fn closed_as_too_slow(app: &TestApp) -> f64 {
+    let (_, metrics) = app.get("/metrics", None).await;
+    let metrics = metrics.as_str().expect("plain text");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"ws_closed_by_server_total{reason="too slow"} "#))
+        .map_or(0.0, |count| count.trim().parse().expect("a number"))
 }
 
 #[tokio::test]
@@ -371,13 +399,187 @@ async fn a_client_that_chats_then_sends_an_oversized_frame_always_gets_the_1009_
         let (sent, _) = ws.say(&format!("hello {attempt}")).await;
         assert_eq!(sent["Type"], "sent");
         ws.send_raw(WsMessage::text("x".repeat(20 * 1024))).await;
-        // The client goes on writing before it reads the answer: a server
-        // that drops the connection with the client's bytes unread resets
-        // it, and the reset loses the close frame it had sent.
-        for n in 0..20 {
-            ws.send(json!({"Type": "message", "Text": format!("after the big one {n}")})).await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(ws.close_code().await, Some(1009), "try {attempt}: the close frame arrives, not a reset");
+        // The client goes on writing until the answer arrives: a server that
+        // drops the connection with the client's bytes unread resets it, and
+        // the reset fails the writes and loses the close frame.
+        let code =
+            ws.write_until_closed(|n| json!({"Type": "message", "Text": format!("after the big one {n}")})).await;
+        assert_eq!(code, Some(1009), "try {attempt}: the close frame arrives, not a reset");
     }
+}
+
+/// The stack, with the test's database (to hold its locks) at hand.
+struct Stack {
+    shared: Shared,
+    app: TestApp,
+    stop_gateway: oneshot::Sender<()>,
+    _stops: [oneshot::Sender<()>; 2],
+}
+
+async fn stack(settings: Settings) -> Stack {
+    let shared = Shared::new().await;
+    let (core, stop_core) = spawn_core(&shared, &settings).await;
+    let (gateway, stop_gateway) = spawn_gateway(&shared, &settings, core).await;
+    let stop_archiver = spawn_archiver(&shared).await;
+    let app = TestApp::at(gateway, core, &shared);
+    Stack { shared, app, stop_gateway, _stops: [stop_core, stop_archiver] }
+}
+
+/// The messages table locked by a transaction of the test's, as a long
+/// migration would hold it: core-svc's reads of stored history wait for it.
+struct HistoryLocked {
+    database_url: String,
+    db: PgConnection,
+}
+
+impl HistoryLocked {
+    async fn lock(database_url: &str) -> Self {
+        let mut db = PgConnection::connect(database_url).await.expect("the test database");
+        db.execute("BEGIN").await.unwrap();
+        db.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE").await.unwrap();
+        Self { database_url: database_url.to_owned(), db }
+    }
+
+    /// Waits until a history read of core-svc's waits for the lock.
+    async fn wait_for_a_reader(&self) {
+        // Another connection: one in a transaction sees the same snapshot of
+        // pg_stat_activity every time.
+        let mut db = PgConnection::connect(&self.database_url).await.expect("the test database");
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+            AND wait_event_type = 'Lock' AND query LIKE 'SELECT id, room_id, user_id, kind, text, created_at FROM messages%'";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sqlx::query_scalar::<_, i64>(waiting).fetch_one(&mut db).await.unwrap() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no history read waits for the lock");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn release(mut self) {
+        self.db.execute("COMMIT").await.unwrap();
+    }
+}
+
+/// Alice and Bob, members of a public room.
+async fn alice_and_bob(app: &TestApp) -> (User, User, i64) {
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    (alice, bob, room)
+}
+
+#[tokio::test]
+async fn a_replay_far_longer_than_the_queue_comes_whole_in_order_and_the_socket_stays_open() {
+    let Stack { shared, app, stop_gateway: _stop_gateway, _stops } =
+        stack(Settings { ws_queue_frames: 4, ..Settings::default() }).await;
+    let (alice, bob, room) = alice_and_bob(&app).await;
+    let mut grpc = app.grpc().await;
+    let last_seen = grpc.send(&alice, room, "seen").await.unwrap();
+    let mut missed = Vec::new();
+    for i in 0..150 {
+        missed.push(grpc.send(&alice, room, &format!("missed {i}")).await.unwrap());
+    }
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    a.enter(room).await;
+
+    // Bob's replay waits on its first read of history ...
+    let lock = HistoryLocked::lock(&shared.database_url).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    b.send(json!({"Type": "enter", "RoomID": room, "LastID": last_seen})).await;
+    lock.wait_for_a_reader().await;
+    // ... while live messages, five times the queue, reach the gateway's
+    // room feed (Alice's copy comes through it).
+    let mut live = Vec::new();
+    for i in 0..20 {
+        let (sent, _) = a.say(&format!("live {i}")).await;
+        live.push(sent["MessageID"].as_i64().unwrap());
+    }
+    lock.release().await;
+
+    assert_eq!(b.recv().await, json!({"Type": "enter", "RoomID": room}));
+    let expected: Vec<i64> = missed.iter().chain(&live).copied().collect();
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        received.push(b.recv().await["ID"].as_i64().unwrap());
+    }
+    assert_eq!(received, expected, "every message once, in order");
+    let (last, _) = a.say("last").await;
+    assert_eq!(b.recv().await["ID"], last["MessageID"], "then the live ones, nothing twice");
+}
+
+#[tokio::test]
+async fn a_socket_keeps_serving_its_room_while_an_enter_waits() {
+    let Stack { shared, app, stop_gateway: _stop_gateway, _stops } = stack(Settings::default()).await;
+    let (alice, bob, general) = alice_and_bob(&app).await;
+    let other = app.create_room(&bob, "Other", false).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    a.enter(general).await;
+    b.enter(general).await;
+
+    let lock = HistoryLocked::lock(&shared.database_url).await;
+    b.send(json!({"Type": "enter", "RoomID": other, "LastID": 0, "Ref": "e"})).await;
+    lock.wait_for_a_reader().await;
+    let (sent, _) = a.say("while you wait").await;
+    assert_eq!(b.recv().await["ID"], sent["MessageID"], "the room Bob is still in");
+    lock.release().await;
+    assert_eq!(b.recv().await, json!({"Type": "enter", "RoomID": other, "Ref": "e"}));
+    a.say("after you left").await;
+    b.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_a_socket_whose_enter_waits_with_1001() {
+    let Stack { shared, app, stop_gateway, _stops } = stack(Settings::default()).await;
+    let (_, bob, room) = alice_and_bob(&app).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    let lock = HistoryLocked::lock(&shared.database_url).await;
+    b.send(json!({"Type": "enter", "RoomID": room, "LastID": 0})).await;
+    lock.wait_for_a_reader().await;
+    drop(stop_gateway);
+    assert_eq!(b.close_code().await, Some(1001));
+    lock.release().await;
+}
+
+#[tokio::test]
+async fn an_enter_whose_history_does_not_answer_in_time_is_refused_and_changes_nothing() {
+    let Stack { shared, app, stop_gateway: _stop_gateway, _stops } = stack(Settings::default()).await;
+    let (_, bob, room) = alice_and_bob(&app).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    let lock = HistoryLocked::lock(&shared.database_url).await;
+    b.send(json!({"Type": "enter", "RoomID": room, "LastID": 0, "Ref": "e"})).await;
+    assert_eq!(b.recv().await, json!({"Type": "error", "Error": "temporarily unavailable", "Ref": "e"}));
+    b.send(json!({"Type": "message", "Text": "am I in?"})).await;
+    assert_eq!(b.recv().await, json!({"Type": "error", "Error": "not in room"}));
+    lock.release().await;
+}
+
+#[tokio::test]
+async fn a_replay_that_fails_after_the_enter_leaves_the_room() {
+    let Stack { shared, app, stop_gateway: _stop_gateway, _stops } = stack(Settings::default()).await;
+    let (alice, bob, room) = alice_and_bob(&app).await;
+    let mut grpc = app.grpc().await;
+    for i in 0..120 {
+        grpc.send(&alice, room, &format!("message {i}")).await.unwrap();
+    }
+    // The recent cache keeps only its 100 oldest entries: the replay's first
+    // page comes from it, the second from PostgreSQL, which then hangs.
+    let key = app.cache_key(&format!("recent:{room}")).await;
+    let mut redis = app.redis().await;
+    let kept: Vec<(Vec<u8>, f64)> = redis::AsyncCommands::zrange_withscores(&mut redis, &key, 0, 99).await.unwrap();
+    let _: usize = redis::AsyncCommands::zremrangebyrank(&mut redis, &key, 100, -1).await.unwrap();
+    let kept: Vec<i64> = kept.into_iter().map(|(_, id)| id as i64).collect();
+
+    let lock = HistoryLocked::lock(&shared.database_url).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    b.send(json!({"Type": "enter", "RoomID": room, "LastID": kept[0] - 1, "Ref": "e"})).await;
+    assert_eq!(b.recv().await, json!({"Type": "enter", "RoomID": room, "Ref": "e"}));
+    for id in kept {
+        assert_eq!(b.recv().await["ID"], id);
+    }
+    assert_eq!(b.recv().await, json!({"Type": "enter", "RoomID": 0}));
+    assert_eq!(b.recv().await, json!({"Type": "error", "Error": "temporarily unavailable", "Ref": "e"}));
+    b.send(json!({"Type": "message", "Text": "am I in?"})).await;
+    assert_eq!(b.recv().await, json!({"Type": "error", "Error": "not in room"}));
+    lock.release().await;
 }
