@@ -106,9 +106,7 @@ async fn history_never_skips_a_message_the_archiver_has_not_stored() {
     assert_error(app.get(&format!("/messages/{room}"), Some(&alice.token)).await, StatusCode::SERVICE_UNAVAILABLE, "");
     let mut ws = Ws::connect(&app.base, &alice.token).await;
     ws.send(json!({"Type": "enter", "RoomID": room, "LastID": sent[100]})).await;
-    let mut frames = vec![ws.recv().await, ws.recv().await];
-    frames.retain(|frame| frame["Type"] == "error");
-    assert_eq!(frames, [json!({"Type": "error", "Error": "temporarily unavailable"})], "no resume with a gap");
+    assert_eq!(ws.recv().await, json!({"Type": "error", "Error": "temporarily unavailable"}), "no resume with a gap");
     let mut stream = grpc.messages.subscribe(after(sent[100])).await.expect("subscribed").into_inner();
     assert_status(stream.message().await, Code::Unavailable, "temporarily unavailable");
 

@@ -434,21 +434,26 @@ struct HistoryLocked {
 
 impl HistoryLocked {
     async fn lock(database_url: &str) -> Self {
+        Self::lock_table(database_url, "messages").await
+    }
+
+    async fn lock_table(database_url: &str, table: &str) -> Self {
         let mut db = PgConnection::connect(database_url).await.expect("the test database");
         db.execute("BEGIN").await.unwrap();
-        db.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE").await.unwrap();
+        db.execute(format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE").as_str()).await.unwrap();
         Self { database_url: database_url.to_owned(), db }
     }
 
     /// Waits until a history read of core-svc's waits for the lock.
     async fn wait_for_a_reader(&self) {
+        let pattern = "SELECT id, room_id, user_id, kind, text, created_at FROM messages%";
         // Another connection: one in a transaction sees the same snapshot of
         // pg_stat_activity every time.
         let mut db = PgConnection::connect(&self.database_url).await.expect("the test database");
         let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-            AND wait_event_type = 'Lock' AND query LIKE 'SELECT id, room_id, user_id, kind, text, created_at FROM messages%'";
+            AND wait_event_type = 'Lock' AND query LIKE $1";
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while sqlx::query_scalar::<_, i64>(waiting).fetch_one(&mut db).await.unwrap() == 0 {
+        while sqlx::query_scalar::<_, i64>(waiting).bind(pattern).fetch_one(&mut db).await.unwrap() == 0 {
             assert!(tokio::time::Instant::now() < deadline, "no history read waits for the lock");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -457,6 +462,28 @@ impl HistoryLocked {
     async fn release(mut self) {
         self.db.execute("COMMIT").await.unwrap();
     }
+}
+
+/// Leaves a room's history in PostgreSQL only, so that replays read it from
+/// there (and a test's lock on it holds them up): waits until the archiver
+/// has stored `ids`, then empties the room's recent cache.
+async fn only_in_postgres(app: &TestApp, shared: &Shared, room: i64, ids: &[i64]) {
+    let mut db = PgConnection::connect(&shared.database_url).await.expect("the test database");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        if stored == ids.len() as i64 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the archiver stores the room's messages");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let key = app.cache_key(&format!("recent-v2:{room}")).await;
+    let _: () = redis::AsyncCommands::del(&mut app.redis().await, key).await.unwrap();
 }
 
 /// Alice and Bob, members of a public room.
@@ -479,6 +506,7 @@ async fn a_replay_far_longer_than_the_queue_comes_whole_in_order_and_the_socket_
     for i in 0..150 {
         missed.push(grpc.send(&alice, room, &format!("missed {i}")).await.unwrap());
     }
+    only_in_postgres(&app, &shared, room, &missed).await;
     let mut a = Ws::connect(&app.base, &alice.token).await;
     a.enter(room).await;
 
@@ -559,27 +587,30 @@ async fn a_replay_that_fails_after_the_enter_leaves_the_room() {
     let Stack { shared, app, stop_gateway: _stop_gateway, _stops } = stack(Settings::default()).await;
     let (alice, bob, room) = alice_and_bob(&app).await;
     let mut grpc = app.grpc().await;
+    let mut sent = Vec::new();
     for i in 0..120 {
-        grpc.send(&alice, room, &format!("message {i}")).await.unwrap();
+        sent.push(grpc.send(&alice, room, &format!("message {i}")).await.unwrap());
     }
-    // The recent cache keeps only its 100 oldest entries: the replay's first
-    // page comes from it, the second from PostgreSQL, which then hangs.
-    let key = app.cache_key(&format!("recent:{room}")).await;
-    let mut redis = app.redis().await;
-    let kept: Vec<(Vec<u8>, f64)> = redis::AsyncCommands::zrange_withscores(&mut redis, &key, 0, 99).await.unwrap();
-    let _: usize = redis::AsyncCommands::zremrangebyrank(&mut redis, &key, 100, -1).await.unwrap();
-    let kept: Vec<i64> = kept.into_iter().map(|(_, id)| id as i64).collect();
+    only_in_postgres(&app, &shared, room, &sent).await;
 
-    let lock = HistoryLocked::lock(&shared.database_url).await;
+    // The first page waits on a lock of the messages. Meanwhile the table
+    // of the archiver's progress, which every read of history from
+    // PostgreSQL consults first (the first page has already), is locked
+    // too: the second page waits on it past the gateway's patience.
+    let first = HistoryLocked::lock(&shared.database_url).await;
     let mut b = Ws::connect(&app.base, &bob.token).await;
-    b.send(json!({"Type": "enter", "RoomID": room, "LastID": kept[0] - 1, "Ref": "e"})).await;
+    b.send(json!({"Type": "enter", "RoomID": room, "LastID": sent[0] - 1, "Ref": "e"})).await;
+    first.wait_for_a_reader().await;
+    let second = HistoryLocked::lock_table(&shared.database_url, "archive_progress").await;
+    first.release().await;
+
     assert_eq!(b.recv().await, json!({"Type": "enter", "RoomID": room, "Ref": "e"}));
-    for id in kept {
-        assert_eq!(b.recv().await["ID"], id);
+    for id in &sent[..100] {
+        assert_eq!(b.recv().await["ID"], *id);
     }
     assert_eq!(b.recv().await, json!({"Type": "enter", "RoomID": 0}));
     assert_eq!(b.recv().await, json!({"Type": "error", "Error": "temporarily unavailable", "Ref": "e"}));
     b.send(json!({"Type": "message", "Text": "am I in?"})).await;
     assert_eq!(b.recv().await, json!({"Type": "error", "Error": "not in room"}));
-    lock.release().await;
+    second.release().await;
 }
