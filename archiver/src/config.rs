@@ -1,4 +1,6 @@
 use clap::Parser;
+use service_kit::settings::Problems;
+use sqlx::postgres::PgConnectOptions;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "archiver", about = "Writes the message log to PostgreSQL")]
@@ -30,4 +32,45 @@ pub struct Config {
     /// How long a batch waits to fill once its first message is in.
     #[arg(long, env = "ARCHIVE_BATCH_WAIT_MS", default_value_t = 20)]
     pub batch_wait_ms: u64,
+}
+
+impl Config {
+    /// Checks what the types of the fields do not, so that a bad setting
+    /// stops the start with a message naming it. Every problem is reported
+    /// at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Problems::default();
+        problems.check(self.database_url.parse::<PgConnectOptions>().is_ok(), || {
+            "DATABASE_URL must be a postgres:// URL".to_owned()
+        });
+        problems.kafka_brokers(&self.kafka_brokers);
+        problems.kafka_topic(&self.kafka_topic);
+        problems.check(!self.kafka_group.trim().is_empty(), || "KAFKA_GROUP must not be empty".to_owned());
+        problems.check(self.kafka_instance_id.as_ref().is_none_or(|id| !id.trim().is_empty()), || {
+            "KAFKA_GROUP_INSTANCE_ID must not be empty when set".to_owned()
+        });
+        problems.in_range("ARCHIVE_BATCH_SIZE", self.batch_size, 1..=100_000);
+        problems.in_range("ARCHIVE_BATCH_WAIT_MS", self.batch_wait_ms, 0..=60_000);
+        problems.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Config {
+        Config::parse_from(["archiver"])
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_bad_settings_are_named() {
+        defaults().validate().unwrap();
+        let bad = Config { batch_size: 0, kafka_group: " ".into(), ..defaults() };
+        let message = bad.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("KAFKA_GROUP must not be empty; ARCHIVE_BATCH_SIZE must be 1 to 100000, not 0"),
+            "{message}"
+        );
+    }
 }

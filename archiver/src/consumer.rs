@@ -45,6 +45,7 @@ struct Batch {
 
 impl Archiver {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
         // Connects lazily: if PostgreSQL is down at start, the first batch
         // waits for it like any later one.
         let db = PgPoolOptions::new()
@@ -71,7 +72,7 @@ impl Archiver {
             consumer: LogConsumer(Some(consumer)),
             topic: config.kafka_topic,
             db,
-            batch_size: config.batch_size.max(1),
+            batch_size: config.batch_size,
             batch_wait: Duration::from_millis(config.batch_wait_ms),
         })
     }

@@ -6,6 +6,8 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
+use service_kit::settings::Problems;
+use sqlx::postgres::PgConnectOptions;
 use tonic::codegen::http::HeaderValue;
 use tower_http::cors::AllowOrigin;
 
@@ -116,7 +118,35 @@ pub struct Config {
     pub environment: Environment,
 }
 
+/// The most a live stream (or a setting like it) may queue.
+pub const MAX_QUEUE: usize = 65_536;
+
 impl Config {
+    /// Checks what the types of the fields do not, so that a bad setting
+    /// stops the start with a message naming it (a stream queue of 0 would
+    /// panic at the first `Subscribe`). Every problem is reported at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Problems::default();
+        problems.check(self.database_url.parse::<PgConnectOptions>().is_ok(), || {
+            "DATABASE_URL must be a postgres:// URL".to_owned()
+        });
+        problems.in_range("DATABASE_MAX_CONNECTIONS", self.database_max_connections, 1..=1000);
+        problems.check(redis::Client::open(self.redis_url.as_str()).is_ok(), || {
+            format!("REDIS_URL must be a redis:// URL, not {:?}", self.redis_url)
+        });
+        problems.in_range("TOKEN_LIFETIME_SECS", self.token_lifetime_secs, 60..=30 * 24 * 3600);
+        problems.in_range("LOGIN_MAX_FAILURES", self.login_max_failures, 1..=u32::MAX);
+        problems.in_range("LOGIN_LOCKOUT_SECS", self.login_lockout_secs, 1..=24 * 3600);
+        problems.in_range("PASSWORD_HASH_WAIT_MS", self.password_hash_wait_ms, 0..=60_000);
+        problems.kafka_brokers(&self.kafka_brokers);
+        problems.kafka_topic(&self.kafka_topic);
+        problems.in_range("KAFKA_PARTITIONS", self.kafka_partitions, 1..=10_000);
+        problems.nats_url(&self.nats_url);
+        problems.nats_subject_prefix(&self.nats_subject_prefix);
+        problems.in_range("SUBSCRIBE_QUEUE_MESSAGES", self.subscribe_queue_messages, 1..=MAX_QUEUE);
+        problems.into_result()
+    }
+
     /// The token secret, or why there is none. A development start without
     /// one gets a random secret: tokens then die with the process.
     pub fn jwt_secret(&self) -> anyhow::Result<Vec<u8>> {
@@ -225,5 +255,39 @@ mod tests {
     #[test]
     fn development_generates_a_secret() {
         assert_eq!(config(&[]).jwt_secret().unwrap().len(), 32);
+    }
+
+    fn defaults() -> Config {
+        config(&[])
+    }
+
+    #[track_caller]
+    fn refused(config: Config, text: &str) {
+        let message = config.validate().expect_err("refused").to_string();
+        assert!(message.contains(text), "{message:?} does not contain {text:?}");
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        defaults().validate().unwrap();
+    }
+
+    #[test]
+    fn settings_that_would_fail_later_are_refused_at_start() {
+        refused(
+            Config { subscribe_queue_messages: 0, ..defaults() },
+            "SUBSCRIBE_QUEUE_MESSAGES must be 1 to 65536, not 0",
+        );
+        refused(Config { kafka_partitions: 0, ..defaults() }, "KAFKA_PARTITIONS");
+        refused(Config { database_max_connections: 0, ..defaults() }, "DATABASE_MAX_CONNECTIONS");
+        refused(Config { database_url: "postgres//nowhere".into(), ..defaults() }, "DATABASE_URL");
+        refused(Config { redis_url: "127.0.0.1:6379".into(), ..defaults() }, "REDIS_URL");
+        refused(Config { kafka_brokers: "kafka".into(), ..defaults() }, "KAFKA_BROKERS");
+        refused(Config { token_lifetime_secs: 0, ..defaults() }, "TOKEN_LIFETIME_SECS");
+        let both = Config { kafka_topic: "a topic".into(), nats_subject_prefix: "chat.*".into(), ..defaults() };
+        refused(
+            both,
+            "KAFKA_TOPIC must be 1 to 249 of a-z, A-Z, 0-9, '.', '_', '-', not \"a topic\"; NATS_SUBJECT_PREFIX",
+        );
     }
 }

@@ -20,7 +20,6 @@ use crate::{
     config::Config,
     core_client::CoreClient,
     extract::{BODY_LIMIT, TrustForwardedFor},
-    login_limit::LoginLimit,
     routes::{self, AppState},
     ws::{Hub, Sockets},
 };
@@ -62,7 +61,6 @@ impl Application {
         let state = AppState {
             core: CoreClient::connect_lazy(&config.core_grpc_addr).context("CORE_GRPC_ADDR")?,
             sockets: sockets.clone(),
-            login_limit: LoginLimit::per_minute(config.login_attempts_per_minute_per_ip),
             trust_forwarded_for: TrustForwardedFor(config.trust_forwarded_for),
         };
         let trace = TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {

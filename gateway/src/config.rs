@@ -1,7 +1,8 @@
-use std::{net::SocketAddr, num::NonZeroU32};
+use std::net::SocketAddr;
 
 use axum::http::Uri;
 use clap::Parser;
+use service_kit::settings::Problems;
 
 /// The most frames a socket's queue may hold. Each room feed allocates its
 /// queue whole (a few dozen bytes a frame), and each socket may hold as many
@@ -31,13 +32,10 @@ pub struct Config {
     #[arg(long, env = "WS_QUEUE_FRAMES", default_value_t = 512)]
     pub ws_queue_frames: usize,
 
-    /// Login attempts one client address may make per minute. A load test
-    /// that logs in many users from one machine raises it.
-    #[arg(long, env = "LOGIN_ATTEMPTS_PER_MINUTE_PER_IP", default_value = "30")]
-    pub login_attempts_per_minute_per_ip: NonZeroU32,
-
     /// Take the client's address from the first `X-Forwarded-For` entry.
     /// Only behind a proxy that sets it; otherwise clients could choose it.
+    /// The gateway names it to core-svc, which limits logins per address
+    /// (`LOGIN_ATTEMPTS_PER_MINUTE_PER_IP`) across every gateway.
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false)]
     pub trust_forwarded_for: bool,
 }
@@ -48,37 +46,18 @@ impl Config {
     /// (a queue of 0 frames would panic at the first enter). Every problem
     /// is reported at once.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let mut problems = Vec::new();
-        if !(1..=MAX_WS_QUEUE_FRAMES).contains(&self.ws_queue_frames) {
-            problems.push(format!("WS_QUEUE_FRAMES must be 1 to {MAX_WS_QUEUE_FRAMES}, not {}", self.ws_queue_frames));
-        }
+        let mut problems = Problems::default();
+        problems.in_range("WS_QUEUE_FRAMES", self.ws_queue_frames, 1..=MAX_WS_QUEUE_FRAMES);
         let core = self.core_grpc_addr.parse::<Uri>();
         let core_ok = core.is_ok_and(|uri| {
             matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some_and(|a| !a.host().is_empty())
         });
-        if !core_ok {
-            problems
-                .push(format!("CORE_GRPC_ADDR must be an http:// or https:// address, not {:?}", self.core_grpc_addr));
-        }
-        if !self.nats_url.parse::<async_nats::ServerAddr>().is_ok_and(|addr| !addr.host().is_empty()) {
-            problems.push(format!("NATS_URL must be a NATS server address, not {:?}", self.nats_url));
-        }
-        // Subjects are `<prefix>.room.<id>`: the prefix is one or more
-        // tokens, none empty or a wildcard, with no white space.
-        let subject_ok = self
-            .nats_subject_prefix
-            .split('.')
-            .all(|token| !token.is_empty() && token != "*" && token != ">" && !token.contains(char::is_whitespace));
-        if !subject_ok {
-            problems.push(format!(
-                "NATS_SUBJECT_PREFIX must be NATS subject tokens joined by dots, not {:?}",
-                self.nats_subject_prefix
-            ));
-        }
-        match problems.is_empty() {
-            true => Ok(()),
-            false => Err(anyhow::anyhow!("invalid settings: {}", problems.join("; "))),
-        }
+        problems.check(core_ok, || {
+            format!("CORE_GRPC_ADDR must be an http:// or https:// address, not {:?}", self.core_grpc_addr)
+        });
+        problems.nats_url(&self.nats_url);
+        problems.nats_subject_prefix(&self.nats_subject_prefix);
+        problems.into_result()
     }
 }
 

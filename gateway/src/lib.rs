@@ -10,7 +10,6 @@
 //! - [`core_client`]: the gRPC clients of core-svc.
 //! - [`extract`]: what handlers take from a request: JSON bodies with
 //!   case-insensitive field names, the caller's token, the client's address.
-//! - [`login_limit`]: login attempts per client address.
 //! - [`metrics`]: `GET /metrics`, counters in the Prometheus text format.
 //! - [`error`]: the one error type and its JSON body.
 
@@ -19,7 +18,6 @@ pub mod config;
 pub mod core_client;
 pub mod error;
 pub mod extract;
-pub mod login_limit;
 pub mod metrics;
 pub mod routes;
 pub mod ws;

@@ -6,9 +6,11 @@
 //! - [`feeds`]: live room feeds from NATS, shared by a process's listeners
 //!   (the gateway's sockets, core-svc's gRPC streams).
 //! - [`message_log`]: what a record of the message log (Kafka) carries.
+//! - [`settings`]: checks of the settings the binaries share.
 
 pub mod feeds;
 pub mod logging;
 pub mod message_log;
+pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -137,7 +137,6 @@ pub async fn spawn_gateway(shared: &Shared, settings: &Settings, core: SocketAdd
         nats_url: testkit::nats_url(),
         nats_subject_prefix: shared.nats_prefix.clone(),
         ws_queue_frames: settings.ws_queue_frames,
-        login_attempts_per_minute_per_ip: NonZeroU32::new(settings.login_per_ip).unwrap(),
         trust_forwarded_for: false,
     })
     .await

@@ -38,7 +38,8 @@ pub struct MessageBody {
     #[serde(rename = "Text")]
     pub text: String,
     #[serde(rename = "Timestamp")]
-    pub timestamp: String,
+    #[schema(required = true)]
+    pub timestamp: Option<String>,
 }
 
 impl From<Message> for MessageBody {

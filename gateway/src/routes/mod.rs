@@ -21,7 +21,6 @@ use crate::{
     core_client::CoreClient,
     error::ApiError,
     extract::TrustForwardedFor,
-    login_limit::LoginLimit,
     metrics,
     ws::{self, Sockets},
 };
@@ -38,7 +37,6 @@ pub use messages::MessageBody;
 pub struct AppState {
     pub core: CoreClient,
     pub sockets: Sockets,
-    pub login_limit: LoginLimit,
     pub trust_forwarded_for: TrustForwardedFor,
 }
 
@@ -86,13 +84,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A timestamp as the API writes it: RFC 3339, UTC, microseconds.
-pub(crate) fn rfc3339(at: Option<prost_types::Timestamp>) -> String {
-    let at = at.unwrap_or_default();
-    chrono::DateTime::from_timestamp(at.seconds, at.nanos.max(0) as u32)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
+/// A timestamp as the API writes it: RFC 3339, UTC, microseconds. core-svc
+/// always sends one; a missing or impossible one is a bug, logged and
+/// written as `null`, never as a made-up date (1970).
+pub(crate) fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
+    let time = at.and_then(|at| chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?));
+    if time.is_none() {
+        tracing::error!(?at, "core-svc sent no valid timestamp");
+    }
+    Some(time?.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
 }
 
 /// A path parameter as it came, so that one that is not UTF-8 gets the
@@ -105,4 +105,23 @@ fn parse_path_id(raw: PathParam, what: &str) -> Result<i64, ApiError> {
         .and_then(|Path(raw)| raw.parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_in_utc_to_the_microsecond() {
+        let at = prost_types::Timestamp { seconds: 1_800_000_000, nanos: 123_456_789 };
+        assert_eq!(rfc3339(Some(at)).as_deref(), Some("2027-01-15T08:00:00.123456Z"));
+    }
+
+    #[test]
+    fn a_missing_or_impossible_timestamp_is_null_not_1970() {
+        assert_eq!(rfc3339(None), None);
+        assert_eq!(rfc3339(Some(prost_types::Timestamp { seconds: 0, nanos: -1 })), None);
+        let body = MessageBody::from(chat_proto::v1::Message { id: 1, ..Default::default() });
+        assert_eq!(serde_json::to_value(body).unwrap()["Timestamp"], serde_json::Value::Null);
+    }
 }

@@ -143,7 +143,8 @@ struct RoomBody {
     #[serde(rename = "IsPrivate")]
     is_private: bool,
     #[serde(rename = "CreatedAt")]
-    created_at: String,
+    #[schema(required = true)]
+    created_at: Option<String>,
 }
 
 /// A room's details. A private room is shown only to its members.

@@ -11,7 +11,6 @@ use crate::{
     core_client::CoreClient,
     error::{ApiError, ErrorBody},
     extract::{ClientIp, JsonBody, Token, grpc_request},
-    login_limit::LoginLimit,
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -78,7 +77,8 @@ struct LoginReply {
     #[serde(rename = "UID")]
     uid: i64,
     #[serde(rename = "ExpiresAt")]
-    expires_at: String,
+    #[schema(required = true)]
+    expires_at: Option<String>,
 }
 
 /// Exchange an e-mail and password for an access token.
@@ -92,11 +92,9 @@ struct LoginReply {
 ))]
 async fn login(
     State(mut core): State<CoreClient>,
-    State(limit): State<LoginLimit>,
     ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Result<Json<LoginReply>, ApiError> {
-    limit.check(ip)?;
     // core-svc limits attempts per client address across every gateway;
     // to it, this gateway is a trusted proxy naming the client.
     let mut request = tonic::Request::new(LoginRequest { email: body.email, password: body.password });
@@ -115,7 +113,8 @@ struct ProfileBody {
     #[serde(rename = "Email", skip_serializing_if = "Option::is_none")]
     email: Option<String>,
     #[serde(rename = "CreatedAt")]
-    created_at: String,
+    #[schema(required = true)]
+    created_at: Option<String>,
 }
 
 async fn fetch_profile(core: &mut CoreClient, token: Option<&Token>, uid: i64) -> Result<Json<ProfileBody>, ApiError> {

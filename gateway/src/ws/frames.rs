@@ -33,24 +33,6 @@ impl ClientFrame {
     }
 }
 
-/// The rules for a message's text, checked here so a bad one is refused
-/// without a call to core-svc (which checks them again).
-pub struct MessageText;
-
-impl MessageText {
-    pub const MAX_CHARS: usize = 2000;
-
-    pub fn check(text: &str) -> Result<(), &'static str> {
-        if text.trim().is_empty() {
-            Err("empty message")
-        } else if text.chars().count() > Self::MAX_CHARS {
-            Err("message too long")
-        } else {
-            Ok(())
-        }
-    }
-}
-
 /// A room's message or join event, serialised once and written as it is to
 /// every socket in the room.
 #[derive(Clone, Debug)]
@@ -81,7 +63,7 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "MessageID")]
         message_id: i64,
         #[serde(rename = "Timestamp")]
-        timestamp: String,
+        timestamp: Option<String>,
         #[serde(rename = "Ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
@@ -125,7 +107,7 @@ mod tests {
     #[test]
     fn server_frames_have_the_contracts_shape() {
         assert_eq!(ServerFrame::Enter { room_id: 0, reference: None }.to_json(), r#"{"Type":"enter","RoomID":0}"#);
-        let sent = ServerFrame::Sent { message_id: 42, timestamp: "t".into(), reference: Some("a") }.to_json();
+        let sent = ServerFrame::Sent { message_id: 42, timestamp: Some("t".into()), reference: Some("a") }.to_json();
         assert_eq!(sent, r#"{"Type":"sent","MessageID":42,"Timestamp":"t","Ref":"a"}"#);
         let error = ServerFrame::Error { error: "not in room", reference: None }.to_json();
         assert_eq!(error, r#"{"Type":"error","Error":"not in room"}"#);

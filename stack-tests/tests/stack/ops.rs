@@ -65,7 +65,6 @@ async fn readyz_is_503_naming_core_svc_when_it_is_unreachable() {
         nats_url: testkit::nats_url(),
         nats_subject_prefix: testkit::unique_prefix(),
         ws_queue_frames: 16,
-        login_attempts_per_minute_per_ip: 10.try_into().unwrap(),
         trust_forwarded_for: false,
     })
     .await
