@@ -48,11 +48,19 @@ async fn the_archiver_waits_out_a_postgres_outage_and_loses_nothing() {
     assert_eq!(all_archived(&shared.database_url, &before).await, 50);
 
     proxy.cut();
+    let tried_before = proxy.connections();
     let mut during = Vec::new();
     for n in 0..50 {
         during.push(grpc.send(&alice, room, &format!("during {n}")).await.expect("sends go on without the archiver"));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The archiver has read them once it tries to reach the database.
+    for _ in 0..300 {
+        if proxy.connections() > tried_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(proxy.connections() > tried_before, "the archiver tries to store what it read");
     assert_eq!(archived(&shared.database_url, &during).await, 0, "nothing reaches the database while it is cut off");
 
     proxy.restore();
