@@ -67,10 +67,7 @@ mod tests {
     fn the_defaults_are_valid_and_bad_settings_are_named() {
         defaults().validate().unwrap();
         let bad = Config { batch_size: 0, kafka_group: " ".into(), ..defaults() };
-        let message = bad.validate().unwrap_err().to_string();
-        assert!(
-            message.contains("KAFKA_GROUP must not be empty; ARCHIVE_BATCH_SIZE must be 1 to 100000, not 0"),
-            "{message}"
-        );
+        let expected = "KAFKA_GROUP must not be empty; ARCHIVE_BATCH_SIZE must be 1 to 100000, not 0";
+        service_kit::settings::assert_refused(bad.validate(), expected);
     }
 }

@@ -257,36 +257,28 @@ mod tests {
         assert_eq!(config(&[]).jwt_secret().unwrap().len(), 32);
     }
 
+    use service_kit::settings::assert_refused;
+
     fn defaults() -> Config {
         config(&[])
     }
 
-    #[track_caller]
-    fn refused(config: Config, text: &str) {
-        let message = config.validate().expect_err("refused").to_string();
-        assert!(message.contains(text), "{message:?} does not contain {text:?}");
-    }
-
-    #[test]
-    fn the_defaults_are_valid() {
-        defaults().validate().unwrap();
-    }
-
     #[test]
     fn settings_that_would_fail_later_are_refused_at_start() {
-        refused(
-            Config { subscribe_queue_messages: 0, ..defaults() },
+        defaults().validate().expect("the defaults are valid");
+        assert_refused(
+            Config { subscribe_queue_messages: 0, ..defaults() }.validate(),
             "SUBSCRIBE_QUEUE_MESSAGES must be 1 to 65536, not 0",
         );
-        refused(Config { kafka_partitions: 0, ..defaults() }, "KAFKA_PARTITIONS");
-        refused(Config { database_max_connections: 0, ..defaults() }, "DATABASE_MAX_CONNECTIONS");
-        refused(Config { database_url: "postgres//nowhere".into(), ..defaults() }, "DATABASE_URL");
-        refused(Config { redis_url: "127.0.0.1:6379".into(), ..defaults() }, "REDIS_URL");
-        refused(Config { kafka_brokers: "kafka".into(), ..defaults() }, "KAFKA_BROKERS");
-        refused(Config { token_lifetime_secs: 0, ..defaults() }, "TOKEN_LIFETIME_SECS");
+        assert_refused(Config { kafka_partitions: 0, ..defaults() }.validate(), "KAFKA_PARTITIONS");
+        assert_refused(Config { database_max_connections: 0, ..defaults() }.validate(), "DATABASE_MAX_CONNECTIONS");
+        assert_refused(Config { database_url: "postgres//nowhere".into(), ..defaults() }.validate(), "DATABASE_URL");
+        assert_refused(Config { redis_url: "127.0.0.1:6379".into(), ..defaults() }.validate(), "REDIS_URL");
+        assert_refused(Config { kafka_brokers: "kafka".into(), ..defaults() }.validate(), "KAFKA_BROKERS");
+        assert_refused(Config { token_lifetime_secs: 0, ..defaults() }.validate(), "TOKEN_LIFETIME_SECS");
         let both = Config { kafka_topic: "a topic".into(), nats_subject_prefix: "chat.*".into(), ..defaults() };
-        refused(
-            both,
+        assert_refused(
+            both.validate(),
             "KAFKA_TOPIC must be 1 to 249 of a-z, A-Z, 0-9, '.', '_', '-', not \"a topic\"; NATS_SUBJECT_PREFIX",
         );
     }

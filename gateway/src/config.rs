@@ -65,25 +65,20 @@ impl Config {
 mod tests {
     use super::*;
 
+    use service_kit::settings::assert_refused;
+
     fn defaults() -> Config {
         Config::parse_from(["gateway"])
     }
 
-    #[track_caller]
-    fn refused(config: Config, text: &str) {
-        let message = config.validate().expect_err("refused").to_string();
-        assert!(message.contains(text), "{message:?} does not contain {text:?}");
-    }
-
-    #[test]
-    fn the_defaults_are_valid() {
-        defaults().validate().unwrap();
-    }
-
     #[test]
     fn a_socket_queue_of_no_frames_or_too_many_is_refused() {
-        refused(Config { ws_queue_frames: 0, ..defaults() }, "WS_QUEUE_FRAMES must be 1 to 65536, not 0");
-        refused(Config { ws_queue_frames: MAX_WS_QUEUE_FRAMES + 1, ..defaults() }, "WS_QUEUE_FRAMES");
+        defaults().validate().expect("the defaults are valid");
+        assert_refused(
+            Config { ws_queue_frames: 0, ..defaults() }.validate(),
+            "WS_QUEUE_FRAMES must be 1 to 65536, not 0",
+        );
+        assert_refused(Config { ws_queue_frames: MAX_WS_QUEUE_FRAMES + 1, ..defaults() }.validate(), "WS_QUEUE_FRAMES");
         Config { ws_queue_frames: 1, ..defaults() }.validate().unwrap();
         Config { ws_queue_frames: MAX_WS_QUEUE_FRAMES, ..defaults() }.validate().unwrap();
     }
@@ -91,14 +86,14 @@ mod tests {
     #[test]
     fn addresses_and_the_subject_prefix_are_checked() {
         for bad in ["127.0.0.1:50051", "core:50051", "ftp://core:50051", "http://", ""] {
-            refused(Config { core_grpc_addr: bad.into(), ..defaults() }, "CORE_GRPC_ADDR");
+            assert_refused(Config { core_grpc_addr: bad.into(), ..defaults() }.validate(), "CORE_GRPC_ADDR");
         }
         Config { core_grpc_addr: "https://core.chat.svc:50051".into(), ..defaults() }.validate().unwrap();
         for bad in ["", "http://nats:4222"] {
-            refused(Config { nats_url: bad.into(), ..defaults() }, "NATS_URL");
+            assert_refused(Config { nats_url: bad.into(), ..defaults() }.validate(), "NATS_URL");
         }
         for bad in ["", "chat.", ".chat", "chat..x", "chat.*", "chat.>", "my chat"] {
-            refused(Config { nats_subject_prefix: bad.into(), ..defaults() }, "NATS_SUBJECT_PREFIX");
+            assert_refused(Config { nats_subject_prefix: bad.into(), ..defaults() }.validate(), "NATS_SUBJECT_PREFIX");
         }
         Config { nats_subject_prefix: "test-1.chat".into(), ..defaults() }.validate().unwrap();
     }
@@ -106,6 +101,6 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let config = Config { ws_queue_frames: 0, nats_subject_prefix: String::new(), ..defaults() };
-        refused(config, "WS_QUEUE_FRAMES must be 1 to 65536, not 0; NATS_SUBJECT_PREFIX");
+        assert_refused(config.validate(), "WS_QUEUE_FRAMES must be 1 to 65536, not 0; NATS_SUBJECT_PREFIX");
     }
 }

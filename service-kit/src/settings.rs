@@ -59,6 +59,13 @@ impl Problems {
     }
 }
 
+/// For the binaries' tests: asserts that a validation failed naming `text`.
+#[track_caller]
+pub fn assert_refused(validated: anyhow::Result<()>, text: &str) {
+    let message = validated.expect_err("refused").to_string();
+    assert!(message.contains(text), "{message:?} does not contain {text:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
