@@ -56,6 +56,7 @@ def start_stack():
     database = f"chat_e2e_{run_id}"
     subprocess.run([*PSQL, f'CREATE DATABASE "{database}"'], check=True)
     core_port, gateway_port = free_port(), free_port()
+    core_ops_port, archiver_ops_port = free_port(), free_port()
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
@@ -64,6 +65,8 @@ def start_stack():
         "GRPC_LISTEN_ADDR": f"127.0.0.1:{core_port}",
         "HTTP_LISTEN_ADDR": f"127.0.0.1:{gateway_port}",
         "CORE_GRPC_ADDR": f"http://127.0.0.1:{core_port}",
+        "METRICS_LISTEN_ADDR": f"127.0.0.1:{core_ops_port}",
+        "ARCHIVER_LISTEN_ADDR": f"127.0.0.1:{archiver_ops_port}",
         "KAFKA_TOPIC": f"e2e-{run_id}.messages",
         "KAFKA_GROUP": f"e2e-{run_id}-archiver",
         "NATS_SUBJECT_PREFIX": f"e2e-{run_id}",

@@ -1,3 +1,5 @@
+use std::net::SocketAddr;
+
 use clap::Parser;
 use service_kit::settings::Problems;
 use sqlx::postgres::PgConnectOptions;
@@ -5,6 +7,10 @@ use sqlx::postgres::PgConnectOptions;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "archiver", about = "Writes the message log to PostgreSQL")]
 pub struct Config {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "ARCHIVER_LISTEN_ADDR", default_value = "0.0.0.0:8081")]
+    pub http_listen_addr: SocketAddr,
+
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/chat")]
     pub database_url: String,
 

@@ -16,6 +16,9 @@ use tokio::{
 };
 use tracing::Instrument;
 
+use service_kit::ops::Readiness;
+use tokio::net::TcpListener;
+
 use crate::{
     archive::{self, Carried, Record},
     config::Config,
@@ -28,6 +31,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Archiver {
     consumer: LogConsumer,
+    /// `/metrics`, `/healthz` and `/readyz` (ready while archiving).
+    ops: Option<TcpListener>,
+    ready: Readiness,
     topic: String,
     db: PgPool,
     batch_size: usize,
@@ -67,9 +73,15 @@ impl Archiver {
         let consumer: StreamConsumer =
             consumer_config.create().context("creating the Kafka consumer (KAFKA_BROKERS)")?;
         consumer.subscribe(&[&config.kafka_topic]).context("subscribing to the message topic")?;
+        service_kit::ops::recorder();
+        let ops = TcpListener::bind(config.http_listen_addr)
+            .await
+            .with_context(|| format!("binding {} (ARCHIVER_LISTEN_ADDR)", config.http_listen_addr))?;
         tracing::info!(topic = config.kafka_topic, group = config.kafka_group, "archiver consuming");
         Ok(Self {
             consumer: LogConsumer(Some(consumer)),
+            ops: Some(ops),
+            ready: Readiness::default(),
             topic: config.kafka_topic,
             db,
             batch_size: config.batch_size,
@@ -77,9 +89,30 @@ impl Archiver {
         })
     }
 
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn ops_addr(&self) -> std::net::SocketAddr {
+        self.ops.as_ref().and_then(|ops| ops.local_addr().ok()).expect("bound until the archiver runs")
+    }
+
     /// Archives until `shutdown` resolves. A batch being written when it
     /// does is finished and committed first.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let stopped = tokio_util::sync::CancellationToken::new();
+        let ops = self.ops.take().expect("run once");
+        let serving = tokio::spawn(service_kit::ops::serve(ops, self.ready.clone(), stopped.clone().cancelled_owned()));
+        self.ready.set(true);
+        let archived = self.archive_until(shutdown).await;
+        self.ready.set(false);
+        if archived.is_ok() {
+            self.consumer.close(CLOSE_WAIT).await;
+            tracing::info!("archiver stopped");
+        }
+        stopped.cancel();
+        let _ = serving.await;
+        archived
+    }
+
+    async fn archive_until(&self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let mut shutdown = pin!(shutdown);
         loop {
             let batch = tokio::select! {
@@ -99,8 +132,6 @@ impl Archiver {
                 tracing::warn!(error = format!("{error:#}"), "cannot commit offsets");
             }
         }
-        self.consumer.close(CLOSE_WAIT).await;
-        tracing::info!("archiver stopped");
         Ok(())
     }
 

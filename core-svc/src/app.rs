@@ -5,7 +5,7 @@ use chat_proto::v1::{
     message_service_server::MessageServiceServer, room_service_server::RoomServiceServer,
     user_service_server::UserServiceServer,
 };
-use service_kit::telemetry;
+use service_kit::{ops::Readiness, telemetry};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::{net::TcpListener, task::AbortHandle};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,8 @@ use crate::{
 /// port that was given.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics`, `/healthz` and `/readyz`.
+    ops: TcpListener,
     router: tonic::transport::server::Router<Layers>,
     db: PgPool,
     events: Arc<Events>,
@@ -63,6 +65,7 @@ const GRPC_WEB_RESPONSE_HEADERS: [&str; 4] = ["grpc-status", "grpc-message", "gr
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        service_kit::ops::recorder();
         let secret = config.jwt_secret()?;
         let db = PgPoolOptions::new()
             .max_connections(config.database_max_connections)
@@ -191,11 +194,19 @@ impl Application {
 
         let listener =
             TcpListener::bind(config.listen_addr).await.with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self { listener, router, db, events, lease, ids, renewing, streams_shutdown })
+        let ops = TcpListener::bind(config.metrics_listen_addr)
+            .await
+            .with_context(|| format!("binding {} (METRICS_LISTEN_ADDR)", config.metrics_listen_addr))?;
+        Ok(Self { listener, ops, router, db, events, lease, ids, renewing, streams_shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops.local_addr().expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves, then ends the live streams,
@@ -203,12 +214,21 @@ impl Application {
     /// the id node.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let incoming = accept_nodelay(self.listener);
+        let ready = Readiness::default();
+        ready.set(true);
+        let ops = tokio::spawn(service_kit::ops::serve(
+            self.ops,
+            ready.clone(),
+            self.streams_shutdown.clone().cancelled_owned(),
+        ));
         let streams_shutdown = self.streams_shutdown.clone();
         let shutdown = async move {
             shutdown.await;
+            ready.set(false);
             streams_shutdown.cancel();
         };
         self.router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        let _ = ops.await;
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || events.flush()).await?;
         self.renewing.abort();
@@ -217,6 +237,30 @@ impl Application {
         tracing::info!("core-svc stopped");
         Ok(())
     }
+}
+
+/// `core-svc migrate`: connects, migrates and returns (a deployment's hook
+/// Job, before the new replicas start; they would migrate too).
+pub async fn migrate_only(database_url: &str) -> anyhow::Result<()> {
+    let db =
+        PgPoolOptions::new().max_connections(1).connect(database_url).await.context("connecting (DATABASE_URL)")?;
+    migrate(&db).await?;
+    db.close().await;
+    Ok(())
+}
+
+/// `core-svc healthcheck`: whether the core-svc listening on `listen` on
+/// this host reports itself serving (`grpc.health.v1`, service "").
+pub async fn healthy(listen: SocketAddr) -> bool {
+    let addr = service_kit::ops::local(listen);
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?.connect().await.ok()?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        let status = client.check(request).await.ok()?.into_inner().status();
+        Some(status == tonic_health::pb::health_check_response::ServingStatus::Serving)
+    };
+    tokio::time::timeout(Duration::from_secs(3), check).await.ok().flatten().unwrap_or(false)
 }
 
 /// Brings the schema up to date. core-svc owns it; concurrent replicas

@@ -26,6 +26,10 @@ pub struct Config {
     #[arg(long, env = "GRPC_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
     pub listen_addr: SocketAddr,
 
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, over HTTP.
+    #[arg(long, env = "METRICS_LISTEN_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_listen_addr: SocketAddr,
+
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/chat")]
     pub database_url: String,
 

@@ -1,10 +1,40 @@
-use clap::Parser;
-use core_svc::{Application, Config};
+use clap::{Parser, Subcommand};
+use core_svc::{Application, Config, app};
+
+#[derive(Parser)]
+#[command(name = "core-svc", about = "The messenger's core gRPC service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the database migrations, then exits.
+    Migrate,
+    /// Exits 0 when the core-svc on this host (GRPC_LISTEN_ADDR) is serving,
+    /// 1 otherwise: a container health check without a shell.
+    Healthcheck,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    service_kit::logging::init("core-svc");
-    let app = Application::build(Config::parse()).await?;
-    tracing::info!(addr = %app.local_addr(), "core-svc listening");
-    app.run_until_stopped(service_kit::shutdown::signal()).await
+    let Cli { command, config } = Cli::parse();
+    match command {
+        Some(Command::Healthcheck) => std::process::exit(if app::healthy(config.listen_addr).await { 0 } else { 1 }),
+        Some(Command::Migrate) => {
+            service_kit::logging::init("core-svc");
+            app::migrate_only(&config.database_url).await?;
+            tracing::info!("migrated");
+            Ok(())
+        }
+        None => {
+            service_kit::logging::init("core-svc");
+            let app = Application::build(config).await?;
+            tracing::info!(addr = %app.local_addr(), metrics = %app.ops_addr(), "core-svc listening");
+            app.run_until_stopped(service_kit::shutdown::signal()).await
+        }
+    }
 }

@@ -2,14 +2,13 @@
 //! Requests are counted by route pattern (not by raw path, which would make
 //! one series per id), WebSocket connections by what happened to them.
 
-use std::{sync::OnceLock, time::Instant};
+use std::time::Instant;
 
 use axum::{
     extract::{MatchedPath, Request},
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
@@ -22,28 +21,14 @@ pub const DEPENDENCY_UP: &str = "dependency_up";
 /// Sockets closed by the server, by reason (`too slow`, `shutdown`, ...).
 pub const WS_CLOSED_BY_SERVER: &str = "ws_closed_by_server_total";
 
-const DURATION_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
-
-/// The process-wide recorder; installed once, however many gateways a
-/// process (a test, say) runs.
-fn handle() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &DURATION_BUCKETS)
-            .expect("non-empty buckets")
-            .install_recorder()
-            .expect("no other metrics recorder is installed")
-    })
-}
-
-/// Installs the recorder, so that counting starts before the first request.
+/// Installs the process's recorder, so that counting starts before the
+/// first request.
 pub fn init() {
-    handle();
+    service_kit::ops::recorder();
 }
 
 pub async fn render() -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], handle().render())
+    service_kit::ops::render_metrics()
 }
 
 /// Counts and times every request that matched a route.

@@ -7,10 +7,13 @@
 //!   (the gateway's sockets, core-svc's gRPC streams).
 //! - [`message_log`]: what a record of the message log (Kafka) carries.
 //! - [`settings`]: checks of the settings the binaries share.
+//! - [`ops`]: metrics, liveness and readiness, and the `healthcheck`
+//!   subcommand.
 
 pub mod feeds;
 pub mod logging;
 pub mod message_log;
+pub mod ops;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

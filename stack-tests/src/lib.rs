@@ -96,6 +96,7 @@ impl Default for Settings {
 pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, oneshot::Sender<()>) {
     let core = core_svc::Application::build(core_svc::Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: shared.database_url.clone(),
         database_max_connections: 5,
         redis_url: settings.redis_url.clone(),
@@ -164,6 +165,7 @@ pub fn archiver_group(shared: &Shared) -> String {
 /// it reads the test's whole log again.
 pub async fn spawn_archiver_in(shared: &Shared, group: &str) -> oneshot::Sender<()> {
     let archiver = archiver::Archiver::build(archiver::Config {
+        http_listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: shared.database_url.clone(),
         kafka_brokers: shared.kafka_brokers.clone(),
         kafka_topic: shared.topic.clone(),

@@ -1,0 +1,139 @@
+//! What operators and orchestrators ask every binary: Prometheus metrics
+//! (one recorder per process, installed once, since tests run several
+//! services in one process), liveness and readiness, and the `healthcheck`
+//! subcommand that asks them of a running process without a shell (the
+//! container image has none).
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// Latency buckets, in seconds, of every histogram.
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// The process-wide recorder, installed on first use.
+pub fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .expect("non-empty buckets")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+/// The metrics in the Prometheus text format, as `GET /metrics` answers.
+pub fn render_metrics() -> ([(&'static str, &'static str); 1], String) {
+    ([("content-type", "text/plain; version=0.0.4")], recorder().render())
+}
+
+/// Whether a process without a port of its own for traffic (the archiver)
+/// is ready; set by its main loop.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// `/metrics`, `/healthz` (200 while the process runs) and `/readyz` (200
+/// while `ready` says so), for a binary whose own port is not HTTP.
+pub fn router(ready: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(|| async { render_metrics() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(ready): State<Readiness>| async move {
+                if ready.get() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+            }),
+        )
+        .with_state(ready)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    ready: Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(ready)).with_graceful_shutdown(shutdown).await
+}
+
+/// Where a process listening on `listen` answers on this host: an
+/// unspecified address (0.0.0.0, ::) is reached through loopback.
+pub fn local(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => (Ipv4Addr::LOCALHOST, listen.port()).into(),
+        ip if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, listen.port()).into(),
+        _ => listen,
+    }
+}
+
+/// Whether `GET path` at `addr` answers 200 within 3 s: the `healthcheck`
+/// subcommand of the HTTP binaries.
+pub async fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    let ask = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        // "HTTP/1.1 200"
+        Some(head.ends_with(b" 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(3), ask).await.ok().flatten().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_ops_endpoints_answer_and_readiness_follows_its_flag() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ready = Readiness::default();
+        tokio::spawn(serve(listener, ready.clone(), std::future::pending()));
+        assert!(http_ok(addr, "/healthz").await);
+        assert!(http_ok(addr, "/metrics").await);
+        assert!(!http_ok(addr, "/readyz").await, "not ready until told");
+        ready.set(true);
+        assert!(http_ok(addr, "/readyz").await);
+        assert!(!http_ok(addr, "/nope").await);
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unhealthy() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        assert!(!http_ok(addr, "/healthz").await);
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_is_reached_through_loopback() {
+        assert_eq!(local("0.0.0.0:8080".parse().unwrap()), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(local("[::]:8080".parse().unwrap()), "[::1]:8080".parse().unwrap());
+        assert_eq!(local("10.1.2.3:8080".parse().unwrap()), "10.1.2.3:8080".parse().unwrap());
+    }
+}
