@@ -35,13 +35,6 @@ impl ApiError {
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }
-
-    pub fn too_many_requests(retry_after_secs: u64) -> Self {
-        Self {
-            retry_after_secs: Some(retry_after_secs),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too many attempts, try again later")
-        }
-    }
 }
 
 /// core-svc's answer, in HTTP terms. Client errors keep core-svc's message;
