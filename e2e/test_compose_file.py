@@ -5,8 +5,9 @@ against the README's Configuration table, and the proxy's WebSocket
 headers.
 
 Needs the Compose v2 CLI that scripts/check-compose installs into the tool
-cache (or CHAT_COMPOSE_CLI naming one); without it every test here fails,
-saying so, rather than being skipped."""
+cache (or COMPOSE naming one, as for e2e/test_deploy_config.py); without it
+every test that renders the file fails, saying so, rather than being
+skipped."""
 
 import functools
 import json
@@ -25,10 +26,10 @@ CLEAR_MESSAGE = "set {} in .env, see README"
 
 
 def compose_cli() -> pathlib.Path:
-    """The `docker-compose` binary: CHAT_COMPOSE_CLI, else the one that
+    """The `docker-compose` binary: $COMPOSE, else the one that
     scripts/check-compose puts in the tool cache."""
-    if os.environ.get("CHAT_COMPOSE_CLI"):
-        cli = pathlib.Path(os.environ["CHAT_COMPOSE_CLI"])
+    if os.environ.get("COMPOSE"):
+        cli = pathlib.Path(os.environ["COMPOSE"])
     else:
         version = re.search(r"^COMPOSE_VERSION=(\S+)$", (ROOT / "scripts/check-compose").read_text(), re.M)
         assert version, "scripts/check-compose names no COMPOSE_VERSION"
@@ -291,6 +292,7 @@ def test_the_binaries_agree_on_their_shared_settings():
     assert core["DATABASE_URL"] == archiver["DATABASE_URL"]
     assert int(core["KAFKA_PARTITIONS"]) >= 1
     assert gateway["CORE_GRPC_ADDR"] == "http://core-svc:50051"
+    assert core["GRPC_LISTEN_ADDR"] == "0.0.0.0:50051", "the gateways dial core-svc's gRPC port"
     assert gateway["TRUST_FORWARDED_FOR"] == "true"
     assert core["TRUSTED_PROXIES"], "core-svc must believe the gateways' X-Forwarded-For"
     assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{core['KAFKA_BROKERS']}"
@@ -338,11 +340,18 @@ def test_prometheus_scrapes_every_replica_of_every_binary():
         kind = re.search(r"type:\s*(\w+)", job)
         if names and port and kind:
             found[name] = (names[1].strip(), kind[1], int(port[1]))
+    # The ports the binaries are told to serve their metrics on.
+    services = everything()
+
+    def port(service: str, variable: str) -> int:
+        return int(services[service]["environment"][variable].rsplit(":", 1)[1])
+
     assert found == {
-        "gateway": ("gateway", "A", 8080),
-        "core-svc": ("core-svc", "A", 9090),
-        "archiver": ("archiver", "A", 8081),
+        "gateway": ("gateway", "A", port("gateway", "HTTP_LISTEN_ADDR")),
+        "core-svc": ("core-svc", "A", port("core-svc", "METRICS_LISTEN_ADDR")),
+        "archiver": ("archiver", "A", port("archiver", "ARCHIVER_LISTEN_ADDR")),
     }
+    assert set(found.values()) == {("gateway", "A", 8080), ("core-svc", "A", 9090), ("archiver", "A", 8081)}
 
 
 def test_grafana_is_provisioned_with_prometheus_and_the_dashboards_folder():
