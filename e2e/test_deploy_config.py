@@ -50,7 +50,7 @@ def tool(variable: str) -> str:
 # --- what the manifests give each binary --------------------------------------------------------
 
 
-def helm_workloads() -> dict:
+def helm_workloads(tmp_path) -> dict:
     rendered = subprocess.run(
         [tool("HELM"), "template", "chat", os.path.join(ROOT, "helm", "chat")],
         check=True, capture_output=True, text=True,
@@ -97,10 +97,15 @@ def helm_value(variable: dict, env: dict, secrets: dict, maps: dict) -> str:
     pytest.fail(f"{variable['name']}: a value source this test does not know: {source}")
 
 
-def compose_workloads() -> dict:
-    env_file = os.path.join(ROOT, ".env.example")
+def compose_workloads(tmp_path) -> dict:
+    # .env.example with its secrets filled in, as a user does.
+    example = open(os.path.join(ROOT, ".env.example")).read()
+    filled = re.sub(r"^JWT_SECRET=$", "JWT_SECRET=deployed-config-test-secret-0123456789abcdef", example, flags=re.M)
+    filled = re.sub(r"^POSTGRES_PASSWORD=$", "POSTGRES_PASSWORD=deployedconfig0123", filled, flags=re.M)
+    env_file = tmp_path / "env"
+    env_file.write_text(filled)
     config = subprocess.run(
-        [tool("COMPOSE"), "--project-directory", ROOT, "--env-file", env_file, "-f",
+        [tool("COMPOSE"), "--project-directory", ROOT, "--env-file", str(env_file), "-f",
          os.path.join(ROOT, "compose.yaml"), "config", "--format", "json"],
         check=True, capture_output=True, text=True,
     ).stdout
@@ -167,7 +172,7 @@ NEEDED = {
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_the_deployed_configuration_starts_a_stack_that_carries_a_message_to_history(source, tmp_path):
-    workloads = SOURCES[source]()
+    workloads = SOURCES[source](tmp_path)
     servers = {key[0]: env for key, env in workloads.items() if len(key) == 1}
     assert set(servers) == set(BINARIES), f"{source} runs {sorted(workloads)}"
     assert ("core-svc", "migrate") in workloads, f"{source} runs no migration"
