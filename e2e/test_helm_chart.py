@@ -5,13 +5,19 @@ Configuration table, ports that match their Services, the migrations hook,
 a JWT secret that stays put, and a values schema that refuses mistakes.
 
 Needs Helm: $HELM, else the one scripts/check-helm installs into the tool
-cache. No cluster is needed."""
+cache ($HELM3 too, if set, for the lookup tests). No cluster is needed:
+where the chart asks the cluster (lookup), a read-only stand-in for the
+Kubernetes API on 127.0.0.1 answers."""
 
 import base64
+import contextlib
+import json
 import os
 import pathlib
 import re
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -323,8 +329,8 @@ def test_existing_secrets_leave_no_password_in_the_chart():
 
 
 def test_the_jwt_secret_is_looked_up_before_one_is_generated():
-    # A cluster would answer lookup; without one, this reads the template:
-    # the Secret the chart writes is looked up by its own name and key.
+    # The Secret the chart writes is looked up by its own name and key
+    # before a new value is made (the stand-in API below answers it).
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     jwt = helpers.split('{{- define "chat.jwtSecretB64" -}}', 1)[1].split("{{- end }}\n{{- end }}\n{{- end }}", 1)[0]
     assert 'lookup "v1" "Secret" .Release.Namespace (include "chat.secretName" .)' in jwt
@@ -345,6 +351,128 @@ def test_a_given_jwt_secret_renders_the_same_every_time():
     assert jwt_of(first) == jwt_of(second) == SECRETS["auth.jwtSecret"]
     assert [d["spec"]["template"]["metadata"]["annotations"] for d in of_kind(first, "Deployment")] == \
         [d["spec"]["template"]["metadata"]["annotations"] for d in of_kind(second, "Deployment")]
+
+
+# A stand-in for the Kubernetes API: discovery, and GET of the release's
+# Secret, as `helm template --dry-run=server` asks them. Read-only: every
+# other GET is 404, and nothing can be written.
+API_RESOURCES = {
+    "v1": [("secrets", "Secret"), ("configmaps", "ConfigMap"), ("services", "Service"),
+           ("serviceaccounts", "ServiceAccount"), ("pods", "Pod")],
+    "apps/v1": [("deployments", "Deployment")],
+    "batch/v1": [("jobs", "Job")],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget")],
+    "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler")],
+    "networking.k8s.io/v1": [("ingresses", "Ingress"), ("networkpolicies", "NetworkPolicy")],
+}
+
+
+def api_answer(path: str, secrets: dict):
+    path = path.split("?", 1)[0]
+    if path == "/version":
+        return {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "platform": "linux/amd64"}
+    if path == "/api":
+        return {"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+    if path == "/apis":
+        groups = [gv.split("/") for gv in API_RESOURCES if "/" in gv]
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
+             "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v}} for g, v in groups]}
+    group_version = path.removeprefix("/api/").removeprefix("/apis/")
+    if group_version in API_RESOURCES:
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": [
+            {"name": name, "singularName": "", "namespaced": True, "kind": kind,
+             "verbs": ["get", "list", "create", "update", "patch", "delete"]}
+            for name, kind in API_RESOURCES[group_version]]}
+    if path == "/api/v1/namespaces/chat/secrets":
+        return {"kind": "SecretList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}
+    name = path.removeprefix("/api/v1/namespaces/chat/secrets/")
+    return secrets.get(name)
+
+
+@contextlib.contextmanager
+def kubernetes_api(tmp_path, secrets: dict):
+    """A kubeconfig for the stand-in API, and the paths it was asked for."""
+    asked = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path.split("?", 1)[0])
+            body = api_answer(self.path, secrets)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body or {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                 "reason": "NotFound", "code": 404}).encode())
+
+        def do_POST(self):
+            asked.append(f"{self.command} {self.path}")
+            self.send_response(405)
+            self.end_headers()
+
+        do_PUT = do_PATCH = do_DELETE = do_POST
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+        "clusters": [{"name": "stand-in", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
+        "users": [{"name": "stand-in", "user": {"token": "none"}}],
+        "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "stand-in", "namespace": "chat"}}],
+    }))
+    try:
+        yield str(kubeconfig), asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def release_secret(jwt: str) -> dict:
+    """The chart's Secret as an earlier install left it."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "chat", "namespace": "chat",
+                         "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                         "annotations": {"meta.helm.sh/release-name": "chat", "meta.helm.sh/release-namespace": "chat"}},
+            "data": {"JWT_SECRET": base64.b64encode(jwt.encode()).decode()}}
+
+
+def helms():
+    return [h for h in (helm_binary(), os.environ.get("HELM3")) if h]
+
+
+def render_against(helm_path: str, kubeconfig: str) -> list:
+    result = subprocess.run(
+        [helm_path, "template", "chat", str(CHART), "--namespace", "chat", "--kubeconfig", kubeconfig,
+         "--dry-run=server", "--disable-openapi-validation"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_the_jwt_secret_of_an_existing_release_is_kept(tmp_path):
+    kept = "kept-from-the-first-install-0123456789abcdef"
+    with kubernetes_api(tmp_path, {"chat": release_secret(kept)}) as (kubeconfig, asked):
+        for helm_path in helms():
+            first, second = render_against(helm_path, kubeconfig), render_against(helm_path, kubeconfig)
+            assert jwt_of(first) == jwt_of(second) == kept, helm_path
+            assert [d["spec"]["template"]["metadata"]["annotations"] for d in of_kind(first, "Deployment")] == \
+                [d["spec"]["template"]["metadata"]["annotations"] for d in of_kind(second, "Deployment")]
+    assert "/api/v1/namespaces/chat/secrets/chat" in asked
+    assert not [a for a in asked if " " in a], f"Helm tried to write: {asked}"
+
+
+def test_a_first_install_generates_a_jwt_secret(tmp_path):
+    with kubernetes_api(tmp_path, {}) as (kubeconfig, asked):
+        for helm_path in helms():
+            first, second = jwt_of(render_against(helm_path, kubeconfig)), jwt_of(render_against(helm_path, kubeconfig))
+            assert len(first) == len(second) == 48 and first != second
+    assert "/api/v1/namespaces/chat/secrets/chat" in asked
 
 
 def test_a_generated_jwt_secret_is_long_and_random_without_a_cluster():
