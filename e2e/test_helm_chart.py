@@ -292,6 +292,23 @@ def test_passwords_reach_the_urls_through_the_secrets(tmp_path):
         assert key == ref["key"] and key in owner["data"]
 
 
+def test_large_numbers_reach_the_binaries_as_integers(tmp_path):
+    # Helm reads numbers as floats, and prints 2592000 as 2.592e+06 unless
+    # the chart converts them.
+    values = write_values(tmp_path, "auth: {tokenLifetimeSeconds: 2592000}\n"
+                          "coreSvc: {config: {passwordHashWaitMs: 1000000, subscribeQueueMessages: 4000000}}\n"
+                          "kafka: {strimziTopic: {enabled: true, retentionMs: 604800000}}\n")
+    docs = render("-f", values)
+    core = next(c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-core-svc"))
+    assert core["data"]["TOKEN_LIFETIME_SECS"] == "2592000"
+    assert core["data"]["PASSWORD_HASH_WAIT_MS"] == "1000000"
+    assert core["data"]["SUBSCRIBE_QUEUE_MESSAGES"] == "4000000"
+    for doc in docs:
+        assert not re.search(r"\b\d(\.\d+)?e\+\d+\b", yaml.safe_dump(doc)), doc["metadata"]["name"]
+    (topic,) = of_kind(docs, "KafkaTopic")
+    assert topic["spec"]["config"]["retention.ms"] == 604800000
+
+
 # --- secrets ------------------------------------------------------------------
 
 SECRETS = {
