@@ -562,6 +562,21 @@ def test_the_ingress_and_route_reach_the_gateway_with_websocket_timeouts():
             assert ref["port"] in [p["port"] for p in services[ref["name"]]["spec"]["ports"]]
 
 
+def test_network_policies_leave_no_open_door_when_peers_are_named():
+    docs = render(*values_args("everything-values"))
+    policies = {p["metadata"]["name"]: p for p in of_kind(docs, "NetworkPolicy")}
+    assert set(policies) == {"chat-core-svc", "chat-gateway", "chat-archiver", "chat-migrations"}
+    for policy in policies.values():
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        for rule in policy["spec"]["ingress"]:
+            assert rule.get("from"), f"{policy['metadata']['name']}: a rule open to anyone"
+    # Without metricsFrom, the gateway's public port is the only rule.
+    docs = render("--set", "networkPolicy.enabled=true",
+                  "--set", "networkPolicy.gatewayFrom[0].namespaceSelector.matchLabels.team=edge")
+    (gateway,) = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == "chat-gateway"]
+    assert all(rule.get("from") for rule in gateway["spec"]["ingress"])
+
+
 # --- migrations ---------------------------------------------------------------
 
 
