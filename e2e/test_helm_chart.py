@@ -663,3 +663,19 @@ def test_every_default_value_is_described_by_the_schema():
                 walk(inner, node["properties"][key], f"{path}.{key}")
 
     walk(values, schema, "")
+
+
+def test_the_chart_readme_lists_every_value():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def leaves(node, path):
+        for key, value in node.items():
+            full = f"{path}{key}"
+            if isinstance(value, dict) and value and key not in ("resources", "probes"):
+                yield from leaves(value, full + ".")
+            else:
+                yield full
+
+    readme = (CHART / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([A-Za-z][\w.]*)` \|", readme, re.M))
+    assert listed == set(leaves(values, ""))
