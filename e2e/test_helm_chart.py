@@ -605,6 +605,15 @@ def test_migrations_run_as_a_hook_before_the_pods_with_what_exists_then(manifest
         assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
 
 
+def test_migrations_bypass_a_transaction_pooler_when_told():
+    docs = render(*values_args("ha-values"))
+    (job,) = of_kind(docs, "Job")
+    core = next(d for d in of_kind(docs, "Deployment") if binary_of(d) == "core-svc")
+    job_url = {v["name"]: v for v in job["spec"]["template"]["spec"]["containers"][0]["env"]}["DATABASE_URL"]["value"]
+    assert "@chat-postgres-rw.db.svc:5432/" in job_url
+    assert "@chat-pooler.db.svc:6432/" in environment(core, docs)["DATABASE_URL"]
+
+
 # --- values.schema.json -------------------------------------------------------
 
 

@@ -120,19 +120,26 @@ else a new random one.
 {{- end }}
 {{- end }}
 
-{{/* DATABASE_URL, with $(POSTGRES_PASSWORD) expanded by the kubelet. */}}
+{{/*
+DATABASE_URL, with $(POSTGRES_PASSWORD) expanded by the kubelet: call with
+(dict "root" $ "host" "..." "port" 5432), or with "." for postgres.host
+and postgres.port.
+*/}}
 {{- define "chat.env.databaseUrl" -}}
-{{- if .Values.postgres.urlSecret.name }}
+{{- $root := ternary . .root (kindIs "invalid" .root) }}
+{{- $p := $root.Values.postgres }}
+{{- $host := ternary $p.host .host (kindIs "invalid" .host) }}
+{{- $port := ternary $p.port .port (kindIs "invalid" .port) }}
+{{- if $p.urlSecret.name }}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.postgres.urlSecret.name }}
-      key: {{ .Values.postgres.urlSecret.key }}
+      name: {{ $p.urlSecret.name }}
+      key: {{ $p.urlSecret.key }}
 {{- else }}
-{{- $p := .Values.postgres }}
-{{- $userinfo := ternary (printf "%s:$(POSTGRES_PASSWORD)" $p.user) $p.user (eq (include "chat.postgresHasPassword" .) "true") }}
+{{- $userinfo := ternary (printf "%s:$(POSTGRES_PASSWORD)" $p.user) $p.user (eq (include "chat.postgresHasPassword" $root) "true") }}
 - name: DATABASE_URL
-  value: {{ printf "postgres://%s@%s:%d/%s?sslmode=%s" $userinfo $p.host (int $p.port) $p.database $p.sslMode | quote }}
+  value: {{ printf "postgres://%s@%s:%d/%s?sslmode=%s" $userinfo $host (int $port) $p.database $p.sslMode | quote }}
 {{- end }}
 {{- end }}
 
