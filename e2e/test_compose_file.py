@@ -261,13 +261,9 @@ def configuration_table(path: pathlib.Path, heading: re.Pattern) -> dict:
 
 
 def documented_variables() -> dict:
-    """The README's Configuration table, and the rows that
-    docs/deploy-compose.md drafts for it (until they are merged there)."""
+    """The README's Configuration table."""
     rows = configuration_table(ROOT / "README.md", re.compile(r"^## Configuration\s*$"))
     assert len(rows) > 10, "the README's Configuration table was not found"
-    draft = ROOT / "docs/deploy-compose.md"
-    if draft.exists():
-        rows.update(configuration_table(draft, re.compile(r"Configuration table")))
     return rows
 
 

@@ -14,6 +14,7 @@ What is changed, and how, so that nothing the manifests say is hidden:
 - Names that scope a deployment (the Kafka topic and group, the NATS
   subject prefix, the Redis key prefix) get one suffix for this run,
   everywhere alike: equal values stay equal, different ones stay different.
+- The local broker is one node: a replication factor becomes 1.
 Everything else is passed as the manifests give it, and nothing of this
 process's environment but PATH.
 """
@@ -137,6 +138,8 @@ class Mapping:
         return self.ports.setdefault(port, str(free_port()))
 
     def value(self, name: str, value: str) -> str:
+        if name == "KAFKA_REPLICATION_FACTOR":
+            return "1"
         if name in SCOPED:
             return f"{value}-{self.run}"
         if value.startswith(("postgres://", "postgresql://")):

@@ -32,7 +32,7 @@ CASES = ["default"] + sorted(p.stem for p in (CHART / "ci").glob("*-values.yaml"
 REQUIRED = {
     "core-svc": {
         "GRPC_LISTEN_ADDR", "METRICS_LISTEN_ADDR", "DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX",
-        "JWT_SECRET", "APP_ENV", "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_PARTITIONS", "NATS_URL",
+        "JWT_SECRET", "APP_ENV", "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_PARTITIONS", "KAFKA_REPLICATION_FACTOR", "NATS_URL",
         "NATS_SUBJECT_PREFIX", "TRUSTED_PROXIES", "SEND_RATE_PER_SECOND", "SEND_BURST",
         "TOKEN_LIFETIME_SECS", "LOGIN_MAX_FAILURES", "LOGIN_LOCKOUT_SECS",
         "LOGIN_ATTEMPTS_PER_MINUTE_PER_IP", "PASSWORD_HASH_WAIT_MS", "SUBSCRIBE_QUEUE_MESSAGES",
@@ -42,16 +42,14 @@ REQUIRED = {
         "HTTP_LISTEN_ADDR", "CORE_GRPC_ADDR", "NATS_URL", "NATS_SUBJECT_PREFIX", "WS_QUEUE_FRAMES",
         "TRUST_FORWARDED_FOR", "RUST_LOG", "LOG_FORMAT",
     },
-    "archiver": {"HTTP_LISTEN_ADDR", "DATABASE_URL", "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP", "RUST_LOG", "LOG_FORMAT"},
+    "archiver": {"ARCHIVER_LISTEN_ADDR", "DATABASE_URL", "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP", "RUST_LOG", "LOG_FORMAT"},
 }
-# Set by the chart though the README's table does not list them for that
-# binary: the binaries read them (their config.rs; the table names only
-# core-svc for DATABASE_URL, which the archiver reads too), or the kubelet
-# expands them into a URL (the passwords).
+# Set by the chart though the README's table does not list them: the
+# kubelet expands them into a URL (the passwords).
 NOT_IN_README = {
-    "core-svc": {"METRICS_LISTEN_ADDR", "DATABASE_MAX_CONNECTIONS", "KAFKA_PARTITIONS", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "NATS_PASSWORD"},
+    "core-svc": {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "NATS_PASSWORD"},
     "gateway": {"NATS_PASSWORD"},
-    "archiver": {"HTTP_LISTEN_ADDR", "DATABASE_URL", "ARCHIVE_BATCH_SIZE", "ARCHIVE_BATCH_WAIT_MS", "POSTGRES_PASSWORD"},
+    "archiver": {"POSTGRES_PASSWORD"},
 }
 # The standard OpenTelemetry variables, and the ci files' extraEnv.
 ANY_BINARY = re.compile(r"^(OTEL_[A-Z_]+|POD_NAME)$")
@@ -247,6 +245,8 @@ def test_listen_addresses_are_the_container_ports(manifests):
         if binary_of(deployment) == "core-svc":
             assert env["GRPC_LISTEN_ADDR"] == f"0.0.0.0:{port_of(c, 'grpc')}"
             assert env["METRICS_LISTEN_ADDR"] == f"0.0.0.0:{port_of(c, 'metrics')}"
+        elif binary_of(deployment) == "archiver":
+            assert env["ARCHIVER_LISTEN_ADDR"] == f"0.0.0.0:{port_of(c, 'http')}"
         else:
             assert env["HTTP_LISTEN_ADDR"] == f"0.0.0.0:{port_of(c, 'http')}"
 

@@ -94,6 +94,7 @@ impl Application {
             brokers: &config.kafka_brokers,
             topic: &config.kafka_topic,
             partitions: config.kafka_partitions,
+            replication_factor: config.kafka_replication_factor,
         };
         let archive = Arc::new(ArchiveProgress::new(db.clone(), &config.kafka_topic));
         tokio::spawn({

@@ -92,6 +92,12 @@ pub struct Config {
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 8)]
     pub kafka_partitions: i32,
 
+    /// Copies of each partition of the topic core-svc creates when it is
+    /// missing: 3 on a cluster of brokers (with `min.insync.replicas` 2),
+    /// 1 on a single broker.
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub kafka_replication_factor: i32,
+
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
@@ -145,6 +151,7 @@ impl Config {
         problems.kafka_brokers(&self.kafka_brokers);
         problems.kafka_topic(&self.kafka_topic);
         problems.in_range("KAFKA_PARTITIONS", self.kafka_partitions, 1..=10_000);
+        problems.in_range("KAFKA_REPLICATION_FACTOR", self.kafka_replication_factor, 1..=32);
         problems.nats_url(&self.nats_url);
         problems.nats_subject_prefix(&self.nats_subject_prefix);
         problems.in_range("SUBSCRIBE_QUEUE_MESSAGES", self.subscribe_queue_messages, 1..=MAX_QUEUE);

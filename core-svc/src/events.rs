@@ -42,6 +42,7 @@ pub struct KafkaSettings<'a> {
     pub brokers: &'a str,
     pub topic: &'a str,
     pub partitions: i32,
+    pub replication_factor: i32,
 }
 
 pub struct Events {
@@ -85,7 +86,7 @@ impl Events {
             .set("message.timeout.ms", "0")
             .create()
             .context("creating the Kafka producer of withdrawals")?;
-        ensure_topic(kafka.brokers, kafka.topic, kafka.partitions).await?;
+        ensure_topic(&kafka).await?;
         let partitions = partition_count(&producer, kafka.topic).await?;
         Ok(Self {
             ids,
@@ -270,10 +271,13 @@ async fn partition_count(producer: &FutureProducer, topic: &str) -> anyhow::Resu
     Ok(count as i32)
 }
 
-async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().context("creating the Kafka admin client")?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+async fn ensure_topic(kafka: &KafkaSettings<'_>) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let replication = TopicReplication::Fixed(kafka.replication_factor);
+    let new_topic = NewTopic::new(kafka.topic, kafka.partitions, replication);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics([&new_topic], &options).await.context("creating the message topic")?;
     for result in results {

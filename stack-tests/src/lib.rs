@@ -112,6 +112,7 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         kafka_brokers: shared.kafka_brokers.clone(),
         kafka_topic: shared.topic.clone(),
         kafka_partitions: 4,
+        kafka_replication_factor: 1,
         nats_url: testkit::nats_url(),
         nats_subject_prefix: shared.nats_prefix.clone(),
         send_rate_per_second: NonZeroU32::new(settings.send_per_second).unwrap(),

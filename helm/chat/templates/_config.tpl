@@ -19,6 +19,7 @@ TOKEN_LIFETIME_SECS: {{ int64 .Values.auth.tokenLifetimeSeconds | quote }}
 KAFKA_BROKERS: {{ join "," .Values.kafka.brokers | quote }}
 KAFKA_TOPIC: {{ .Values.kafka.topic | quote }}
 KAFKA_PARTITIONS: {{ int64 .Values.kafka.partitions | quote }}
+KAFKA_REPLICATION_FACTOR: {{ int64 .Values.kafka.replicationFactor | quote }}
 NATS_SUBJECT_PREFIX: {{ .Values.nats.subjectPrefix | quote }}
 SEND_RATE_PER_SECOND: {{ int64 $c.sendRatePerSecond | quote }}
 SEND_BURST: {{ int64 $c.sendBurst | quote }}
@@ -57,7 +58,7 @@ TRUST_FORWARDED_FOR: {{ include "chat.trustForwardedFor" . | quote }}
 {{- define "chat.config.archiver" -}}
 {{- $c := .Values.archiver.config -}}
 {{ include "chat.config.common" . }}
-HTTP_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.archiver.port) | quote }}
+ARCHIVER_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.archiver.port) | quote }}
 KAFKA_BROKERS: {{ join "," .Values.kafka.brokers | quote }}
 KAFKA_TOPIC: {{ .Values.kafka.topic | quote }}
 KAFKA_GROUP: {{ $c.group | quote }}
