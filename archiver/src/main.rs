@@ -1,14 +1,5 @@
 use archiver::{Archiver, Config};
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "archiver", about = "Writes the message log to PostgreSQL")]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    config: Config,
-}
+use clap::Subcommand;
 
 #[derive(Subcommand)]
 enum Command {
@@ -19,10 +10,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli { command, config } = Cli::parse();
+    let (command, config) =
+        service_kit::cli::parse::<Config, Command>("archiver", "Writes the message log to PostgreSQL");
     if let Some(Command::Healthcheck) = command {
-        let healthy = service_kit::ops::http_ok(service_kit::ops::local(config.http_listen_addr), "/healthz").await;
-        std::process::exit(if healthy { 0 } else { 1 });
+        service_kit::ops::healthcheck(config.http_listen_addr).await;
     }
     service_kit::logging::init("archiver");
     let archiver = Archiver::build(config).await?;

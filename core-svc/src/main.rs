@@ -1,14 +1,5 @@
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use core_svc::{Application, Config, app};
-
-#[derive(Parser)]
-#[command(name = "core-svc", about = "The messenger's core gRPC service")]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    config: Config,
-}
 
 #[derive(Subcommand)]
 enum Command {
@@ -21,7 +12,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli { command, config } = Cli::parse();
+    let (command, config) = service_kit::cli::parse::<Config, Command>("core-svc", "The messenger's core gRPC service");
     match command {
         Some(Command::Healthcheck) => std::process::exit(if app::healthy(config.listen_addr).await { 0 } else { 1 }),
         Some(Command::Migrate) => {

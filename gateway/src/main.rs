@@ -1,14 +1,5 @@
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use gateway::{Application, Config};
-
-#[derive(Parser)]
-#[command(name = "gateway", about = "The messenger's REST and WebSocket gateway")]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    config: Config,
-}
 
 #[derive(Subcommand)]
 enum Command {
@@ -19,10 +10,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli { command, config } = Cli::parse();
+    let (command, config) =
+        service_kit::cli::parse::<Config, Command>("gateway", "The messenger's REST and WebSocket gateway");
     if let Some(Command::Healthcheck) = command {
-        let healthy = service_kit::ops::http_ok(service_kit::ops::local(config.listen_addr), "/healthz").await;
-        std::process::exit(if healthy { 0 } else { 1 });
+        service_kit::ops::healthcheck(config.listen_addr).await;
     }
     service_kit::logging::init("gateway");
     let app = Application::build(config).await?;

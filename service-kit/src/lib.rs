@@ -7,9 +7,11 @@
 //!   (the gateway's sockets, core-svc's gRPC streams).
 //! - [`message_log`]: what a record of the message log (Kafka) carries.
 //! - [`settings`]: checks of the settings the binaries share.
+//! - [`cli`]: the command line: settings, and an optional subcommand.
 //! - [`ops`]: metrics, liveness and readiness, and the `healthcheck`
 //!   subcommand.
 
+pub mod cli;
 pub mod feeds;
 pub mod logging;
 pub mod message_log;

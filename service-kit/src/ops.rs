@@ -104,6 +104,13 @@ pub async fn http_ok(addr: SocketAddr, path: &str) -> bool {
     tokio::time::timeout(Duration::from_secs(3), ask).await.ok().flatten().unwrap_or(false)
 }
 
+/// The `healthcheck` subcommand of the binaries that serve HTTP: exits 0
+/// when the process listening on `listen` here answers `/healthz`, else 1.
+pub async fn healthcheck(listen: SocketAddr) -> ! {
+    let healthy = http_ok(local(listen), "/healthz").await;
+    std::process::exit(if healthy { 0 } else { 1 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
