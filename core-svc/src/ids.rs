@@ -59,15 +59,20 @@ impl IdGenerator {
 
     /// Whether ids can be issued now: the node lease is certainly held.
     pub fn issuing(&self) -> bool {
-        Utc::now().timestamp_millis() <= self.valid_until_ms.load(Ordering::Acquire)
+        self.issuing_at(Utc::now().timestamp_millis())
+    }
+
+    fn issuing_at(&self, now_ms: i64) -> bool {
+        now_ms <= self.valid_until_ms.load(Ordering::Acquire)
     }
 
     /// The next id, or `None` while the node lease is not certainly held.
     pub fn next(&self) -> Option<i64> {
-        if !self.issuing() {
+        // One clock read per id: this is on every send.
+        let now = Utc::now().timestamp_millis();
+        if !self.issuing_at(now) {
             return None;
         }
-        let now = Utc::now().timestamp_millis();
         let mut state = self.state.lock().expect("lock poisoned");
         let (last, sequence) = &mut *state;
         // Never go back in time, even if the clock does.
