@@ -260,15 +260,33 @@ fn producer_is_done(producer: &FutureProducer, error: &KafkaError) -> bool {
         )
 }
 
+/// How many partitions the topic has. A topic just created shows none (or
+/// is unknown) in the metadata until its partitions have leaders: asks
+/// again for a while.
 async fn partition_count(producer: &FutureProducer, topic: &str) -> anyhow::Result<i32> {
-    let (producer, topic) = (producer.clone(), topic.to_owned());
-    let metadata =
-        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10)))
-            .await?;
-    let metadata = metadata.context("reading the message topic's partitions")?;
-    let count = metadata.topics().first().map_or(0, |topic| topic.partitions().len());
-    anyhow::ensure!(count > 0, "the message topic has no partitions");
-    Ok(count as i32)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (producer, name) = (producer.clone(), topic.to_owned());
+        let metadata =
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), Duration::from_secs(5)))
+                .await?;
+        let count = match &metadata {
+            Ok(metadata) => metadata
+                .topics()
+                .first()
+                .filter(|topic| topic.error().is_none())
+                .map_or(0, |topic| topic.partitions().len()),
+            Err(_) => 0,
+        };
+        if count > 0 {
+            return Ok(count as i32);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            metadata.context("reading the message topic's partitions")?;
+            anyhow::bail!("the message topic {topic} shows no partitions");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn ensure_topic(kafka: &KafkaSettings<'_>) -> anyhow::Result<()> {
