@@ -544,7 +544,7 @@ def test_the_gateway_may_scale_on_open_sockets():
     hpa = next(h for h in of_kind(render(*values_args("everything-values")), "HorizontalPodAutoscaler")
                if h["metadata"]["name"].endswith("-gateway"))
     pods = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
-    assert pods and pods[0]["metric"]["name"] == "ws_connections"
+    assert pods and pods[0]["metric"]["name"] == "chat_ws_connections"
 
 
 def test_the_ingress_and_route_reach_the_gateway_with_websocket_timeouts():

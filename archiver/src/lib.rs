@@ -13,12 +13,14 @@
 //! - [`consumer`]: the loop: collect a batch, store it, commit its offsets.
 //! - [`archive`]: one batch into the database: the messages to history, the
 //!   records that cannot be stored set aside.
+//! - [`metrics`]: what the archiver exports on `/metrics`, its lag among them.
 //! - [`store`]: the SQL: the batch insert, the dead letters, the progress
 //!   (`archive_progress`) that tells core-svc what PostgreSQL holds.
 
 pub mod archive;
 pub mod config;
 pub mod consumer;
+pub mod metrics;
 pub mod store;
 
 pub use config::Config;

@@ -1,7 +1,9 @@
 use chat_proto::v1::Message;
 use chrono::{DateTime, SubsecRound, Utc};
 use rdkafka::{Offset, TopicPartitionList};
+use service_kit::db;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 /// A message as its row in `messages` holds it.
 #[derive(Debug, PartialEq, sqlx::FromRow)]
@@ -81,6 +83,7 @@ pub async fn insert(db: &PgPool, rows: &[&Row]) -> sqlx::Result<Vec<i64>> {
     .bind(&texts)
     .bind(&times)
     .fetch_all(db)
+    .instrument(db::postgres("INSERT messages"))
     .await
 }
 
@@ -89,6 +92,7 @@ pub async fn stored(db: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<Row>> {
     sqlx::query_as("SELECT id, room_id, user_id, kind, text, created_at FROM messages WHERE id = ANY($1)")
         .bind(ids)
         .fetch_all(db)
+        .instrument(db::postgres("SELECT messages"))
         .await
 }
 
@@ -115,6 +119,7 @@ pub async fn set_aside(db: &PgPool, topic: &str, letters: &[DeadLetter<'_>]) -> 
     .bind(&reasons)
     .bind(&errors)
     .fetch_all(db)
+    .instrument(db::postgres("INSERT dead_letters"))
     .await
 }
 
@@ -133,8 +138,13 @@ pub async fn withdraw(db: &PgPool, ids: &[i64]) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO withdrawn_messages (id) SELECT * FROM UNNEST($1::bigint[]) ON CONFLICT DO NOTHING")
         .bind(ids)
         .execute(&mut *tx)
+        .instrument(db::postgres("INSERT withdrawn_messages"))
         .await?;
-    sqlx::query("DELETE FROM messages WHERE id = ANY($1)").bind(ids).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM messages WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *tx)
+        .instrument(db::postgres("DELETE messages"))
+        .await?;
     tx.commit().await
 }
 
@@ -143,7 +153,11 @@ pub async fn withdrawn(db: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<i64>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar("SELECT id FROM withdrawn_messages WHERE id = ANY($1)").bind(ids).fetch_all(db).await
+    sqlx::query_scalar("SELECT id FROM withdrawn_messages WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(db)
+        .instrument(db::postgres("SELECT withdrawn_messages"))
+        .await
 }
 
 /// Records that every record below these offsets is stored, for core-svc's
@@ -169,6 +183,7 @@ pub async fn record_progress(db: &PgPool, next_offsets: &TopicPartitionList) -> 
     .bind(&partitions)
     .bind(&offsets)
     .execute(db)
+    .instrument(db::postgres("INSERT archive_progress"))
     .await?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use chat_proto::v1::{
     message_service_server::MessageServiceServer, room_service_server::RoomServiceServer,
     user_service_server::UserServiceServer,
 };
-use service_kit::{ops::Readiness, telemetry};
+use service_kit::{grpc::ServerLayer, metrics::GRPC, ops::Readiness};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::{net::TcpListener, task::AbortHandle};
 use tokio_util::sync::CancellationToken;
@@ -54,8 +54,9 @@ pub struct Application {
 }
 
 /// What every call passes through before its service: CORS, then the
-/// grpc-web translation.
-type Layers = Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>;
+/// grpc-web translation, then its span and metrics (which read the status
+/// in gRPC's own trailers).
+type Layers = Stack<ServerLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>;
 
 /// What a browser's grpc-web call sends and may read back.
 const GRPC_WEB_REQUEST_HEADERS: [&str; 5] =
@@ -65,7 +66,7 @@ const GRPC_WEB_RESPONSE_HEADERS: [&str; 4] = ["grpc-status", "grpc-message", "gr
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        service_kit::ops::recorder();
+        crate::metrics::init();
         let secret = config.jwt_secret()?;
         let db = PgPoolOptions::new()
             .max_connections(config.database_max_connections)
@@ -87,9 +88,12 @@ impl Application {
             async move { lease.renew_forever(&ids).await }
         })
         .abort_handle();
-        let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (NATS_URL)")?;
-        let feeds =
-            Arc::new(Feeds::new(nats.clone(), config.nats_subject_prefix.clone(), config.subscribe_queue_messages));
+        let nats = service_kit::metrics::counting_reconnects(async_nats::ConnectOptions::new())
+            .connect(&config.nats_url)
+            .await
+            .context("connecting to NATS (NATS_URL)")?;
+        let feeds = Feeds::new(nats.clone(), config.nats_subject_prefix.clone(), config.subscribe_queue_messages, GRPC);
+        let feeds = Arc::new(feeds);
         let kafka = KafkaSettings {
             brokers: &config.kafka_brokers,
             topic: &config.kafka_topic,
@@ -178,14 +182,9 @@ impl Application {
         // grpc-web arrives over HTTP/1.1 as well as HTTP/2, on the same port.
         let router = Server::builder()
             .accept_http1(true)
-            .trace_fn(|request| {
-                let span = tracing::info_span!("grpc", path = %request.uri().path());
-                let headers = request.headers();
-                telemetry::continue_trace(&span, &telemetry::fields_from(|f| headers.get(f)?.to_str().ok()));
-                span
-            })
             .layer(cors)
             .layer(GrpcWebLayer::new())
+            .layer(ServerLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

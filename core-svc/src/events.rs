@@ -9,7 +9,7 @@
 
 use std::{
     sync::{Arc, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -24,7 +24,11 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
 };
-use service_kit::{feeds::room_subject, message_log, telemetry};
+use service_kit::{
+    feeds::{room_subject, room_subject_template},
+    message_log, telemetry,
+};
+use tracing::field::Empty;
 
 use crate::{
     archive::ArchiveProgress,
@@ -32,6 +36,7 @@ use crate::{
     domain::timestamp,
     error::{Error, Result},
     ids::IdGenerator,
+    metrics::{EVENTS_WITHDRAWN, KAFKA_PRODUCE_DURATION, KAFKA_PRODUCE_ERRORS, MESSAGES_LOGGED, NATS_PUBLISH_ERRORS},
 };
 
 /// How long a send may wait for the message log before it is refused as
@@ -58,6 +63,8 @@ pub struct Events {
     archive: Arc<ArchiveProgress>,
     nats: async_nats::Client,
     subject_prefix: String,
+    /// What the live subjects look like, to name their spans by.
+    subject_template: String,
 }
 
 impl Events {
@@ -99,6 +106,7 @@ impl Events {
             archive,
             nats,
             subject_prefix: subject_prefix.to_owned(),
+            subject_template: room_subject_template(subject_prefix),
         })
     }
 
@@ -108,49 +116,98 @@ impl Events {
             Message { id, room_id, uid, kind: kind.into(), text, timestamp: Some(timestamp(chrono::Utc::now())) };
         let payload = message.encode_to_vec();
         let key = room_id.to_string();
-        // The trace goes on through the log (to the archiver) and the live
-        // subject (to the gateways).
-        let trace = telemetry::context_of(&tracing::Span::current());
-        let kafka_headers = trace
-            .iter()
-            .fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
         let partition = self.partition_of(room_id);
-        let record =
-            FutureRecord::to(&self.topic).partition(partition).key(&key).payload(&payload).headers(kafka_headers);
-        let producer = self.producer();
-        // librdkafka's own timeout was seen to answer only after twice its
-        // value when the broker had just died: the caller waits no longer
-        // than PRODUCE_TIMEOUT whatever librdkafka does.
-        let offset = match tokio::time::timeout(PRODUCE_TIMEOUT, producer.send(record, PRODUCE_TIMEOUT)).await {
-            Ok(Ok(delivery)) => delivery.offset,
-            Ok(Err((error, _))) => {
-                tracing::warn!(%error, room_id, id, "the message log refused an event");
-                if producer_is_done(&producer, &error) {
-                    self.replace(&producer);
-                }
-                self.withdraw(partition, &key, id);
-                return Err(Error::Unavailable("temporarily unavailable"));
-            }
-            Err(_) => {
-                tracing::warn!(room_id, id, "the message log did not acknowledge an event in time");
-                self.withdraw(partition, &key, id);
-                return Err(Error::Unavailable("temporarily unavailable"));
-            }
-        };
+        let offset = self.log(partition, &key, id, &payload).await?;
         let archived = self.archive.known_stored_below(partition);
         if !self.cache.push_recent(room_id, id, offset, &payload, archived).await {
             self.cache.forget_recent(room_id);
         }
+        self.publish_live(room_id, id, payload).await;
+        Ok(message)
+    }
+
+    /// Writes an event to the message log and waits for its acknowledgement:
+    /// its offset. The span's trace goes on in the record's headers, to the
+    /// archiver.
+    async fn log(&self, partition: i32, key: &str, id: i64, payload: &[u8]) -> Result<i64> {
+        let span = tracing::info_span!(
+            "kafka.send",
+            otel.name = format!("send {}", self.topic),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = self.topic,
+            messaging.destination.partition.id = partition.to_string(),
+            messaging.message.id = id.to_string(),
+            messaging.kafka.offset = Empty,
+            error.type = Empty,
+        );
+        let kafka_headers = telemetry::context_of(&span)
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
+        let record =
+            FutureRecord::to(&self.topic).partition(partition).key(key).payload(payload).headers(kafka_headers);
+        let producer = self.producer();
+        let started = Instant::now();
+        // librdkafka's own timeout was seen to answer only after twice its
+        // value when the broker had just died: the caller waits no longer
+        // than PRODUCE_TIMEOUT whatever librdkafka does.
+        let refusal = match tokio::time::timeout(PRODUCE_TIMEOUT, producer.send(record, PRODUCE_TIMEOUT)).await {
+            Ok(Ok(delivery)) => {
+                metrics::histogram!(KAFKA_PRODUCE_DURATION).record(started.elapsed().as_secs_f64());
+                metrics::counter!(MESSAGES_LOGGED).increment(1);
+                span.record("messaging.kafka.offset", delivery.offset);
+                return Ok(delivery.offset);
+            }
+            Ok(Err((error, _))) => {
+                tracing::warn!(parent: &span, %error, room_id = key, id, "the message log refused an event");
+                if producer_is_done(&producer, &error) {
+                    self.replace(&producer);
+                }
+                let timed_out = error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
+                if timed_out { "timeout" } else { "refused" }
+            }
+            Err(_) => {
+                tracing::warn!(parent: &span, room_id = key, id, "the message log did not acknowledge an event in time");
+                "timeout"
+            }
+        };
+        metrics::counter!(KAFKA_PRODUCE_ERRORS, "reason" => refusal).increment(1);
+        span.record("error.type", refusal);
+        span.record("otel.status_code", "ERROR");
+        self.withdraw(partition, key, id);
+        Err(Error::Unavailable("temporarily unavailable"))
+    }
+
+    /// Publishes an event on its room's live subject; the span's trace goes
+    /// on in the message's headers, to every listener. Named by the
+    /// subject's template, not the subject: one span name, not one per room.
+    async fn publish_live(&self, room_id: i64, id: i64, payload: Vec<u8>) {
         let subject = room_subject(&self.subject_prefix, room_id);
+        let span = tracing::info_span!(
+            "nats.publish",
+            otel.name = format!("publish {}", self.subject_template),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.name = subject,
+            messaging.destination.template = self.subject_template,
+            messaging.message.id = id.to_string(),
+        );
         let mut nats_headers = async_nats::HeaderMap::new();
-        for (key, value) in &trace {
+        for (key, value) in &telemetry::context_of(&span) {
             nats_headers.insert(key.as_str(), value.as_str());
         }
         if let Err(error) = self.nats.publish_with_headers(subject, nats_headers, payload.into()).await {
             // Durable already; live clients catch up from history.
-            tracing::warn!(%error, room_id, id, "cannot publish a live event");
+            metrics::counter!(NATS_PUBLISH_ERRORS).increment(1);
+            span.record("otel.status_code", "ERROR");
+            tracing::warn!(parent: &span, %error, room_id, id, "cannot publish a live event");
         }
-        Ok(message)
     }
 
     /// The client is told that a refused event was not stored; but a broker
@@ -159,7 +216,7 @@ impl Events {
     /// of history. It was never in the cache nor live: those come after the
     /// log's acknowledgement.
     fn withdraw(&self, partition: i32, key: &str, id: i64) {
-        metrics::counter!("core_events_withdrawn_total").increment(1);
+        metrics::counter!(EVENTS_WITHDRAWN).increment(1);
         let withdrawals = self.withdrawals.clone();
         let (topic, key) = (self.topic.clone(), key.to_owned());
         tokio::spawn(async move {

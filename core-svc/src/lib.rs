@@ -16,6 +16,7 @@
 //! - [`archive`]: how far the archiver has stored the message log, so that
 //!   history knows what PostgreSQL holds.
 //! - [`health`]: the `grpc.health.v1` status, from probing the dependencies.
+//! - [`metrics`]: what core-svc exports on `/metrics`.
 //! - [`error`]: the one error type, and how it maps to gRPC status codes.
 
 pub mod app;
@@ -30,6 +31,7 @@ pub mod health;
 pub mod ids;
 pub mod limits;
 pub mod messages;
+pub mod metrics;
 pub mod password;
 pub mod rooms;
 pub mod token;

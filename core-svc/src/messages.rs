@@ -14,8 +14,13 @@ use chat_proto::v1::{
 };
 use chrono::{DateTime, Utc};
 use futures::Stream;
+use metrics::Counter;
 use prost::Message as _;
-use service_kit::feeds::{Feed, Hub};
+use service_kit::{
+    db,
+    feeds::{Feed, Hub},
+    metrics::{DELIVERIES, GRPC, MESSAGES_RECEIVED},
+};
 use sqlx::PgPool;
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
@@ -23,6 +28,7 @@ use tokio::{
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{
     archive::ArchiveProgress,
@@ -32,6 +38,7 @@ use crate::{
     error::{Error, Result},
     events::Events,
     limits::RateLimit,
+    metrics::{CACHE_REQUESTS, GRPC_STREAMS},
     rooms::Rooms,
 };
 
@@ -163,9 +170,14 @@ impl HistoryStore {
         let oldest_offset = oldest.map(|(_, offset)| offset);
         let oldest_cached = cached.iter().map(|m| m.id).min().unwrap_or(i64::MAX);
         let cached = cached.into_iter();
+        // A hit: the cache answers the whole page.
+        let answered = match range {
+            RecentRange::AtMost(_) => cached.len() == limit,
+            RecentRange::After(after) => oldest.is_some_and(|(id, _)| id <= after),
+        };
+        metrics::counter!(CACHE_REQUESTS, "result" => if answered { "hit" } else { "miss" }).increment(1);
         match range {
-            RecentRange::AtMost(_) if cached.len() == limit => Ok(cached.collect()),
-            RecentRange::After(after) if oldest.is_some_and(|(id, _)| id <= after) => Ok(cached.collect()),
+            _ if answered => Ok(cached.collect()),
             RecentRange::AtMost(max_id) => {
                 self.archived_before(room_id, oldest_offset).await?;
                 let below = max_id.min(oldest_cached.saturating_sub(1));
@@ -226,6 +238,7 @@ impl HistoryStore {
         .bind(max_id)
         .bind(limit as i64)
         .fetch_all(&self.db)
+        .instrument(db::postgres("SELECT messages"))
         .await?;
         Ok(rows.into_iter().map(Message::from).collect())
     }
@@ -249,6 +262,24 @@ struct Subscription {
     /// When the caller's token expires; the stream ends with it.
     expiry: Pin<Box<Sleep>>,
     ended: bool,
+    deliveries: Counter,
+    _open: OpenStream,
+}
+
+/// Counts a `Subscribe` stream as open while it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        metrics::gauge!(GRPC_STREAMS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!(GRPC_STREAMS).decrement(1.0);
+    }
 }
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<Message, Status>> + Send>>;
@@ -268,6 +299,9 @@ impl Subscription {
         let item = self.step().await;
         // A stream ends after its first error.
         self.ended = item.is_err();
+        if item.is_ok() {
+            self.deliveries.increment(1);
+        }
         Some(item)
     }
 
@@ -332,6 +366,7 @@ impl MessageService for Messages {
 
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let uid = auth::required(&request)?;
+        metrics::counter!(MESSAGES_RECEIVED, "transport" => GRPC).increment(1);
         let SendRequest { room_id, text } = request.into_inner();
         let room_id = parse_id(room_id, "room").map_err(Error::invalid)?;
         let text = MessageText::parse(text).map_err(Error::from)?;
@@ -375,6 +410,8 @@ impl MessageService for Messages {
             shutting_down: Box::pin(self.shutdown.clone().cancelled_owned()),
             expiry: Box::pin(tokio::time::sleep(until(session.expires_at))),
             ended: false,
+            deliveries: metrics::counter!(DELIVERIES, "transport" => GRPC),
+            _open: OpenStream::new(),
         };
         tracing::debug!(uid, room_id, "stream opened");
         Ok(Response::new(subscription.into_stream()))

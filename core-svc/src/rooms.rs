@@ -9,8 +9,10 @@ use chat_proto::v1::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use service_kit::db;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{
     auth,
@@ -59,6 +61,7 @@ impl Rooms {
             sqlx::query_as("SELECT id, name, creator_id, is_private, created_at FROM rooms WHERE id = $1")
                 .bind(room_id)
                 .fetch_optional(&self.db)
+                .instrument(db::postgres("SELECT rooms"))
                 .await?;
         if let Some(room) = &room {
             self.cache.set(&key::room(room_id), room).await;
@@ -79,6 +82,7 @@ impl Rooms {
                 .bind(room_id)
                 .bind(uid)
                 .fetch_one(&self.db)
+                .instrument(db::postgres("SELECT room_members"))
                 .await?;
         if member {
             self.cache.set(&key, &true).await;
@@ -105,6 +109,7 @@ impl Rooms {
             .bind(room_id)
             .bind(uid)
             .execute(&self.db)
+            .instrument(db::postgres("INSERT room_members"))
             .await
             .on_constraint(|constraint| {
                 (constraint == "room_members_user_id_fkey").then_some(Error::NotFound("user not found"))
@@ -139,6 +144,7 @@ impl RoomService for Rooms {
                 .bind(uid)
                 .bind(is_private)
                 .fetch_one(&mut *tx)
+                .instrument(db::postgres("INSERT rooms"))
                 .await
                 .on_constraint(|constraint| match constraint {
                     "rooms_name_key" => Some(Error::AlreadyExists("room name already taken")),
@@ -149,6 +155,7 @@ impl RoomService for Rooms {
             .bind(room_id)
             .bind(uid)
             .execute(&mut *tx)
+            .instrument(db::postgres("INSERT room_members"))
             .await
             .map_err(Error::from)?;
         tx.commit().await.map_err(Error::from)?;
@@ -212,6 +219,7 @@ impl RoomService for Rooms {
                     sqlx::query_scalar("SELECT room_id FROM room_members WHERE user_id = $1 ORDER BY room_id")
                         .bind(uid)
                         .fetch_all(&self.db)
+                        .instrument(db::postgres("SELECT room_members"))
                         .await
                         .map_err(Error::from)?;
                 self.cache.set(&key, &room_ids).await;

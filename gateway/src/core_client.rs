@@ -4,31 +4,13 @@ use chat_proto::v1::{
     message_service_client::MessageServiceClient, room_service_client::RoomServiceClient,
     user_service_client::UserServiceClient,
 };
-use service_kit::telemetry;
-use tonic::{
-    Request, Status,
-    metadata::{MetadataKey, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
-};
+use service_kit::grpc::{Client, ClientLayer};
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
+use tower::Layer;
 
-/// Every call carries the trace context of the span it is made in.
-#[derive(Clone, Copy)]
-pub struct PropagateTrace;
-
-impl Interceptor for PropagateTrace {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        for (field, value) in telemetry::context_of(&tracing::Span::current()) {
-            if let (Ok(key), Ok(value)) = (MetadataKey::from_bytes(field.as_bytes()), MetadataValue::try_from(value)) {
-                request.metadata_mut().insert(key, value);
-            }
-        }
-        Ok(request)
-    }
-}
-
-type Traced = InterceptedService<Channel, PropagateTrace>;
+/// A call through it is a client span, whose trace context it carries.
+type Traced = Client<Channel>;
 
 /// One HTTP/2 channel to core-svc and a client per service over it. Cheap
 /// to clone: the clones share the channel.
@@ -50,10 +32,11 @@ impl CoreClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .connect_lazy();
+        let traced = ClientLayer.layer(channel.clone());
         Ok(Self {
-            users: UserServiceClient::with_interceptor(channel.clone(), PropagateTrace),
-            rooms: RoomServiceClient::with_interceptor(channel.clone(), PropagateTrace),
-            messages: MessageServiceClient::with_interceptor(channel.clone(), PropagateTrace),
+            users: UserServiceClient::new(traced.clone()),
+            rooms: RoomServiceClient::new(traced.clone()),
+            messages: MessageServiceClient::new(traced),
             health: HealthClient::new(channel),
         })
     }

@@ -29,7 +29,7 @@ use super::{
 use crate::{
     core_client::CoreClient,
     extract::Token,
-    metrics::{WS_CLOSED_BY_SERVER, WS_CONNECTIONS, WS_MESSAGES_SENT},
+    metrics::{SEND_LATENCY, WS_CLOSED_BY_SERVER, WS_CONNECTIONS},
     routes::rfc3339,
 };
 
@@ -100,8 +100,26 @@ struct Replay {
 /// Why the loop ended, and what close frame (if any) to send.
 enum End {
     Quietly,
-    Close(u16, &'static str),
+    Close(Closing),
 }
+
+/// Why the server closes a socket: the close frame, and the `reason` label
+/// that counts it.
+#[derive(Clone, Copy)]
+struct Closing {
+    code: u16,
+    reason: &'static str,
+    label: &'static str,
+}
+
+const TOO_BIG: Closing =
+    Closing { code: close_code::SIZE, reason: "frame larger than 16 KiB", label: "frame_too_large" };
+const SILENT: Closing = Closing { code: close_code::AWAY, reason: "no answer to pings", label: "no_pong" };
+const EXPIRED: Closing = Closing { code: close_code::POLICY, reason: "token expired", label: "token_expired" };
+const SHUTDOWN: Closing = Closing { code: close_code::AWAY, reason: "server shutting down", label: "shutdown" };
+const HUNG: Closing = Closing { code: close_code::POLICY, reason: "write timed out", label: "write_timeout" };
+const TOO_SLOW: Closing = Closing { code: close_code::POLICY, reason: "too slow", label: "too_slow" };
+const FEED_ENDED: Closing = Closing { code: close_code::ERROR, reason: "room feed ended", label: "feed_ended" };
 
 type Step = Result<(), End>;
 
@@ -119,7 +137,8 @@ struct InFlight {
 }
 
 enum Done {
-    Sent(Result<SendResponse, tonic::Status>),
+    /// The answer, and when the client's frame came.
+    Sent(Result<SendResponse, tonic::Status>, Instant),
     Entered(Result<Entered, &'static str>),
     Page(Result<Vec<Message>, &'static str>),
 }
@@ -147,9 +166,9 @@ impl Connection {
             Err(end) => end,
         };
         open.decrement(1);
-        if let End::Close(code, reason) = end {
-            metrics::counter!(WS_CLOSED_BY_SERVER, "reason" => reason).increment(1);
-            close(&mut socket, code, reason).await;
+        if let End::Close(closing) = end {
+            metrics::counter!(WS_CLOSED_BY_SERVER, "reason" => closing.label).increment(1);
+            close(&mut socket, closing).await;
         }
         tracing::debug!(uid = self.uid, "socket closed");
     }
@@ -173,10 +192,10 @@ impl Connection {
                     last_heard = Instant::now();
                     match incoming {
                         Some(Ok(message)) if payload_len(&message) > MAX_FRAME => {
-                            return Err(End::Close(close_code::SIZE, "frame larger than 16 KiB"));
+                            return Err(End::Close(TOO_BIG));
                         }
                         Some(Err(error)) if too_big(&error) => {
-                            return Err(End::Close(close_code::SIZE, "frame larger than 16 KiB"));
+                            return Err(End::Close(TOO_BIG));
                         }
                         Some(Ok(WsMessage::Text(text))) => in_flight = self.on_text(socket, &text).await?,
                         Some(Ok(WsMessage::Binary(_))) => self.error(socket, "invalid operation", None).await?,
@@ -192,24 +211,24 @@ impl Connection {
                     in_flight = self.on_done(socket, done, reference).await?;
                 }
                 frame = next_frame(&mut self.room) => match frame {
-                    Ok(frame) => self.send(socket, WsMessage::Text(frame.json)).await?,
+                    Ok(frame) => self.deliver(socket, frame.json).await?,
                     Err(error) => return Err(feed_error(error)),
                 },
                 _ = ping.tick() => {
                     if in_flight.is_none() && last_heard.elapsed() > SILENCE_LIMIT {
-                        return Err(End::Close(close_code::AWAY, "no answer to pings"));
+                        return Err(End::Close(SILENT));
                     }
                     self.send(socket, WsMessage::Ping(Default::default())).await?;
                 }
                 () = &mut expiry, if lifetime.is_some() => {
-                    return Err(End::Close(close_code::POLICY, "token expired"));
+                    return Err(End::Close(EXPIRED));
                 }
                 () = &mut shutdown => {
                     if let Some(InFlight { step, reference, finish_at_shutdown: true }) = in_flight.take() {
                         self.on_done(socket, step.await, reference).await?;
                     }
                     self.flush(socket).await?;
-                    return Err(End::Close(close_code::AWAY, "server shutting down"));
+                    return Err(End::Close(SHUTDOWN));
                 }
             }
         }
@@ -218,7 +237,7 @@ impl Connection {
     /// Writes what the room had already queued for this socket.
     async fn flush(&mut self, socket: &mut WebSocket) -> Step {
         while let Some(frame) = self.room.as_mut().and_then(InRoom::try_next) {
-            self.send(socket, WsMessage::Text(frame.json)).await?;
+            self.deliver(socket, frame.json).await?;
         }
         Ok(())
     }
@@ -244,7 +263,9 @@ impl Connection {
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
         match done {
-            Done::Sent(answer) => self.on_sent(socket, answer, reference.as_deref()).await.map(|()| None),
+            Done::Sent(answer, received) => {
+                self.on_sent(socket, answer, received, reference.as_deref()).await.map(|()| None)
+            }
             Done::Entered(Ok(entered)) => self.on_entered(socket, entered, reference).await,
             Done::Entered(Err(problem)) => self.error(socket, problem, reference.as_deref()).await.map(|()| None),
             Done::Page(Ok(page)) => self.on_page(socket, page, reference).await,
@@ -267,7 +288,7 @@ impl Connection {
             self.room = None;
             return self.write(socket, ServerFrame::Enter { room_id, reference }).await.map(|()| None);
         }
-        let span = tracing::info_span!(parent: None, "ws.enter", uid = self.uid, room_id);
+        let span = tracing::info_span!(parent: None, "enter", otel.kind = "server", user.id = self.uid, chat.room.id = room_id);
         let entering = self.entering(room_id, frame.lastid);
         let step = Box::pin(async move { Done::Entered(entering.await) }.instrument(span));
         Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
@@ -361,7 +382,7 @@ impl Connection {
             return self.leave(socket, problem, reference).await;
         }
         for message in page {
-            self.send(socket, WsMessage::Text(Frame::from(message).json)).await?;
+            self.deliver(socket, Frame::from(message).json).await?;
         }
         let room = self.room.as_mut().expect("a replay is in a room");
         let Some(replay) = room.replay.as_mut() else {
@@ -413,9 +434,11 @@ impl Connection {
         let text = text.unwrap_or_default();
         let mut messages = self.core.messages.clone();
         let request = self.token.request(SendRequest { room_id, text: text.to_owned() });
+        self.sockets.messages_received.increment(1);
         // Each message starts a trace of its own, carried to core-svc and on.
-        let span = tracing::info_span!(parent: None, "ws.message", uid = self.uid, room_id);
-        let send = async move { Done::Sent(messages.send(request).await.map(|sent| sent.into_inner())) };
+        let span = tracing::info_span!(parent: None, "message", otel.kind = "server", user.id = self.uid, chat.room.id = room_id);
+        let received = Instant::now();
+        let send = async move { Done::Sent(messages.send(request).await.map(|sent| sent.into_inner()), received) };
         let step = Box::pin(send.instrument(span));
         Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: true }))
     }
@@ -424,17 +447,19 @@ impl Connection {
         &mut self,
         socket: &mut WebSocket,
         answer: Result<SendResponse, tonic::Status>,
+        received: Instant,
         reference: Option<&str>,
     ) -> Step {
         match answer {
             Ok(sent) => {
-                metrics::counter!(WS_MESSAGES_SENT).increment(1);
                 let timestamp = rfc3339(sent.timestamp);
-                self.write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }).await
+                self.write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }).await?;
+                metrics::histogram!(SEND_LATENCY).record(received.elapsed().as_secs_f64());
+                Ok(())
             }
             Err(status) if status.code() == Code::Unauthenticated => {
                 self.error(socket, "token expired", reference).await?;
-                Err(End::Close(close_code::POLICY, "token expired"))
+                Err(End::Close(EXPIRED))
             }
             Err(status) => self.error(socket, status_text(&status), reference).await,
         }
@@ -453,18 +478,25 @@ impl Connection {
                 written = &mut write => return match written {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(_)) => Err(End::Quietly),
-                    Err(_) => Err(End::Close(close_code::POLICY, "write timed out")),
+                    Err(_) => Err(End::Close(HUNG)),
                 },
                 frame = live_frame(&mut self.room) => {
                     let room = self.room.as_mut().expect("the frame came from the room");
                     match frame {
                         Ok(frame) if room.held.len() < room.limit => room.held.push_back(frame),
-                        Ok(_) => return Err(End::Close(close_code::POLICY, "too slow")),
+                        Ok(_) => return Err(End::Close(TOO_SLOW)),
                         Err(error) => return Err(feed_error(error)),
                     }
                 }
             }
         }
+    }
+
+    /// Writes one of the room's events.
+    async fn deliver(&mut self, socket: &mut WebSocket, json: Utf8Bytes) -> Step {
+        self.send(socket, WsMessage::Text(json)).await?;
+        self.sockets.deliveries.increment(1);
+        Ok(())
     }
 
     async fn write(&mut self, socket: &mut WebSocket, frame: ServerFrame<'_>) -> Step {
@@ -624,8 +656,8 @@ async fn live_frame(room: &mut Option<InRoom>) -> Result<Frame, RecvError> {
 /// behind its room, or the feed ended.
 fn feed_error(error: RecvError) -> End {
     match error {
-        RecvError::Lagged(_) => End::Close(close_code::POLICY, "too slow"),
-        RecvError::Closed => End::Close(close_code::ERROR, "room feed ended"),
+        RecvError::Lagged(_) => End::Close(TOO_SLOW),
+        RecvError::Closed => End::Close(FEED_ENDED),
     }
 }
 
@@ -666,8 +698,8 @@ fn too_big(error: &axum::Error) -> bool {
 /// sends until it answers with its own close (or [`CLOSE_WAIT`] passes).
 /// Dropping the connection with the client's bytes unread would make the
 /// kernel reset it, and the client would often never see the close frame.
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code, reason: reason.into() };
+async fn close(socket: &mut WebSocket, closing: Closing) {
+    let frame = CloseFrame { code: closing.code, reason: closing.reason.into() };
     if timeout(WRITE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await.is_err() {
         return;
     }

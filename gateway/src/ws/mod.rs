@@ -12,6 +12,7 @@ use axum::{
     response::Response,
 };
 use chat_proto::v1::GetProfileRequest;
+use metrics::Counter;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{core_client::CoreClient, error::ApiError, extract::Token};
@@ -33,13 +34,16 @@ const READ_BUFFER: usize = 1024;
 /// in it, each event serialised once.
 pub type Hub = service_kit::feeds::Hub<frames::Frame>;
 
-/// What every connection shares: the room feeds, and the signal and the
-/// tracker that let shutdown close every socket and wait for it.
+/// What every connection shares: the room feeds, the signal and the
+/// tracker that let shutdown close every socket and wait for it, and the
+/// counters of every frame (made once, not looked up per frame).
 #[derive(Clone)]
 pub struct Sockets {
     pub hub: Arc<Hub>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    pub deliveries: Counter,
+    pub messages_received: Counter,
 }
 
 /// `GET /ws?token=<jwt>` (or with an `Authorization` header). A missing or
