@@ -199,7 +199,7 @@ impl Archiver {
                 Err(_) => break,
             }
         }
-        batch.span.record("messaging.batch.message_count", batch.len());
+        batch.span.record("messaging.batch.message_count", batch.len() as i64);
         Ok(batch)
     }
 

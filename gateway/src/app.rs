@@ -71,7 +71,7 @@ impl Application {
         };
         let trace = TraceLayer::new_for_http().make_span_with(http_span).on_response(
             |response: &Response<_>, _: Duration, span: &Span| {
-                span.record("http.response.status_code", response.status().as_u16());
+                span.record("http.response.status_code", i64::from(response.status().as_u16()));
                 if response.status().is_server_error() {
                     span.record("otel.status_code", "ERROR");
                 }

@@ -122,7 +122,7 @@ impl<E: From<Message> + Clone + Send + 'static> Hub<E> {
                         });
                         // No receivers only means every listener just left.
                         let listeners = to_listeners.send(E::from(message)).unwrap_or(0);
-                        span.record("chat.fanout.listeners", listeners);
+                        span.record("chat.fanout.listeners", listeners as i64);
                         if let Some(waited) = sent.and_then(|sent| sent.elapsed().ok()) {
                             latency.record(waited.as_secs_f64());
                         }

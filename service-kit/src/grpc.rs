@@ -210,7 +210,8 @@ impl Call {
     }
 
     fn finish(self, code: u16) {
-        self.span.record("rpc.grpc.status_code", code);
+        // As i64: OpenTelemetry has no unsigned integers (a u64 would become a string).
+        self.span.record("rpc.grpc.status_code", i64::from(code));
         // The conventions' errors: any failure of a call made, only the server's own failures of a call served.
         let name = CODES[usize::from(code)];
         let error = match self.side {
