@@ -1,6 +1,7 @@
 //! The load generator: fixed scenarios against a running stack, printing
-//! throughput, latency percentiles and the gateway's memory. Run through
-//! `scripts/bench`, which starts the stack for it.
+//! throughput, latency percentiles, the gateway's memory, and the CPU the
+//! gateway and core-svc used. Run through `scripts/bench`, which starts the
+//! stack for it.
 //!
 //! - `fanout`: sockets in rooms, senders spread evenly over time; every
 //!   delivery's send→receive latency is recorded.
@@ -31,9 +32,12 @@ struct Args {
     /// The gateway's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     gateway: String,
-    /// The gateway's process id, to read its memory.
+    /// The gateway's process id, to read its memory and CPU time.
     #[arg(long)]
     gateway_pid: u32,
+    /// core-svc's process id, to read its CPU time.
+    #[arg(long)]
+    core_pid: Option<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -70,18 +74,19 @@ type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let gateway = Gateway { base: args.gateway.clone(), pid: args.gateway_pid, http: reqwest::Client::new() };
+    let gateway =
+        Gateway { base: args.gateway.clone(), pid: args.gateway_pid, core_pid: args.core_pid, http: reqwest::Client::new() };
     match args.scenario {
         Scenario::Fanout { rate, rooms, per_room, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;
-            let result = setup.run(rate, Duration::from_secs(seconds)).await;
+            let result = setup.run(&gateway, rate, Duration::from_secs(seconds)).await;
             result.print(&gateway);
         }
         Scenario::Ramp { rooms, per_room, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;
             let mut best: Option<RunResult> = None;
             for rate in [300, 450, 600, 750, 900, 1050, 1200, 1500, 2000, 3000] {
-                let result = setup.run(rate, Duration::from_secs(seconds)).await;
+                let result = setup.run(&gateway, rate, Duration::from_secs(seconds)).await;
                 result.print(&gateway);
                 if result.p99_ms() > 100.0 || result.delivered < result.expected * 95 / 100 {
                     break;
@@ -105,10 +110,26 @@ async fn main() -> anyhow::Result<()> {
 struct Gateway {
     base: String,
     pid: u32,
+    core_pid: Option<u32>,
     http: reqwest::Client,
 }
 
+/// CPU seconds a process has used, user and system: fields 14 and 15 of
+/// /proc/PID/stat, in the kernel's fixed 100 ticks per second.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 impl Gateway {
+    /// CPU seconds of the gateway and of core-svc (if its pid was given).
+    fn cpu(&self) -> [Option<f64>; 2] {
+        [cpu_seconds(self.pid), self.core_pid.and_then(cpu_seconds)]
+    }
+
     fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .ok()
@@ -267,13 +288,18 @@ struct RunResult {
     delivered: u64,
     elapsed: Duration,
     latencies: Histogram<u64>,
+    /// Of one core, during the run (its last deliveries included): the
+    /// gateway's and core-svc's.
+    cpu_percent: [Option<f64>; 2],
 }
 
 impl Fanout {
     /// Sends `rate` messages per second in total for `duration`, each room's
     /// sender on its own phase so that sends are spread evenly in time.
-    async fn run(&self, rate: u32, duration: Duration) -> RunResult {
+    async fn run(&self, gateway: &Gateway, rate: u32, duration: Duration) -> RunResult {
         self.latencies.lock().await.reset();
+        let cpu_before = gateway.cpu();
+        let wall = Instant::now();
         let rooms = self.senders.len();
         let per_room_rate = rate as f64 / rooms as f64;
         let period = Duration::from_secs_f64(1.0 / per_room_rate);
@@ -308,8 +334,15 @@ impl Fanout {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let delivered = self.received.load(Ordering::Relaxed) - count_before;
         let latencies = self.latencies.lock().await.clone();
-        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies }
+        let wall = wall.elapsed().as_secs_f64();
+        let cpu_after = gateway.cpu();
+        let cpu_percent = [0, 1].map(|i| Some((cpu_after[i]? - cpu_before[i]?) / wall * 100.0));
+        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies, cpu_percent }
     }
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map_or_else(|| "unknown".to_owned(), |value| format!("{value:.1}%"))
 }
 
 impl RunResult {
@@ -324,7 +357,7 @@ impl RunResult {
     fn print(&self, gateway: &Gateway) {
         let q = |q: f64| self.latencies.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "fanout {} sends/s: sent {} in {:.1}s, delivered {}/{} ({:.0} deliveries/s); latency ms p50 {:.1} p99 {:.1} p999 {:.1} max {:.1}; gateway RSS {} MiB",
+            "fanout {} sends/s: sent {} in {:.1}s, delivered {}/{} ({:.0} deliveries/s); latency ms p50 {:.1} p99 {:.1} p999 {:.1} max {:.1}; gateway RSS {} MiB; CPU of one core: gateway {}, core-svc {}",
             self.rate,
             self.sent,
             self.elapsed.as_secs_f64(),
@@ -335,7 +368,9 @@ impl RunResult {
             q(0.99),
             q(0.999),
             self.latencies.max() as f64 / 1000.0,
-            gateway.rss_kib() / 1024
+            gateway.rss_kib() / 1024,
+            percent(self.cpu_percent[0]),
+            percent(self.cpu_percent[1]),
         );
     }
 }
