@@ -27,6 +27,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(base: str, failure: str) -> None:
+    """Waits up to 30 s for the gateway at `base` to answer /readyz with 200."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(failure)
+        time.sleep(0.2)
+
+
 @dataclass
 class Stack:
     base: str
@@ -110,16 +124,7 @@ def start_stack(env: dict | None = None, env_for: dict | None = None):
     for name in ("core-svc", "gateway", "archiver"):
         stack.start(name)
     log_dir = stack.log_dir
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"the stack did not become ready; logs in {log_dir}")
-        time.sleep(0.2)
+    wait_ready(base, f"the stack did not become ready; logs in {log_dir}")
     try:
         yield stack
     finally:

@@ -21,7 +21,7 @@ import pytest
 import requests
 import websockets
 
-from conftest import free_port, start_stack
+from conftest import free_port, start_stack, wait_ready
 
 CLIENTS = Path(__file__).parent / "grpc-web"
 # What the tests sent that must never be in a span: tokens, passwords,
@@ -48,18 +48,6 @@ def user(base: str) -> str:
     login = requests.put(f"{base}/login", json={"Email": email, "Password": password}).json()
     SECRETS.extend([email, password, login["token"]])
     return login["token"]
-
-
-def wait_ready(base: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, f"{base} did not become ready"
-        time.sleep(0.2)
 
 
 async def recv(ws) -> dict:
@@ -138,7 +126,7 @@ def test_a_message_is_one_trace_from_the_senders_socket_to_every_listener(jaeger
             OTEL_RESOURCE_ATTRIBUTES="deployment.environment.name=e2e",
             **{**exporting_to(jaeger, "http/protobuf"), "OTEL_BSP_SCHEDULE_DELAY": "600000"},
         )
-        wait_ready(f"http://127.0.0.1:{port_b}")
+        wait_ready(f"http://127.0.0.1:{port_b}", f"the second gateway did not become ready; logs in {stack.log_dir}")
         text = f"traced text {uuid.uuid4().hex}"
         SECRETS.append(text)
         subscriber = subprocess.Popen(

@@ -5,7 +5,11 @@ use chat_proto::v1::{
     message_service_server::MessageServiceServer, room_service_server::RoomServiceServer,
     user_service_server::UserServiceServer,
 };
-use service_kit::{grpc::ServerLayer, metrics::GRPC, ops::Readiness};
+use service_kit::{
+    grpc::{self, CallLayer},
+    metrics::GRPC,
+    ops::Readiness,
+};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::{net::TcpListener, task::AbortHandle};
 use tokio_util::sync::CancellationToken;
@@ -56,7 +60,7 @@ pub struct Application {
 /// What every call passes through before its service: CORS, then the
 /// grpc-web translation, then its span and metrics (which read the status
 /// in gRPC's own trailers).
-type Layers = Stack<ServerLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>;
+type Layers = Stack<CallLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>;
 
 /// What a browser's grpc-web call sends and may read back.
 const GRPC_WEB_REQUEST_HEADERS: [&str; 5] =
@@ -184,7 +188,7 @@ impl Application {
             .accept_http1(true)
             .layer(cors)
             .layer(GrpcWebLayer::new())
-            .layer(ServerLayer)
+            .layer(grpc::SERVER)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -4,13 +4,13 @@ use chat_proto::v1::{
     message_service_client::MessageServiceClient, room_service_client::RoomServiceClient,
     user_service_client::UserServiceClient,
 };
-use service_kit::grpc::{Client, ClientLayer};
+use service_kit::grpc::{CLIENT, Calls};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 use tower::Layer;
 
 /// A call through it is a client span, whose trace context it carries.
-type Traced = Client<Channel>;
+type Traced = Calls<Channel>;
 
 /// One HTTP/2 channel to core-svc and a client per service over it. Cheap
 /// to clone: the clones share the channel.
@@ -32,7 +32,7 @@ impl CoreClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .connect_lazy();
-        let traced = ClientLayer.layer(channel.clone());
+        let traced = CLIENT.layer(channel.clone());
         Ok(Self {
             users: UserServiceClient::new(traced.clone()),
             rooms: RoomServiceClient::new(traced.clone()),

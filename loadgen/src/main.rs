@@ -74,8 +74,12 @@ type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let gateway =
-        Gateway { base: args.gateway.clone(), pid: args.gateway_pid, core_pid: args.core_pid, http: reqwest::Client::new() };
+    let gateway = Gateway {
+        base: args.gateway.clone(),
+        pid: args.gateway_pid,
+        core_pid: args.core_pid,
+        http: reqwest::Client::new(),
+    };
     match args.scenario {
         Scenario::Fanout { rate, rooms, per_room, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;

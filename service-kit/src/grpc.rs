@@ -1,8 +1,8 @@
-//! gRPC calls as spans and metrics, by tower layers around the services
-//! and channels: [`ServerLayer`] gives each call core-svc serves a server
-//! span (continuing the caller's trace) and counts it by service, method
-//! and status; [`ClientLayer`] gives each call the gateway makes a client
-//! span, whose context the call carries. Spans follow the OpenTelemetry RPC
+//! gRPC calls as spans and metrics, by a tower layer around the services
+//! and channels: [`SERVER`] gives each call core-svc serves a server span
+//! (continuing the caller's trace) and counts it by service, method and
+//! status; [`CLIENT`] gives each call the gateway makes a client span,
+//! whose context the call carries. Spans follow the OpenTelemetry RPC
 //! conventions: named `chat.v1.MessageService/Send`, with `rpc.system`,
 //! `rpc.service`, `rpc.method` and `rpc.grpc.status_code`. A call's status
 //! is its `grpc-status`, from the response headers or the trailers; a call
@@ -61,67 +61,32 @@ pub fn describe() {
 
 type Boxed<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-/// Server spans and metrics for every call of a tonic server.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ServerLayer;
+/// Spans (and on a server, metrics) of every call through a service:
+/// [`SERVER`] around a tonic server's services, [`CLIENT`] around a channel.
+#[derive(Clone, Copy, Debug)]
+pub struct CallLayer(Side);
 
-impl<S> tower::Layer<S> for ServerLayer {
-    type Service = Server<S>;
+/// A server span per call served, continuing the caller's trace; the call
+/// counted and timed.
+pub const SERVER: CallLayer = CallLayer(Side::Server);
+/// A client span per call made, whose trace context the call carries.
+pub const CLIENT: CallLayer = CallLayer(Side::Client);
 
-    fn layer(&self, inner: S) -> Server<S> {
-        Server { inner }
+impl<S> tower::Layer<S> for CallLayer {
+    type Service = Calls<S>;
+
+    fn layer(&self, inner: S) -> Calls<S> {
+        Calls { inner, side: self.0 }
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct Server<S> {
+pub struct Calls<S> {
     inner: S,
+    side: Side,
 }
 
-impl<S, B, R> tower::Service<Request<B>> for Server<S>
-where
-    S: tower::Service<Request<B>, Response = Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Traced<R>>;
-    type Error = S::Error;
-    type Future = Boxed<Self::Response, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let call = Call::new(request.uri().path(), Side::Server);
-        telemetry::continue_trace(&call.span, &telemetry::fields_from(|f| request.headers().get(f)?.to_str().ok()));
-        let response = self.inner.call(request).instrument(call.span.clone());
-        Box::pin(async move {
-            let response = response.await?;
-            metrics::histogram!(SERVER_DURATION, &call.labels()).record(call.started.elapsed().as_secs_f64());
-            Ok(call.into_response(response))
-        })
-    }
-}
-
-/// Client spans for every call made through a channel; each call carries
-/// its span's trace context.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ClientLayer;
-
-impl<S> tower::Layer<S> for ClientLayer {
-    type Service = Client<S>;
-
-    fn layer(&self, inner: S) -> Client<S> {
-        Client { inner }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Client<S> {
-    inner: S,
-}
-
-impl<S, B, R> tower::Service<Request<B>> for Client<S>
+impl<S, B, R> tower::Service<Request<B>> for Calls<S>
 where
     S: tower::Service<Request<B>, Response = Response<R>>,
     S::Future: Send + 'static,
@@ -135,18 +100,32 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let call = Call::new(request.uri().path(), Side::Client);
-        for (field, value) in telemetry::context_of(&call.span) {
-            if let (Ok(name), Ok(value)) = (HeaderName::try_from(field), HeaderValue::try_from(value)) {
-                request.headers_mut().insert(name, value);
+        let call = Call::new(request.uri().path(), self.side);
+        match self.side {
+            Side::Server => {
+                let carried = telemetry::fields_from(|f| request.headers().get(f)?.to_str().ok());
+                telemetry::continue_trace(&call.span, &carried);
+            }
+            Side::Client => {
+                for (field, value) in telemetry::context_of(&call.span) {
+                    if let (Ok(name), Ok(value)) = (HeaderName::try_from(field), HeaderValue::try_from(value)) {
+                        request.headers_mut().insert(name, value);
+                    }
+                }
             }
         }
         let response = self.inner.call(request).instrument(call.span.clone());
         Box::pin(async move {
             match response.await {
-                Ok(response) => Ok(call.into_response(response)),
+                Ok(response) => {
+                    if call.side == Side::Server {
+                        let labels = [("service", call.service.clone()), ("method", call.method.clone())];
+                        metrics::histogram!(SERVER_DURATION, &labels).record(call.started.elapsed().as_secs_f64());
+                    }
+                    Ok(call.into_response(response))
+                }
                 Err(error) => {
-                    // The channel could not make the call: tonic answers UNAVAILABLE.
+                    // No answer at all: tonic makes it UNAVAILABLE.
                     call.finish(UNAVAILABLE);
                     Err(error)
                 }
@@ -155,7 +134,7 @@ where
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Side {
     Server,
     Client,
@@ -191,10 +170,6 @@ impl Call {
             )
         };
         Self { span, side, service: service.to_owned(), method: method.to_owned(), started: Instant::now() }
-    }
-
-    fn labels(&self) -> [(&'static str, String); 2] {
-        [("service", self.service.clone()), ("method", self.method.clone())]
     }
 
     fn into_response<R>(self, response: Response<R>) -> Response<Traced<R>> {
