@@ -9,6 +9,7 @@ password, an e-mail address or a message's text."""
 
 import asyncio
 import json
+import os
 import re
 import socket
 import subprocess
@@ -394,6 +395,20 @@ def test_a_collector_that_is_down_changes_no_answer(collector):
     finally:
         if silent:
             silent.close()
+
+
+@pytest.mark.parametrize("binary", ["gateway", "core-svc", "archiver"])
+def test_a_bad_export_setting_stops_the_start_naming_it(binary):
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317",
+        "OTEL_TRACES_SAMPLER": "traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "1.5",
+    }
+    started = subprocess.run([os.path.join(os.environ["BIN_DIR"], binary)], env=env, capture_output=True, text=True, timeout=30)
+    assert started.returncode != 0
+    said = started.stdout + started.stderr
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// URL" in said and "OTEL_TRACES_SAMPLER_ARG must be a ratio" in said, said
 
 
 def test_no_attribute_holds_a_token_a_password_an_email_or_a_message(jaeger):
