@@ -5,7 +5,7 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["chat/v1/chat.proto"];
+const PROTOS: &[&str] = &["chat/v1/chat.proto", "chat/events/v1/events.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

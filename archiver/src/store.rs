@@ -178,7 +178,7 @@ mod tests {
     use super::*;
 
     fn message(timestamp: Option<prost_types::Timestamp>) -> Message {
-        Message { id: 1, room_id: 2, uid: 3, kind: 1, text: "hi".into(), timestamp }
+        Message { id: 1, room_id: 2, uid: 3, kind: 1, text: "hi".into(), timestamp, ..Message::default() }
     }
 
     #[test]

@@ -104,8 +104,15 @@ impl Events {
 
     pub async fn publish(&self, room_id: i64, uid: i64, kind: MessageKind, text: String) -> Result<Message> {
         let id = self.ids.next().ok_or(Error::Unavailable("temporarily unavailable"))?;
-        let message =
-            Message { id, room_id, uid, kind: kind.into(), text, timestamp: Some(timestamp(chrono::Utc::now())) };
+        let message = Message {
+            id,
+            room_id,
+            uid,
+            kind: kind.into(),
+            text,
+            timestamp: Some(timestamp(chrono::Utc::now())),
+            ..Message::default()
+        };
         let payload = message.encode_to_vec();
         let key = room_id.to_string();
         // The trace goes on through the log (to the archiver) and the live

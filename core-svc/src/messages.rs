@@ -9,8 +9,9 @@ use std::{
 };
 
 use chat_proto::v1::{
-    HistoryRequest, HistoryResponse, Message, MessageKind, SendRequest, SendResponse, SubscribeRequest,
-    message_service_server::MessageService,
+    DeleteRequest, DeleteResponse, EditRequest, EditResponse, HistoryRequest, HistoryResponse, Message, MessageKind,
+    ReactRequest, ReactResponse, SearchRequest, SearchResponse, SendRequest, SendResponse, SubscribeRequest,
+    TypingRequest, TypingResponse, message_service_server::MessageService,
 };
 use chrono::{DateTime, Utc};
 use futures::Stream;
@@ -81,6 +82,7 @@ impl From<MessageRow> for Message {
             kind: row.kind.into(),
             text: row.text,
             timestamp: Some(timestamp(row.created_at)),
+            ..Message::default()
         }
     }
 }
@@ -332,7 +334,7 @@ impl MessageService for Messages {
 
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let uid = auth::required(&request)?;
-        let SendRequest { room_id, text } = request.into_inner();
+        let SendRequest { room_id, text, .. } = request.into_inner();
         let room_id = parse_id(room_id, "room").map_err(Error::invalid)?;
         let text = MessageText::parse(text).map_err(Error::from)?;
         if !self.rooms.is_member(room_id, uid).await? {
@@ -378,5 +380,25 @@ impl MessageService for Messages {
         };
         tracing::debug!(uid, room_id, "stream opened");
         Ok(Response::new(subscription.into_stream()))
+    }
+
+    async fn edit(&self, _: Request<EditRequest>) -> Result<Response<EditResponse>, Status> {
+        Err(Status::unimplemented("edit"))
+    }
+
+    async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        Err(Status::unimplemented("delete"))
+    }
+
+    async fn react(&self, _: Request<ReactRequest>) -> Result<Response<ReactResponse>, Status> {
+        Err(Status::unimplemented("react"))
+    }
+
+    async fn typing(&self, _: Request<TypingRequest>) -> Result<Response<TypingResponse>, Status> {
+        Err(Status::unimplemented("typing"))
+    }
+
+    async fn search(&self, _: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        Err(Status::unimplemented("search"))
     }
 }

@@ -412,7 +412,7 @@ impl Connection {
         // characters): one set of rules, answered with a reason each.
         let text = text.unwrap_or_default();
         let mut messages = self.core.messages.clone();
-        let request = self.token.request(SendRequest { room_id, text: text.to_owned() });
+        let request = self.token.request(SendRequest { room_id, text: text.to_owned(), ..SendRequest::default() });
         // Each message starts a trace of its own, carried to core-svc and on.
         let span = tracing::info_span!(parent: None, "ws.message", uid = self.uid, room_id);
         let send = async move { Done::Sent(messages.send(request).await.map(|sent| sent.into_inner())) };

@@ -77,7 +77,7 @@ async fn dead_letters(database_url: &str, topic: &str) -> Vec<DeadLetter> {
 fn message(id: i64, room_id: i64, text: &str) -> Vec<u8> {
     let kind = MessageKind::Message.into();
     let timestamp = Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 });
-    Message { id, room_id, uid: 1, kind, text: text.into(), timestamp }.encode_to_vec()
+    Message { id, room_id, uid: 1, kind, text: text.into(), timestamp, ..Message::default() }.encode_to_vec()
 }
 
 /// Writes records straight to one test's topic, as any producer could.

@@ -44,7 +44,7 @@ async fn a_grpc_send_carries_its_trace_into_the_kafka_record_and_the_nats_event(
     let room = grpc.create_room(&alice, "General", false).await;
     let mut live = live_events(&shared, room).await;
 
-    let mut request = authed(&alice, SendRequest { room_id: room, text: "traced".into() });
+    let mut request = authed(&alice, SendRequest { room_id: room, text: "traced".into(), ..SendRequest::default() });
     request.metadata_mut().insert("traceparent", traceparent().parse().unwrap());
     let id = grpc.messages.send(request).await.unwrap().into_inner().message_id;
 
