@@ -32,7 +32,7 @@ use crate::{
     health,
     ids::{IdGenerator, NodeLease},
     limits::RateLimit,
-    messages::{Feeds, Messages, SendLimit},
+    messages::{self, Feeds, Messages, SendLimit},
     password::Hasher,
     rooms::Rooms,
     token::TokenKeys,
@@ -96,8 +96,13 @@ impl Application {
             .connect(&config.nats_url)
             .await
             .context("connecting to NATS (NATS_URL)")?;
-        let feeds = Feeds::new(nats.clone(), config.nats_subject_prefix.clone(), config.subscribe_queue_messages, GRPC);
-        let feeds = Arc::new(feeds);
+        let feeds = Arc::new(Feeds::rooms(
+            nats.clone(),
+            config.nats_subject_prefix.clone(),
+            config.subscribe_queue_messages,
+            messages::streamed,
+            GRPC,
+        ));
         let kafka = KafkaSettings {
             brokers: &config.kafka_brokers,
             topic: &config.kafka_topic,

@@ -8,9 +8,14 @@ use std::{
     time::Duration,
 };
 
-use chat_proto::v1::{
-    HistoryRequest, HistoryResponse, Message, MessageKind, SendRequest, SendResponse, SubscribeRequest,
-    message_service_server::MessageService,
+use chat_proto::{
+    envelope,
+    events::v1::{Event, Posted, event::Kind},
+    v1::{
+        DeleteRequest, DeleteResponse, EditRequest, EditResponse, HistoryRequest, HistoryResponse, Message,
+        ReactRequest, ReactResponse, SearchRequest, SearchResponse, SendRequest, SendResponse, SubscribeRequest,
+        TypingRequest, TypingResponse, message_service_server::MessageService,
+    },
 };
 use chrono::{DateTime, Utc};
 use futures::Stream;
@@ -47,6 +52,11 @@ pub const MAX_PAGE: u32 = 100;
 /// core-svc's room feeds, shared by every `Subscribe` stream. An event is
 /// shared between streams, not copied.
 pub type Feeds = Hub<Arc<Message>>;
+
+/// A live event as a stream shows it.
+pub fn streamed(event: Event) -> Option<Arc<Message>> {
+    envelope::public(event).map(Arc::new)
+}
 
 pub struct Messages {
     history: HistoryStore,
@@ -88,6 +98,7 @@ impl From<MessageRow> for Message {
             kind: row.kind.into(),
             text: row.text,
             timestamp: Some(timestamp(row.created_at)),
+            ..Message::default()
         }
     }
 }
@@ -165,7 +176,7 @@ impl HistoryStore {
             .map(|page| page.entries)
             .unwrap_or_default()
             .iter()
-            .filter_map(|entry| Message::decode(entry.encoded.as_slice()).ok())
+            .filter_map(|entry| Event::decode(entry.encoded.as_slice()).ok().and_then(envelope::public))
             .collect();
         let oldest_offset = oldest.map(|(_, offset)| offset);
         let oldest_cached = cached.iter().map(|m| m.id).min().unwrap_or(i64::MAX);
@@ -367,15 +378,16 @@ impl MessageService for Messages {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let uid = auth::required(&request)?;
         metrics::counter!(MESSAGES_RECEIVED, "transport" => GRPC).increment(1);
-        let SendRequest { room_id, text } = request.into_inner();
+        let SendRequest { room_id, text, .. } = request.into_inner();
         let room_id = parse_id(room_id, "room").map_err(Error::invalid)?;
         let text = MessageText::parse(text).map_err(Error::from)?;
         if !self.rooms.is_member(room_id, uid).await? {
             return Err(Error::PermissionDenied("not room member").into());
         }
         self.send_limit.check(&uid.to_string()).await?;
-        let message = self.events.publish(room_id, uid, MessageKind::Message, text.into_inner()).await?;
-        Ok(Response::new(SendResponse { message_id: message.id, timestamp: message.timestamp }))
+        let posted = Posted { text: text.into_inner(), ..Posted::default() };
+        let event = self.events.publish(room_id, uid, Kind::Posted(posted)).await?;
+        Ok(Response::new(SendResponse { message_id: event.id, timestamp: event.timestamp }))
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
@@ -415,5 +427,25 @@ impl MessageService for Messages {
         };
         tracing::debug!(uid, room_id, "stream opened");
         Ok(Response::new(subscription.into_stream()))
+    }
+
+    async fn edit(&self, _: Request<EditRequest>) -> Result<Response<EditResponse>, Status> {
+        Err(Status::unimplemented("edit"))
+    }
+
+    async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        Err(Status::unimplemented("delete"))
+    }
+
+    async fn react(&self, _: Request<ReactRequest>) -> Result<Response<ReactResponse>, Status> {
+        Err(Status::unimplemented("react"))
+    }
+
+    async fn typing(&self, _: Request<TypingRequest>) -> Result<Response<TypingResponse>, Status> {
+        Err(Status::unimplemented("typing"))
+    }
+
+    async fn search(&self, _: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        Err(Status::unimplemented("search"))
     }
 }

@@ -2,10 +2,15 @@
 
 use std::sync::Arc;
 
-use chat_proto::v1::{
-    CheckMembershipRequest, CheckMembershipResponse, CreateRoomRequest, CreateRoomResponse, GetRoomRequest,
-    InviteRequest, InviteResponse, JoinRoomRequest, JoinRoomResponse, ListMyRoomsRequest, ListMyRoomsResponse,
-    MessageKind, Room, room_service_server::RoomService,
+use chat_proto::{
+    events::v1::{Joined, event::Kind},
+    v1::{
+        CheckMembershipRequest, CheckMembershipResponse, CreateRoomRequest, CreateRoomResponse, GetRoomRequest,
+        InviteRequest, InviteResponse, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse,
+        ListMyRoomsRequest, ListMyRoomsResponse, ListOnlineRequest, ListOnlineResponse, ListUnreadRequest,
+        ListUnreadResponse, MarkReadRequest, MarkReadResponse, OpenDirectRequest, OpenDirectResponse,
+        RemoveMemberRequest, RemoveMemberResponse, Room, RoomKind, room_service_server::RoomService,
+    },
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -48,7 +53,7 @@ impl Rooms {
     /// Tells the room that `uid` joined. The membership is committed already;
     /// if the message log is down the announcement is lost, not the join.
     async fn announce_join(&self, room_id: i64, uid: i64) {
-        if let Err(error) = self.events.publish(room_id, uid, MessageKind::Join, String::new()).await {
+        if let Err(error) = self.events.publish(room_id, uid, Kind::Joined(Joined {})).await {
             tracing::warn!(%error, room_id, uid, "join not announced");
         }
     }
@@ -203,6 +208,7 @@ impl RoomService for Rooms {
             creator_uid: room.creator_id,
             is_private: room.is_private,
             created_at: Some(timestamp(room.created_at)),
+            kind: RoomKind::Group.into(),
         }))
     }
 
@@ -237,5 +243,29 @@ impl RoomService for Rooms {
         let room_id = room_id(request.get_ref().room_id)?;
         let member = self.is_member(room_id, uid).await?;
         Ok(Response::new(CheckMembershipResponse { member }))
+    }
+
+    async fn open_direct(&self, _: Request<OpenDirectRequest>) -> Result<Response<OpenDirectResponse>, Status> {
+        Err(Status::unimplemented("open_direct"))
+    }
+
+    async fn leave_room(&self, _: Request<LeaveRoomRequest>) -> Result<Response<LeaveRoomResponse>, Status> {
+        Err(Status::unimplemented("leave_room"))
+    }
+
+    async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
+        Err(Status::unimplemented("remove_member"))
+    }
+
+    async fn list_online(&self, _: Request<ListOnlineRequest>) -> Result<Response<ListOnlineResponse>, Status> {
+        Err(Status::unimplemented("list_online"))
+    }
+
+    async fn mark_read(&self, _: Request<MarkReadRequest>) -> Result<Response<MarkReadResponse>, Status> {
+        Err(Status::unimplemented("mark_read"))
+    }
+
+    async fn list_unread(&self, _: Request<ListUnreadRequest>) -> Result<Response<ListUnreadResponse>, Status> {
+        Err(Status::unimplemented("list_unread"))
     }
 }

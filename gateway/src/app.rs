@@ -25,7 +25,7 @@ use crate::{
     core_client::CoreClient,
     extract::{BODY_LIMIT, TrustForwardedFor},
     routes::{self, AppState},
-    ws::{Hub, Sockets},
+    ws::{Hub, Sockets, frames::Frame},
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -58,7 +58,7 @@ impl Application {
             tracing::warn!("NATS is not reachable yet; live messages wait for it");
         }
         let sockets = Sockets {
-            hub: Arc::new(Hub::new(nats, config.nats_subject_prefix, config.ws_queue_frames, WS)),
+            hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event, WS)),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             deliveries: metrics::counter!(DELIVERIES, "transport" => WS),

@@ -31,6 +31,9 @@ pub fn init() {
     metrics::describe_histogram!(SEND_LATENCY, "Seconds from a client's message frame to its sent frame");
     metrics::describe_counter!(WS_CLOSED_BY_SERVER, "WebSocket connections the server closed");
     metrics::gauge!(WS_CONNECTIONS).increment(0.0);
+    for reason in crate::ws::connection::CLOSE_REASONS {
+        metrics::counter!(WS_CLOSED_BY_SERVER, "reason" => reason).increment(0);
+    }
 }
 
 pub async fn render() -> impl IntoResponse {

@@ -543,7 +543,7 @@ impl Grpc {
 
     /// Sends `text` to a room as `user`: the message's id, or why not.
     pub async fn send(&mut self, user: &User, room_id: i64, text: &str) -> Result<i64, tonic::Status> {
-        let request = authed(user, SendRequest { room_id, text: text.into() });
+        let request = authed(user, SendRequest { room_id, text: text.into(), ..SendRequest::default() });
         self.messages.send(request).await.map(|sent| sent.into_inner().message_id)
     }
 }

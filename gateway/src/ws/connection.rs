@@ -120,6 +120,9 @@ const SHUTDOWN: Closing = Closing { code: close_code::AWAY, reason: "server shut
 const HUNG: Closing = Closing { code: close_code::POLICY, reason: "write timed out", label: "write_timeout" };
 const TOO_SLOW: Closing = Closing { code: close_code::POLICY, reason: "too slow", label: "too_slow" };
 const FEED_ENDED: Closing = Closing { code: close_code::ERROR, reason: "room feed ended", label: "feed_ended" };
+/// Every `reason` a socket is closed for, to count from zero.
+pub const CLOSE_REASONS: [&str; 7] =
+    [TOO_BIG.label, SILENT.label, EXPIRED.label, SHUTDOWN.label, HUNG.label, TOO_SLOW.label, FEED_ENDED.label];
 
 type Step = Result<(), End>;
 
@@ -381,8 +384,8 @@ impl Connection {
             tracing::warn!(room_id = room.id, "history lacks a live event; the replay stops");
             return self.leave(socket, problem, reference).await;
         }
-        for message in page {
-            self.deliver(socket, Frame::from(message).json).await?;
+        for frame in page.into_iter().filter_map(Frame::of) {
+            self.deliver(socket, frame.json).await?;
         }
         let room = self.room.as_mut().expect("a replay is in a room");
         let Some(replay) = room.replay.as_mut() else {
@@ -433,7 +436,7 @@ impl Connection {
         // characters): one set of rules, answered with a reason each.
         let text = text.unwrap_or_default();
         let mut messages = self.core.messages.clone();
-        let request = self.token.request(SendRequest { room_id, text: text.to_owned() });
+        let request = self.token.request(SendRequest { room_id, text: text.to_owned(), ..SendRequest::default() });
         self.sockets.messages_received.increment(1);
         // Each message starts a trace of its own, carried to core-svc and on.
         let span = tracing::info_span!(parent: None, "message", otel.kind = "server", user.id = self.uid, chat.room.id = room_id);

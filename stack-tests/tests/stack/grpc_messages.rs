@@ -5,7 +5,7 @@ use stack_tests::{Settings, TestApp, User, assert_status, authed};
 use tonic::Code;
 
 fn send(room_id: i64, text: &str) -> SendRequest {
-    SendRequest { room_id, text: text.into() }
+    SendRequest { room_id, text: text.into(), ..SendRequest::default() }
 }
 
 fn history(room_id: i64, last_id: i64, limit: u32) -> HistoryRequest {

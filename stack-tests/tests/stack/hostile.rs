@@ -109,7 +109,10 @@ async fn control_characters_are_refused_on_every_edge_and_nothing_is_stored() {
 
     let mut grpc = app.grpc().await;
     for text in hostile {
-        let answer = grpc.messages.send(authed(&alice, SendRequest { room_id: room, text: text.into() })).await;
+        let answer = grpc
+            .messages
+            .send(authed(&alice, SendRequest { room_id: room, text: text.into(), ..SendRequest::default() }))
+            .await;
         let status = answer.expect_err("refused");
         assert_eq!(reason::of(&status).as_deref(), Some(reason::INVALID_CHARACTERS), "{text:?}");
         assert_status(Err::<(), _>(status), Code::InvalidArgument, "invalid characters");
