@@ -1,9 +1,9 @@
 //! `chat.v1.RoomService`: rooms and their members.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use chat_proto::{
-    events::v1::{Joined, event::Kind},
+    events::v1::{Event, Joined, Left, Removed, event::Kind},
     v1::{
         CheckMembershipRequest, CheckMembershipResponse, CreateRoomRequest, CreateRoomResponse, GetRoomRequest,
         InviteRequest, InviteResponse, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse,
@@ -26,6 +26,13 @@ use crate::{
 };
 
 const ROOM_NOT_FOUND: Error = Error::NotFound("room not found");
+const NOT_A_MEMBER: Error = Error::FailedPrecondition("not room member");
+/// `rooms.kind` of a direct room (1 is a group room).
+const DIRECT: i16 = 2;
+/// When a membership's cache entries are deleted a second time after it
+/// ends: a read that found it in PostgreSQL just before, and writes it to
+/// the cache just after the first delete, is undone.
+const FORGET_AGAIN_AFTER: Duration = Duration::from_secs(1);
 
 /// A room as stored. Cached whole under [`key::room`].
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
@@ -35,6 +42,8 @@ pub struct RoomRow {
     pub creator_id: i64,
     pub is_private: bool,
     pub created_at: DateTime<Utc>,
+    /// 1 a group room, 2 a direct room.
+    pub kind: i16,
 }
 
 pub struct Rooms {
@@ -61,7 +70,7 @@ impl Rooms {
             return Ok(Some(room));
         }
         let room: Option<RoomRow> =
-            sqlx::query_as("SELECT id, name, creator_id, is_private, created_at FROM rooms WHERE id = $1")
+            sqlx::query_as("SELECT id, name, creator_id, is_private, created_at, kind FROM rooms WHERE id = $1")
                 .bind(room_id)
                 .fetch_optional(&self.db)
                 .await?;
@@ -125,10 +134,53 @@ impl Rooms {
     async fn forget_membership(&self, room_id: i64, uid: i64) {
         self.cache.delete(&[key::member(room_id, uid), key::user_rooms(uid)]).await;
     }
+
+    /// Ends `uid`'s membership (`removed_by` the creator, or 0 when they
+    /// leave): the cache entries go, their sockets and streams on the room
+    /// end (on the user's live subject), and a `leave` entry goes through the
+    /// log. The membership is committed first: if the log is down the entry
+    /// is lost, not the leave.
+    async fn end_membership(&self, room_id: i64, uid: i64, removed_by: i64) -> Result<()> {
+        let ended = sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(uid)
+            .execute(&self.db)
+            .await?
+            .rows_affected();
+        if ended == 0 {
+            return Err(NOT_A_MEMBER);
+        }
+        self.forget_membership(room_id, uid).await;
+        let cache = self.cache.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FORGET_AGAIN_AFTER).await;
+            cache.delete(&[key::member(room_id, uid), key::user_rooms(uid)]).await;
+        });
+        let removed = Event {
+            id: 0,
+            room_id,
+            uid,
+            timestamp: Some(timestamp(Utc::now())),
+            kind: Some(Kind::Removed(Removed { removed_by })),
+        };
+        self.events.notify_user(uid, &removed).await;
+        if let Err(error) = self.events.publish(room_id, uid, Kind::Left(Left { removed_by })).await {
+            tracing::warn!(%error, room_id, uid, "leave not announced");
+        }
+        Ok(())
+    }
 }
 
 fn room_id(id: i64) -> Result<i64> {
     parse_id(id, "room").map_err(Error::invalid)
+}
+
+/// A room's id and a user's from a request, or every problem with them.
+fn room_and_user(room_id: i64, uid: i64) -> Result<(i64, i64)> {
+    match (parse_id(room_id, "room"), parse_id(uid, "user")) {
+        (Ok(room_id), Ok(uid)) => Ok((room_id, uid)),
+        (room_id, uid) => Err(Error::collect([room_id.err(), uid.err()])),
+    }
 }
 
 #[tonic::async_trait]
@@ -178,10 +230,7 @@ impl RoomService for Rooms {
     async fn invite(&self, request: Request<InviteRequest>) -> Result<Response<InviteResponse>, Status> {
         let caller = auth::required(&request)?;
         let InviteRequest { room_id, uid } = *request.get_ref();
-        let (room_id, uid) = match (parse_id(room_id, "room"), parse_id(uid, "user")) {
-            (Ok(room_id), Ok(uid)) => (room_id, uid),
-            (room_id, uid) => return Err(Error::collect([room_id.err(), uid.err()]).into()),
-        };
+        let (room_id, uid) = room_and_user(room_id, uid)?;
         let room = self.visible(room_id, Some(caller)).await?;
         if room.creator_id != caller {
             return Err(Error::PermissionDenied("only the room's creator can invite").into());
@@ -241,12 +290,38 @@ impl RoomService for Rooms {
         Err(Status::unimplemented("open_direct"))
     }
 
-    async fn leave_room(&self, _: Request<LeaveRoomRequest>) -> Result<Response<LeaveRoomResponse>, Status> {
-        Err(Status::unimplemented("leave_room"))
+    async fn leave_room(&self, request: Request<LeaveRoomRequest>) -> Result<Response<LeaveRoomResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let room_id = room_id(request.get_ref().room_id)?;
+        let room = self.visible(room_id, Some(uid)).await?;
+        if room.kind == DIRECT {
+            return Err(Error::PermissionDenied("cannot leave a direct room").into());
+        }
+        self.end_membership(room_id, uid, 0).await?;
+        tracing::info!(uid, room_id, "left");
+        Ok(Response::new(LeaveRoomResponse {}))
     }
 
-    async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
-        Err(Status::unimplemented("remove_member"))
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
+        let caller = auth::required(&request)?;
+        let RemoveMemberRequest { room_id, uid } = *request.get_ref();
+        let (room_id, uid) = room_and_user(room_id, uid)?;
+        let room = self.visible(room_id, Some(caller)).await?;
+        if room.creator_id != caller {
+            return Err(Error::PermissionDenied("only the room's creator can remove members").into());
+        }
+        if room.kind == DIRECT {
+            return Err(Error::PermissionDenied("cannot remove a member of a direct room").into());
+        }
+        if uid == caller {
+            return Err(Error::invalid("the creator cannot remove themselves; leave the room instead").into());
+        }
+        self.end_membership(room_id, uid, caller).await?;
+        tracing::info!(caller, uid, room_id, "removed");
+        Ok(Response::new(RemoveMemberResponse {}))
     }
 
     async fn list_online(&self, _: Request<ListOnlineRequest>) -> Result<Response<ListOnlineResponse>, Status> {

@@ -5,6 +5,7 @@
 
 mod archiver;
 mod cache;
+mod changes;
 mod cross;
 mod grpc_messages;
 mod grpc_rooms;
@@ -12,11 +13,13 @@ mod grpc_stream;
 mod grpc_users;
 mod hostile;
 mod ids;
+mod leaving;
 mod limits;
 mod messages;
 mod ops;
 mod outages;
 mod rooms;
+mod sends;
 mod trace_context;
 mod users;
 mod ws;
