@@ -221,6 +221,7 @@ pub struct TestApp {
 
 /// Two gateways, each in front of a core-svc replica of its own, and an
 /// archiver, on one test's engines: what a client sees through either.
+/// They stop when this is dropped.
 pub struct Pair {
     pub a: TestApp,
     pub b: TestApp,

@@ -115,7 +115,8 @@ async fn a_member_leaves_with_a_leave_entry_and_is_a_member_no_more() {
 
 #[tokio::test]
 async fn the_creator_removes_a_member_whose_sockets_and_streams_on_every_gateway_and_replica_are_cut_off() {
-    let Pair { a: app, b: app_b, .. } = Pair::spawn().await;
+    let pair = Pair::spawn().await;
+    let (app, app_b) = (&pair.a, &pair.b);
     let (gateway_a, gateway_b) = (app.base.clone(), app_b.base.clone());
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;

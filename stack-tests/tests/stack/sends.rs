@@ -87,7 +87,8 @@ async fn a_reply_answers_an_entry_of_its_own_room_and_nothing_else() {
 
 #[tokio::test]
 async fn the_same_key_gives_the_same_message_across_reconnects_gateways_and_replicas() {
-    let Pair { a: app, b: app_b, .. } = Pair::spawn().await;
+    let pair = Pair::spawn().await;
+    let (app, app_b) = (&pair.a, &pair.b);
     let (gateway_a, gateway_b, shared) = (app.base.clone(), app_b.base.clone(), app.shared.clone());
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;

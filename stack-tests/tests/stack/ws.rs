@@ -164,7 +164,8 @@ async fn resume_with_last_id_delivers_every_missed_message_once_then_live_ones()
 
 #[tokio::test]
 async fn clients_on_two_gateways_and_two_core_replicas_talk_and_ids_stay_unique() {
-    let Pair { a: app_a, b: app_b, .. } = Pair::spawn().await;
+    let pair = Pair::spawn().await;
+    let (app_a, app_b) = (&pair.a, &pair.b);
     let alice = app_a.register("alice").await;
     let bob = app_b.register("bob").await;
     let room = app_a.create_room(&alice, "General", false).await;
