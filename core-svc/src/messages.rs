@@ -29,7 +29,7 @@ use crate::{
     archive::ArchiveProgress,
     auth,
     cache::{Cache, RecentRange},
-    domain::{MessageText, parse_id, timestamp},
+    domain::{MessageText, SearchQuery, parse_id, timestamp},
     error::{Error, Result},
     events::Events,
     limits::RateLimit,
@@ -233,6 +233,42 @@ impl HistoryStore {
     }
 }
 
+impl HistoryStore {
+    /// The `message` entries matching every word of `query`, newest first,
+    /// at most `limit` with ids up to `last_id` (0: from the newest): of the
+    /// one room (which `uid` may read) or of every room of `uid`'s. Answered
+    /// by `messages_search_idx`, whose expression and predicate the query
+    /// repeats. Only PostgreSQL is searched: an entry the archiver has not
+    /// stored yet (normally milliseconds) is found once it has, with its
+    /// latest text (the archiver applies edits and deletions to the row).
+    async fn search(
+        &self,
+        uid: i64,
+        query: &SearchQuery,
+        room_id: i64,
+        last_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let (rooms, scope) = match room_id {
+            0 => ("room_id IN (SELECT room_id FROM room_members WHERE user_id = $2)", uid),
+            _ => ("room_id = $2", room_id),
+        };
+        let rows: Vec<MessageRow> = sqlx::query_as(&format!(
+            "SELECT id, room_id, user_id, kind, text, created_at FROM messages
+              WHERE to_tsvector('simple', text) @@ plainto_tsquery('simple', $1)
+                AND kind = 1 AND NOT deleted AND {rooms} AND id <= $3
+              ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(query.as_ref())
+        .bind(scope)
+        .bind(if last_id == 0 { i64::MAX } else { last_id })
+        .bind(i64::from(limit))
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows.into_iter().map(Message::from).collect())
+    }
+}
+
 /// One `Subscribe` call: the replay of what the caller missed, then the
 /// room's live events, skipping those the replay already gave.
 struct Subscription {
@@ -398,7 +434,27 @@ impl MessageService for Messages {
         Err(Status::unimplemented("typing"))
     }
 
-    async fn search(&self, _: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
-        Err(Status::unimplemented("search"))
+    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let SearchRequest { query, room_id, last_id, limit } = request.into_inner();
+        let query = SearchQuery::parse(query);
+        let room_id = if room_id >= 0 { Ok(room_id) } else { Err("invalid room id".to_owned()) };
+        let last_id = if last_id >= 0 { Ok(last_id) } else { Err("invalid last id".to_owned()) };
+        let limit = match limit {
+            0 => Ok(MAX_PAGE),
+            1..=MAX_PAGE => Ok(limit),
+            _ => Err(format!("limit must be 1 to {MAX_PAGE}")),
+        };
+        let (query, room_id, last_id, limit) = match (query, room_id, last_id, limit) {
+            (Ok(query), Ok(room_id), Ok(last_id), Ok(limit)) => (query, room_id, last_id, limit),
+            (query, room_id, last_id, limit) => {
+                return Err(Error::collect([query.err(), room_id.err(), last_id.err(), limit.err()]).into());
+            }
+        };
+        if room_id > 0 {
+            self.readable_room(room_id, uid).await?;
+        }
+        let messages = self.history.search(uid, &query, room_id, last_id, limit).await?;
+        Ok(Response::new(SearchResponse { messages }))
     }
 }
