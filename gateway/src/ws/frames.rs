@@ -19,6 +19,7 @@ pub struct ClientFrame {
     pub roomid: Option<i64>,
     pub lastid: Option<i64>,
     pub text: Option<String>,
+    pub messageid: Option<i64>,
     #[serde(rename = "ref")]
     pub reference: Option<String>,
 }
@@ -93,6 +94,8 @@ mod tests {
         assert_eq!((resume.lastid, resume.reference.as_deref()), (Some(40), Some("r1")));
         let message = ClientFrame::parse(r#"{"Type":"message","Text":"hello","Extra":1}"#).unwrap();
         assert_eq!(message.text.as_deref(), Some("hello"));
+        let read = ClientFrame::parse(r#"{"type":"read","messageID":52}"#).unwrap();
+        assert_eq!((read.kind.as_str(), read.messageid), ("read", Some(52)));
     }
 
     #[test]
