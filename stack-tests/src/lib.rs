@@ -325,6 +325,20 @@ impl TestApp {
     }
 }
 
+/// The longest [`eventually`] waits.
+pub const EVENTUALLY: Duration = Duration::from_secs(30);
+
+/// Waits until `done` holds, checking every 100 ms for at most
+/// [`EVENTUALLY`]: for what the stack does in the background, such as the
+/// archiver storing what was sent.
+pub async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {EVENTUALLY:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Asserts an error answer: its status, and that its body is
 /// `{"Error": "..."}` containing `text`.
 #[track_caller]
