@@ -153,7 +153,7 @@ struct RoomBody {
     kind: KindBody,
 }
 
-/// `direct`: the room of exactly two users ([`direct`]); `group`: any other.
+/// `direct`: the room of exactly two users (`POST /direct`); `group`: any other.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum KindBody {
