@@ -210,6 +210,14 @@ fn room_id(id: i64) -> Result<i64> {
     parse_id(id, "room").map_err(Error::invalid)
 }
 
+/// Two ids of a request (each with what it names), or every problem with them.
+fn two_ids((a, what_a): (i64, &'static str), (b, what_b): (i64, &'static str)) -> Result<(i64, i64)> {
+    match (parse_id(a, what_a), parse_id(b, what_b)) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (a, b) => Err(Error::collect([a.err(), b.err()])),
+    }
+}
+
 #[tonic::async_trait]
 impl RoomService for Rooms {
     async fn create_room(&self, request: Request<CreateRoomRequest>) -> Result<Response<CreateRoomResponse>, Status> {
@@ -257,10 +265,7 @@ impl RoomService for Rooms {
     async fn invite(&self, request: Request<InviteRequest>) -> Result<Response<InviteResponse>, Status> {
         let caller = auth::required(&request)?;
         let InviteRequest { room_id, uid } = *request.get_ref();
-        let (room_id, uid) = match (parse_id(room_id, "room"), parse_id(uid, "user")) {
-            (Ok(room_id), Ok(uid)) => (room_id, uid),
-            (room_id, uid) => return Err(Error::collect([room_id.err(), uid.err()]).into()),
-        };
+        let (room_id, uid) = two_ids((room_id, "room"), (uid, "user"))?;
         let room = self.visible(room_id, Some(caller)).await?;
         if room.kind() == RoomKind::Direct {
             return Err(Error::PermissionDenied("cannot invite into a direct room").into());
@@ -366,10 +371,7 @@ impl RoomService for Rooms {
     async fn mark_read(&self, request: Request<MarkReadRequest>) -> Result<Response<MarkReadResponse>, Status> {
         let uid = auth::required(&request)?;
         let MarkReadRequest { room_id, message_id } = *request.get_ref();
-        let (room_id, message_id) = match (parse_id(room_id, "room"), parse_id(message_id, "message")) {
-            (Ok(room_id), Ok(message_id)) => (room_id, message_id),
-            (room_id, message_id) => return Err(Error::collect([room_id.err(), message_id.err()]).into()),
-        };
+        let (room_id, message_id) = two_ids((room_id, "room"), (message_id, "message"))?;
         self.visible(room_id, Some(uid)).await?;
         let advanced = sqlx::query(
             "UPDATE room_members SET last_read_id = $3 WHERE room_id = $1 AND user_id = $2 AND last_read_id < $3",
