@@ -28,7 +28,7 @@ use crate::{
     health,
     ids::{IdGenerator, NodeLease},
     limits::RateLimit,
-    messages::{Feeds, Messages, SendLimit},
+    messages::{self, Feeds, Messages, SendLimit},
     password::Hasher,
     rooms::Rooms,
     token::TokenKeys,
@@ -88,8 +88,12 @@ impl Application {
         })
         .abort_handle();
         let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (NATS_URL)")?;
-        let feeds =
-            Arc::new(Feeds::new(nats.clone(), config.nats_subject_prefix.clone(), config.subscribe_queue_messages));
+        let feeds = Arc::new(Feeds::rooms(
+            nats.clone(),
+            config.nats_subject_prefix.clone(),
+            config.subscribe_queue_messages,
+            messages::streamed,
+        ));
         let kafka = KafkaSettings {
             brokers: &config.kafka_brokers,
             topic: &config.kafka_topic,

@@ -21,7 +21,7 @@ use crate::{
     core_client::CoreClient,
     extract::{BODY_LIMIT, TrustForwardedFor},
     routes::{self, AppState},
-    ws::{Hub, Sockets},
+    ws::{Hub, Sockets, frames::Frame},
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -54,7 +54,7 @@ impl Application {
             tracing::warn!("NATS is not reachable yet; live messages wait for it");
         }
         let sockets = Sockets {
-            hub: Arc::new(Hub::new(nats, config.nats_subject_prefix, config.ws_queue_frames)),
+            hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event)),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };

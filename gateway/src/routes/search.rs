@@ -9,11 +9,12 @@ use axum::{
 use chat_proto::v1::SearchRequest;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, MessageBody, QueryParams};
+use super::{AppState, QueryParams};
 use crate::{
     core_client::CoreClient,
     error::{ApiError, ErrorBody},
     extract::Token,
+    wire::MessageBody,
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
