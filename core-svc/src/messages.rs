@@ -282,6 +282,8 @@ impl HistoryStore {
 /// room's live events, skipping those the replay already gave.
 struct Subscription {
     room_id: i64,
+    /// The caller, who is not shown their own live-only events.
+    uid: i64,
     history: HistoryStore,
     live: Receiver<Arc<Message>>,
     _feed: Arc<Feed<Arc<Message>>>,
@@ -344,6 +346,9 @@ impl Subscription {
                     }
                 }
             };
+            if envelope::hidden_from(&event) == Some(self.uid) {
+                continue;
+            }
             if !self.replayed.remove(&event.id) {
                 return Ok(Message::clone(&event));
             }
@@ -413,6 +418,7 @@ impl MessageService for Messages {
         })?;
         let subscription = Subscription {
             room_id,
+            uid,
             history: self.history.clone(),
             live: feed.subscribe(),
             _feed: feed,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chat_proto::{
-    events::v1::{Joined, event::Kind},
+    events::v1::{Joined, Read, event::Kind},
     v1::{
         CheckMembershipRequest, CheckMembershipResponse, CreateRoomRequest, CreateRoomResponse, GetRoomRequest,
         InviteRequest, InviteResponse, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse,
@@ -370,7 +370,9 @@ impl RoomService for Rooms {
 
     /// The update moves the mark only forwards, in one statement: of two
     /// racing calls the later id wins whatever their order, and an older id
-    /// changes nothing (not even a new row version).
+    /// changes nothing (not even a new row version). A mark that moved is
+    /// told to the room live (a `read` event, which the reader's own
+    /// sockets and streams do not show).
     async fn mark_read(&self, request: Request<MarkReadRequest>) -> Result<Response<MarkReadResponse>, Status> {
         let uid = auth::required(&request)?;
         let MarkReadRequest { room_id, message_id } = *request.get_ref();
@@ -387,7 +389,9 @@ impl RoomService for Rooms {
         .map_err(Error::from)?
         .rows_affected()
             == 1;
-        if !advanced && !self.is_member(room_id, uid).await? {
+        if advanced {
+            self.events.publish_live(room_id, uid, Kind::Read(Read { message_id })).await;
+        } else if !self.is_member(room_id, uid).await? {
             return Err(Error::PermissionDenied("not room member").into());
         }
         Ok(Response::new(MarkReadResponse {}))

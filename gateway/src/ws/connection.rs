@@ -60,6 +60,8 @@ pub struct Connection {
 
 struct InRoom {
     id: i64,
+    /// The socket's user, who is not shown their own live-only events.
+    uid: i64,
     frames: Receiver<Frame>,
     /// Frames taken from the queue while a write waited, oldest first: they
     /// are written before the queue's next ones.
@@ -337,6 +339,7 @@ impl Connection {
         let (replay, page) = replay.unzip();
         self.room = Some(InRoom {
             id: room_id,
+            uid: self.uid,
             frames,
             held: VecDeque::new(),
             replay,
@@ -532,8 +535,12 @@ impl InRoom {
         }
     }
 
-    /// A live frame, unless the replay gives it (or gave it) from history.
+    /// A live frame, unless the replay gives it (or gave it) from history,
+    /// or it is the socket's own user's live-only event.
     fn admit(&mut self, frame: Frame) -> Option<Frame> {
+        if frame.hidden_from == Some(self.uid) {
+            return None;
+        }
         let frame = match &mut self.replay {
             Some(replay) => replay.live(frame)?,
             None => frame,
@@ -710,7 +717,7 @@ mod tests {
     use super::*;
 
     fn frame(id: i64) -> Frame {
-        Frame { id, json: Utf8Bytes::from_static("{}") }
+        Frame { id, json: Utf8Bytes::from_static("{}"), hidden_from: None }
     }
 
     fn page(ids: impl IntoIterator<Item = i64>) -> Vec<Message> {

@@ -40,6 +40,8 @@ impl ClientFrame {
 pub struct Frame {
     pub id: i64,
     pub json: Utf8Bytes,
+    /// The user whose own sockets skip it ([`envelope::hidden_from`]).
+    pub hidden_from: Option<i64>,
 }
 
 impl Frame {
@@ -51,8 +53,8 @@ impl Frame {
 
     /// An entry or event from core-svc (a replay's page) as a frame.
     pub fn of(message: Message) -> Option<Self> {
-        let id = message.id;
-        Some(Self { id, json: wire::event_json(message)?.into() })
+        let (id, hidden_from) = (message.id, envelope::hidden_from(&message));
+        Some(Self { id, json: wire::event_json(message)?.into(), hidden_from })
     }
 }
 

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use chat_proto::v1::{ListUnreadRequest, MarkReadRequest, UnreadRoom};
+use chat_proto::v1::{ListUnreadRequest, MarkReadRequest, MessageKind, SubscribeRequest, UnreadRoom};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use stack_tests::{Grpc, TestApp, User, Ws, assert_error, assert_status, authed, eventually};
+use stack_tests::{Grpc, Settings, TestApp, User, Ws, assert_error, assert_status, authed, eventually, spawn_gateway};
 use tonic::Code;
 
 async fn unread(app: &TestApp, user: &User) -> Value {
@@ -230,4 +230,48 @@ async fn mark_read_and_list_unread_over_grpc() {
     assert_status(refused, Code::InvalidArgument, "invalid room id; invalid message id");
     assert_status(grpc.rooms.list_unread(ListUnreadRequest {}).await, Code::Unauthenticated, "");
     assert!(list(&mut grpc, &carol).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_mark_that_moves_is_shown_live_to_the_others_never_to_the_reader() {
+    let Conversation { app, mut grpc, alice, bob, room, sent } = conversation().await;
+    // Alice on this gateway and on a gRPC stream, Bob on two sockets of
+    // another gateway and a stream of his own.
+    let (other_gateway, _stop) = spawn_gateway(&app.shared, &Settings::default(), app.core).await;
+    let mut alice_ws = Ws::connect(&app.base, &alice.token).await;
+    let mut bob_ws = Ws::connect(&other_gateway, &bob.token).await;
+    let mut bob_other_ws = Ws::connect(&other_gateway, &bob.token).await;
+    for ws in [&mut alice_ws, &mut bob_ws, &mut bob_other_ws] {
+        ws.enter(room).await;
+    }
+    let subscribe = |user: &User| authed(user, SubscribeRequest { room_id: room, after_id: None });
+    let mut alice_stream = grpc.messages.subscribe(subscribe(&alice)).await.unwrap().into_inner();
+    let mut bob_stream = grpc.messages.subscribe(subscribe(&bob)).await.unwrap().into_inner();
+
+    bob_ws.send(json!({"Type": "read", "MessageID": sent[1]})).await;
+    let shown = json!({"Type": "read", "RoomID": room, "UID": bob.uid, "MessageID": sent[1]});
+    assert_eq!(alice_ws.recv().await, shown);
+    let event = tokio::time::timeout(Duration::from_secs(10), alice_stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!((event.kind(), event.id, event.uid, event.message_id), (MessageKind::Read, 0, bob.uid, sent[1]));
+
+    // An older mark changes nothing, and nobody hears of it.
+    mark(&app, &bob, room, sent[0]).await;
+    // Over REST (and gRPC) as over the socket.
+    mark(&app, &bob, room, sent[2]).await;
+    let shown = json!({"Type": "read", "RoomID": room, "UID": bob.uid, "MessageID": sent[2]});
+    assert_eq!(alice_ws.recv().await, shown, "the older mark was not shown");
+    let event = tokio::time::timeout(Duration::from_secs(10), alice_stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(event.message_id, sent[2]);
+
+    // Bob's own sockets and stream saw none of it; a message after it is
+    // the first thing they get.
+    let next = grpc.send(&alice, room, "after the marks").await.unwrap();
+    for ws in [&mut bob_ws, &mut bob_other_ws] {
+        let frame = ws.recv().await;
+        assert_eq!((&frame["Type"], &frame["ID"]), (&json!("message"), &json!(next)), "{frame}");
+    }
+    let event = tokio::time::timeout(Duration::from_secs(10), bob_stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!((event.kind(), event.id), (MessageKind::Message, next));
+    let frame = alice_ws.recv().await;
+    assert_eq!(frame["ID"], next, "{frame}");
 }
