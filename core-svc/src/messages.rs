@@ -245,11 +245,15 @@ impl HistoryStore {
 impl HistoryStore {
     /// The `message` entries matching every word of `query`, newest first,
     /// at most `limit` with ids up to `last_id` (0: from the newest): of the
-    /// one room (which `uid` may read) or of every room of `uid`'s. Answered
-    /// by `messages_search_idx`, whose expression and predicate the query
-    /// repeats. Only PostgreSQL is searched: an entry the archiver has not
-    /// stored yet (normally milliseconds) is found once it has, with its
-    /// latest text (the archiver applies edits and deletions to the row).
+    /// one room (which `uid` may read) or of every room of `uid`'s. Only
+    /// PostgreSQL is searched: an entry the archiver has not stored yet
+    /// (normally milliseconds) is found once it has, with its latest text
+    /// (the archiver applies edits and deletions to the row).
+    ///
+    /// Planned afresh for each query's words (not a prepared statement,
+    /// whose generic plan would take every word for equally rare): through
+    /// `messages_search_idx` for a rare word, by reading the newest entries
+    /// for a common one (see migration 0012).
     async fn search(
         &self,
         uid: i64,
@@ -272,6 +276,7 @@ impl HistoryStore {
         .bind(scope)
         .bind(if last_id == 0 { i64::MAX } else { last_id })
         .bind(i64::from(limit))
+        .persistent(false)
         .fetch_all(&self.db)
         .await?;
         Ok(rows.into_iter().map(Message::from).collect())
