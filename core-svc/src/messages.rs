@@ -262,18 +262,20 @@ impl HistoryStore {
         last_id: i64,
         limit: u32,
     ) -> Result<Vec<Message>> {
-        let (rooms, scope) = match room_id {
-            0 => ("room_id IN (SELECT room_id FROM room_members WHERE user_id = $2)", uid),
-            _ => ("room_id = $2", room_id),
-        };
-        let rows: Vec<MessageRow> = sqlx::query_as(&format!(
+        // Membership is PostgreSQL's word here, also for the one room the
+        // caller was found to be a member of (through the cache): a member
+        // removed since finds nothing.
+        let rows: Vec<MessageRow> = sqlx::query_as(
             "SELECT id, room_id, user_id, kind, text, created_at FROM messages
               WHERE to_tsvector('simple', text) @@ plainto_tsquery('simple', $1)
-                AND kind = 1 AND NOT deleted AND {rooms} AND id <= $3
-              ORDER BY id DESC LIMIT $4"
-        ))
+                AND kind = 1 AND NOT deleted
+                AND room_id IN (SELECT room_id FROM room_members WHERE user_id = $2) AND ($3 = 0 OR room_id = $3)
+                AND id <= $4
+              ORDER BY id DESC LIMIT $5",
+        )
         .bind(query.as_ref())
-        .bind(scope)
+        .bind(uid)
+        .bind(room_id)
         .bind(if last_id == 0 { i64::MAX } else { last_id })
         .bind(i64::from(limit))
         .persistent(false)

@@ -378,21 +378,26 @@ impl RoomService for Rooms {
         let MarkReadRequest { room_id, message_id } = *request.get_ref();
         let (room_id, message_id) = two_ids((room_id, "room"), (message_id, "message"))?;
         self.visible(room_id, Some(uid)).await?;
-        let advanced = sqlx::query(
-            "UPDATE room_members SET last_read_id = $3 WHERE room_id = $1 AND user_id = $2 AND last_read_id < $3",
+        // Whether the caller is a member is read in the same statement, so
+        // it is PostgreSQL's word, as of the update.
+        let (advanced, member): (bool, bool) = sqlx::query_as(
+            "WITH moved AS (
+                 UPDATE room_members SET last_read_id = $3
+                  WHERE room_id = $1 AND user_id = $2 AND last_read_id < $3 RETURNING 1)
+             SELECT EXISTS (SELECT FROM moved),
+                    EXISTS (SELECT FROM room_members WHERE room_id = $1 AND user_id = $2)",
         )
         .bind(room_id)
         .bind(uid)
         .bind(message_id)
-        .execute(&self.db)
+        .fetch_one(&self.db)
         .await
-        .map_err(Error::from)?
-        .rows_affected()
-            == 1;
+        .map_err(Error::from)?;
+        if !member {
+            return Err(Error::PermissionDenied("not room member").into());
+        }
         if advanced {
             self.events.publish_live(room_id, uid, Kind::Read(Read { message_id })).await;
-        } else if !self.is_member(room_id, uid).await? {
-            return Err(Error::PermissionDenied("not room member").into());
         }
         Ok(Response::new(MarkReadResponse {}))
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chat_proto::v1::{ListUnreadRequest, MarkReadRequest, MessageKind, SubscribeRequest, UnreadRoom};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
 use stack_tests::{Grpc, Settings, TestApp, User, Ws, assert_error, assert_status, authed, eventually, spawn_gateway};
 use tonic::Code;
 
@@ -274,4 +275,38 @@ async fn a_mark_that_moves_is_shown_live_to_the_others_never_to_the_reader() {
     assert_eq!((event.kind(), event.id), (MessageKind::Message, next));
     let frame = alice_ws.recv().await;
     assert_eq!(frame["ID"], next, "{frame}");
+}
+
+#[tokio::test]
+async fn a_membership_gone_from_postgresql_ends_marks_and_unread_whatever_the_cache_says() {
+    let Conversation { app, bob, room, sent, .. } = conversation().await;
+    mark(&app, &bob, room, sent[0]).await;
+    // As a leave leaves it, before its cache deletions (if they ever fail):
+    // Redis still says Bob is a member.
+    let mut db = PgConnection::connect(&app.shared.database_url).await.unwrap();
+    sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+        .bind(room)
+        .bind(bob.uid)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let answer = app.put("/read", Some(&bob.token), json!({"RoomID": room, "MessageID": sent[2]})).await;
+    assert_error(answer, StatusCode::FORBIDDEN, "not room member");
+    assert_eq!(unread(&app, &bob).await, json!({"Rooms": []}));
+}
+
+#[tokio::test]
+async fn deleted_messages_are_not_unread_and_are_not_the_newest() {
+    let Conversation { app, bob, room, sent, .. } = conversation().await;
+    // As the archiver leaves a deleted entry (migration 0008's columns).
+    let mut db = PgConnection::connect(&app.shared.database_url).await.unwrap();
+    sqlx::query("UPDATE messages SET deleted = true, text = '' WHERE id = ANY($1)")
+        .bind([sent[0], sent[2]])
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(
+        unread_in(&app, &bob, room).await,
+        json!({"RoomID": room, "Unread": 1, "LastReadID": 0, "LastMessageID": sent[1]})
+    );
 }

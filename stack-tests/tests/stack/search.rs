@@ -195,3 +195,47 @@ async fn search_answers_as_json_the_same_message_shape_as_history() {
     let entry: &Value = &found[0];
     assert_eq!((&entry["RoomID"], &entry["UID"]), (&json!(room), &json!(alice.uid)));
 }
+
+#[tokio::test]
+async fn deleted_entries_never_match_and_edited_ones_match_their_new_text() {
+    let app = TestApp::spawn().await;
+    let mut grpc = app.grpc().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "General", false).await;
+    let sent = say(&app, &mut grpc, &alice, room, &["draft plan alpha", "draft plan beta", "final plan"]).await;
+    // As the archiver leaves an edit and a deletion (migration 0008's columns).
+    let mut db = PgConnection::connect(&app.shared.database_url).await.unwrap();
+    sqlx::query("UPDATE messages SET text = 'revised plan gamma', edited_at = now() WHERE id = $1")
+        .bind(sent[0])
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE messages SET deleted = true WHERE id = $1").bind(sent[1]).execute(&mut db).await.unwrap();
+    assert_eq!(ids(&search(&app, &alice, "q=plan").await), [sent[2], sent[0]]);
+    assert!(search(&app, &alice, "q=alpha").await.is_empty(), "the old text no longer matches");
+    assert_eq!(ids(&search(&app, &alice, "q=gamma").await), [sent[0]]);
+    assert!(search(&app, &alice, "q=beta").await.is_empty(), "a deleted entry, even with its text kept");
+}
+
+#[tokio::test]
+async fn a_membership_gone_from_postgresql_ends_search_whatever_the_cache_says() {
+    let app = TestApp::spawn().await;
+    let mut grpc = app.grpc().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    say(&app, &mut grpc, &alice, room, &["secret plans"]).await;
+    assert_eq!(search(&app, &bob, &format!("q=plans&RoomID={room}")).await.len(), 1, "a member finds it");
+    // As a leave leaves it, before its cache deletions: Redis still says
+    // Bob is a member.
+    let mut db = PgConnection::connect(&app.shared.database_url).await.unwrap();
+    sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+        .bind(room)
+        .bind(bob.uid)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert!(search(&app, &bob, "q=plans").await.is_empty());
+    assert!(search(&app, &bob, &format!("q=plans&RoomID={room}")).await.is_empty());
+}
