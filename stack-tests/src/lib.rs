@@ -22,6 +22,7 @@ use chat_proto::v1::{
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tonic::transport::Channel;
@@ -305,6 +306,18 @@ impl TestApp {
             self.post("/create-room", Some(&owner.token), json!({"Name": name, "IsPrivate": private})).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["RoomID"].as_i64().unwrap()
+    }
+
+    /// Deletes a membership in PostgreSQL only, as a leave leaves it before
+    /// its cache deletions: Redis may still say the user is a member.
+    pub async fn delete_membership_row(&self, room_id: i64, uid: i64) {
+        let mut db = sqlx::PgConnection::connect(&self.shared.database_url).await.expect("the test database");
+        sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(uid)
+            .execute(&mut db)
+            .await
+            .expect("deleted");
     }
 
     /// The Redis key of a cache entry: core-svc puts this test's prefix and

@@ -281,15 +281,7 @@ async fn a_mark_that_moves_is_shown_live_to_the_others_never_to_the_reader() {
 async fn a_membership_gone_from_postgresql_ends_marks_and_unread_whatever_the_cache_says() {
     let Conversation { app, bob, room, sent, .. } = conversation().await;
     mark(&app, &bob, room, sent[0]).await;
-    // As a leave leaves it, before its cache deletions (if they ever fail):
-    // Redis still says Bob is a member.
-    let mut db = PgConnection::connect(&app.shared.database_url).await.unwrap();
-    sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
-        .bind(room)
-        .bind(bob.uid)
-        .execute(&mut db)
-        .await
-        .unwrap();
+    app.delete_membership_row(room, bob.uid).await;
     let answer = app.put("/read", Some(&bob.token), json!({"RoomID": room, "MessageID": sent[2]})).await;
     assert_error(answer, StatusCode::FORBIDDEN, "not room member");
     assert_eq!(unread(&app, &bob).await, json!({"Rooms": []}));

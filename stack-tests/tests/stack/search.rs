@@ -227,15 +227,7 @@ async fn a_membership_gone_from_postgresql_ends_search_whatever_the_cache_says()
     app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
     say(&app, &mut grpc, &alice, room, &["secret plans"]).await;
     assert_eq!(search(&app, &bob, &format!("q=plans&RoomID={room}")).await.len(), 1, "a member finds it");
-    // As a leave leaves it, before its cache deletions: Redis still says
-    // Bob is a member.
-    let mut db = PgConnection::connect(&app.shared.database_url).await.unwrap();
-    sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
-        .bind(room)
-        .bind(bob.uid)
-        .execute(&mut db)
-        .await
-        .unwrap();
+    app.delete_membership_row(room, bob.uid).await;
     assert!(search(&app, &bob, "q=plans").await.is_empty());
     assert!(search(&app, &bob, &format!("q=plans&RoomID={room}")).await.is_empty());
 }
