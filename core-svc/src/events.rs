@@ -156,6 +156,22 @@ impl Events {
         Ok(event)
     }
 
+    /// Publishes a live-only event by `uid` (a read mark) straight on its
+    /// room's subject, with id 0: never through the message log or the
+    /// recent-history cache. At most once, as NATS is: one that is lost is
+    /// not retried, and what it tells stays true where it is stored.
+    pub async fn publish_live(&self, room_id: i64, uid: i64, kind: Kind) {
+        let event = Event { id: 0, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) };
+        let mut headers = async_nats::HeaderMap::new();
+        for (key, value) in telemetry::context_of(&tracing::Span::current()) {
+            headers.insert(key.as_str(), value.as_str());
+        }
+        let subject = room_subject(&self.subject_prefix, room_id);
+        if let Err(error) = self.nats.publish_with_headers(subject, headers, event.encode_to_vec().into()).await {
+            tracing::warn!(%error, room_id, uid, "cannot publish a live-only event");
+        }
+    }
+
     /// The client is told that a refused event was not stored; but a broker
     /// that hung may still take the record it had been sent. A withdrawal
     /// behind it, in the same partition, tells the archiver to keep it out

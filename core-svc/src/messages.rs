@@ -33,7 +33,7 @@ use crate::{
     archive::ArchiveProgress,
     auth,
     cache::{Cache, RecentRange},
-    domain::{MessageText, parse_id, timestamp},
+    domain::{MessageText, SearchQuery, parse_id, timestamp},
     error::{Error, Result},
     events::Events,
     limits::RateLimit,
@@ -242,10 +242,55 @@ impl HistoryStore {
     }
 }
 
+impl HistoryStore {
+    /// The `message` entries matching every word of `query`, newest first,
+    /// at most `limit` with ids up to `last_id` (0: from the newest): of the
+    /// one room (which `uid` may read) or of every room of `uid`'s. Only
+    /// PostgreSQL is searched: an entry the archiver has not stored yet
+    /// (normally milliseconds) is found once it has, with its latest text
+    /// (the archiver applies edits and deletions to the row).
+    ///
+    /// Planned afresh for each query's words (not a prepared statement,
+    /// whose generic plan would take every word for equally rare): through
+    /// `messages_search_idx` for a rare word, by reading the newest entries
+    /// for a common one (see migration 0012).
+    async fn search(
+        &self,
+        uid: i64,
+        query: &SearchQuery,
+        room_id: i64,
+        last_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        // Membership is PostgreSQL's word here, also for the one room the
+        // caller was found to be a member of (through the cache): a member
+        // removed since finds nothing.
+        let rows: Vec<MessageRow> = sqlx::query_as(
+            "SELECT id, room_id, user_id, kind, text, created_at FROM messages
+              WHERE to_tsvector('simple', text) @@ plainto_tsquery('simple', $1)
+                AND kind = 1 AND NOT deleted
+                AND room_id IN (SELECT room_id FROM room_members WHERE user_id = $2) AND ($3 = 0 OR room_id = $3)
+                AND id <= $4
+              ORDER BY id DESC LIMIT $5",
+        )
+        .bind(query.as_ref())
+        .bind(uid)
+        .bind(room_id)
+        .bind(if last_id == 0 { i64::MAX } else { last_id })
+        .bind(i64::from(limit))
+        .persistent(false)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows.into_iter().map(Message::from).collect())
+    }
+}
+
 /// One `Subscribe` call: the replay of what the caller missed, then the
 /// room's live events, skipping those the replay already gave.
 struct Subscription {
     room_id: i64,
+    /// The caller, who is not shown their own live-only events.
+    uid: i64,
     history: HistoryStore,
     live: Receiver<Arc<Message>>,
     _feed: Arc<Feed<Arc<Message>>>,
@@ -308,6 +353,9 @@ impl Subscription {
                     }
                 }
             };
+            if envelope::hidden_from(&event) == Some(self.uid) {
+                continue;
+            }
             if !self.replayed.remove(&event.id) {
                 return Ok(Message::clone(&event));
             }
@@ -377,6 +425,7 @@ impl MessageService for Messages {
         })?;
         let subscription = Subscription {
             room_id,
+            uid,
             history: self.history.clone(),
             live: feed.subscribe(),
             _feed: feed,
@@ -408,7 +457,27 @@ impl MessageService for Messages {
         Err(Status::unimplemented("typing"))
     }
 
-    async fn search(&self, _: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
-        Err(Status::unimplemented("search"))
+    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let SearchRequest { query, room_id, last_id, limit } = request.into_inner();
+        let query = SearchQuery::parse(query);
+        let room_id = if room_id >= 0 { Ok(room_id) } else { Err("invalid room id".to_owned()) };
+        let last_id = if last_id >= 0 { Ok(last_id) } else { Err("invalid last id".to_owned()) };
+        let limit = match limit {
+            0 => Ok(MAX_PAGE),
+            1..=MAX_PAGE => Ok(limit),
+            _ => Err(format!("limit must be 1 to {MAX_PAGE}")),
+        };
+        let (query, room_id, last_id, limit) = match (query, room_id, last_id, limit) {
+            (Ok(query), Ok(room_id), Ok(last_id), Ok(limit)) => (query, room_id, last_id, limit),
+            (query, room_id, last_id, limit) => {
+                return Err(Error::collect([query.err(), room_id.err(), last_id.err(), limit.err()]).into());
+            }
+        };
+        if room_id > 0 {
+            self.readable_room(room_id, uid).await?;
+        }
+        let messages = self.history.search(uid, &query, room_id, last_id, limit).await?;
+        Ok(Response::new(SearchResponse { messages }))
     }
 }

@@ -4,10 +4,7 @@
 //! only after the insert, and storing what is already stored changes
 //! nothing.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use chat_proto::events::v1::{Event, Posted, event::Kind};
 use chrono::{DateTime, Utc};
@@ -20,22 +17,13 @@ use rdkafka::{
 };
 use service_kit::message_log;
 use sqlx::{Connection, PgConnection};
-use stack_tests::{Grpc, Settings, Shared, User, archiver_group, spawn_archiver, spawn_archiver_in, spawn_core};
+use stack_tests::{
+    Grpc, Settings, Shared, User, archiver_group, eventually, spawn_archiver, spawn_archiver_in, spawn_core,
+};
 use testkit::Proxy;
 
-/// The longest a test waits for something it expects to happen.
-const WAIT: Duration = Duration::from_secs(30);
 /// The longest one request to the broker may take.
 const KAFKA_CALL: Duration = Duration::from_secs(5);
-
-/// Waits until `done` holds, checking every 100 ms for at most [`WAIT`].
-async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done().await {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// One row of the `messages` table.
 type Row = (i64, i64, i64, i16, String, DateTime<Utc>);

@@ -6,6 +6,7 @@
 mod archiver;
 mod cache;
 mod cross;
+mod direct;
 mod grpc_messages;
 mod grpc_rooms;
 mod grpc_stream;
@@ -16,7 +17,9 @@ mod limits;
 mod messages;
 mod ops;
 mod outages;
+mod read_state;
 mod rooms;
+mod search;
 mod trace_context;
 mod users;
 mod ws;
