@@ -106,8 +106,8 @@ impl RoomName {
 }
 
 /// A chat message's text: 1–2000 Unicode scalar values, not only white
-/// space, and no control characters but newline and tab (PostgreSQL cannot
-/// store a NUL, and the others only ever garble a screen).
+/// space, and no control characters but newline and tab
+/// ([`forbidden_in_text`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageText(String);
 text_newtype!(MessageText);
@@ -143,7 +143,7 @@ impl MessageText {
             Err(TextProblem::Empty)
         } else if input.chars().count() > Self::MAX_CHARS {
             Err(TextProblem::TooLong)
-        } else if input.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        } else if input.chars().any(forbidden_in_text) {
             Err(TextProblem::InvalidCharacters)
         } else {
             Ok(Self(input))
@@ -192,6 +192,35 @@ impl Emoji {
     pub fn into_inner(self) -> String {
         self.0
     }
+}
+
+/// What to search for: 1–200 characters, not only white space, no control
+/// characters but newline and tab. It is only ever handed to PostgreSQL as
+/// plain words (`plainto_tsquery`), never as query syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery(String);
+text_newtype!(SearchQuery);
+
+impl SearchQuery {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(input: String) -> Result<Self, String> {
+        if input.trim().is_empty() {
+            Err("empty query".into())
+        } else if input.chars().count() > Self::MAX_CHARS {
+            Err(format!("query must be 1 to {} characters", Self::MAX_CHARS))
+        } else if input.chars().any(forbidden_in_text) {
+            Err("query has invalid characters".into())
+        } else {
+            Ok(Self(input))
+        }
+    }
+}
+
+/// A control character other than newline and tab: PostgreSQL cannot store
+/// a NUL, and the others only ever garble a screen.
+fn forbidden_in_text(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
 }
 
 /// A positive database id from a request, or the problem with it.
@@ -287,6 +316,20 @@ mod tests {
         assert!(Emoji::parse("👍".repeat(9)).is_err(), "36 bytes");
         for bad in ["", "  ", "a\u{0}", "\n"] {
             assert!(Emoji::parse(bad.into()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn search_queries() {
+        assert!(SearchQuery::parse("hello world".into()).is_ok());
+        assert!(SearchQuery::parse("'; DROP TABLE messages; --".into()).is_ok());
+        assert!(SearchQuery::parse("a & !b | c:*".into()).is_ok());
+        assert!(SearchQuery::parse("é".repeat(200)).is_ok());
+        assert_eq!(SearchQuery::parse("".into()), Err("empty query".into()));
+        assert_eq!(SearchQuery::parse(" \t\n ".into()), Err("empty query".into()));
+        assert_eq!(SearchQuery::parse("q".repeat(201)), Err("query must be 1 to 200 characters".into()));
+        for bad in ["nul\u{0}byte", "bell\u{7}", "escape\u{1b}[2J"] {
+            assert_eq!(SearchQuery::parse(bad.into()), Err("query has invalid characters".into()), "{bad:?}");
         }
     }
 

@@ -206,7 +206,7 @@ impl Events {
             }
             Spread::Again => self.cache.forget_recent(room_id),
         }
-        if let Err(error) = self.publish_live(room_subject(&self.subject_prefix, room_id), payload, &trace).await {
+        if let Err(error) = self.send_live(room_subject(&self.subject_prefix, room_id), payload, &trace).await {
             // Durable already; live clients catch up from history.
             tracing::warn!(%error, room_id, id, "cannot publish a live event");
         }
@@ -217,12 +217,13 @@ impl Events {
     pub async fn notify_user(&self, uid: i64, event: &Event) {
         let trace = telemetry::context_of(&tracing::Span::current());
         let subject = user_subject(&self.subject_prefix, uid);
-        if let Err(error) = self.publish_live(subject, event.encode_to_vec(), &trace).await {
+        if let Err(error) = self.send_live(subject, event.encode_to_vec(), &trace).await {
             tracing::warn!(%error, uid, room_id = event.room_id, "cannot tell a user a live event");
         }
     }
 
-    async fn publish_live(
+    /// A live event out on `subject`, with the trace it belongs to.
+    async fn send_live(
         &self,
         subject: String,
         payload: Vec<u8>,
@@ -233,6 +234,19 @@ impl Events {
             headers.insert(key.as_str(), value.as_str());
         }
         self.nats.publish_with_headers(subject, headers, payload.into()).await
+    }
+
+    /// Publishes a live-only event by `uid` (a read mark) straight on its
+    /// room's subject, with id 0: never through the message log or the
+    /// recent-history cache. At most once, as NATS is: one that is lost is
+    /// not retried, and what it tells stays true where it is stored.
+    pub async fn publish_live(&self, room_id: i64, uid: i64, kind: Kind) {
+        let event = Event { id: 0, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) };
+        let trace = telemetry::context_of(&tracing::Span::current());
+        let subject = room_subject(&self.subject_prefix, room_id);
+        if let Err(error) = self.send_live(subject, event.encode_to_vec(), &trace).await {
+            tracing::warn!(%error, room_id, uid, "cannot publish a live-only event");
+        }
     }
 
     /// The client is told that a refused entry was not stored; but a broker

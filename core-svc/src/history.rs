@@ -33,7 +33,7 @@ use sqlx::PgPool;
 use crate::{
     archive::ArchiveProgress,
     cache::{Cache, Recent, RecentRange},
-    domain::timestamp,
+    domain::{SearchQuery, timestamp},
     error::{Error, Result},
     events::Events,
 };
@@ -328,6 +328,12 @@ impl HistoryStore {
         .bind(limit as i64)
         .fetch_all(&self.db)
         .await?;
+        self.with_reactions(rows).await
+    }
+
+    /// Entries as PostgreSQL holds them: their rows, with the reactions
+    /// stored for them.
+    async fn with_reactions(&self, rows: Vec<EntryRow>) -> Result<Vec<Entry>> {
         let ids: Vec<i64> = rows.iter().filter(|row| !row.deleted).map(|row| row.id).collect();
         let mut reactions: HashMap<i64, Reactions> = HashMap::new();
         if !ids.is_empty() {
@@ -363,6 +369,47 @@ impl HistoryStore {
                 reactions: reactions.remove(&row.id).unwrap_or_default(),
             })
             .collect())
+    }
+
+    /// The `message` entries matching every word of `query`, newest first,
+    /// at most `limit` with ids up to `last_id` (0: from the newest): of the
+    /// one room (which `uid` may read) or of every room of `uid`'s. Only
+    /// PostgreSQL is searched: an entry the archiver has not stored yet
+    /// (normally milliseconds) is found once it has, with its latest text
+    /// (the archiver applies edits and deletions to the row).
+    ///
+    /// Planned afresh for each query's words (not a prepared statement,
+    /// whose generic plan would take every word for equally rare): through
+    /// `messages_search_idx` for a rare word, by reading the newest entries
+    /// for a common one (see migration 0012).
+    pub async fn search(
+        &self,
+        uid: i64,
+        query: &SearchQuery,
+        room_id: i64,
+        last_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        // Membership is PostgreSQL's word here, also for the one room the
+        // caller was found to be a member of (through the cache): a member
+        // removed since finds nothing.
+        let rows: Vec<EntryRow> = sqlx::query_as(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM messages
+              WHERE to_tsvector('simple', text) @@ plainto_tsquery('simple', $1)
+                AND kind = 1 AND NOT deleted
+                AND room_id IN (SELECT room_id FROM room_members WHERE user_id = $2) AND ($3 = 0 OR room_id = $3)
+                AND id <= $4
+              ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(query.as_ref())
+        .bind(uid)
+        .bind(room_id)
+        .bind(if last_id == 0 { i64::MAX } else { last_id })
+        .bind(i64::from(limit))
+        .persistent(false)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(self.with_reactions(rows).await?.into_iter().map(Entry::into_message).collect())
     }
 
     /// Stored changes with ids in `min_id..=max_id`, oldest first.

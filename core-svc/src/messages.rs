@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth,
     cache::Cache,
-    domain::{Emoji, MessageText, SendKey, parse_id},
+    domain::{Emoji, MessageText, SearchQuery, SendKey, parse_id},
     error::{Error, Result},
     events::Events,
     history::{HistoryStore, MAX_PAGE},
@@ -126,6 +126,8 @@ impl Messages {
 /// room's live events, skipping those the replay already gave.
 struct Subscription {
     room_id: i64,
+    /// The caller, who is not shown their own live-only events.
+    uid: i64,
     history: HistoryStore,
     live: Receiver<Arc<Message>>,
     _feed: Arc<Feed<Arc<Message>>>,
@@ -202,6 +204,9 @@ impl Subscription {
                     }
                 }
             };
+            if envelope::hidden_from(&event) == Some(self.uid) {
+                continue;
+            }
             if !self.replayed.remove(&event.id) {
                 return Ok(Message::clone(&event));
             }
@@ -305,6 +310,7 @@ impl MessageService for Messages {
         })?;
         let subscription = Subscription {
             room_id,
+            uid,
             history: self.history.clone(),
             live: feed.subscribe(),
             _feed: feed,
@@ -368,7 +374,27 @@ impl MessageService for Messages {
         Err(Status::unimplemented("typing"))
     }
 
-    async fn search(&self, _: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
-        Err(Status::unimplemented("search"))
+    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let SearchRequest { query, room_id, last_id, limit } = request.into_inner();
+        let query = SearchQuery::parse(query);
+        let room_id = if room_id >= 0 { Ok(room_id) } else { Err("invalid room id".to_owned()) };
+        let last_id = if last_id >= 0 { Ok(last_id) } else { Err("invalid last id".to_owned()) };
+        let limit = match limit {
+            0 => Ok(MAX_PAGE),
+            1..=MAX_PAGE => Ok(limit),
+            _ => Err(format!("limit must be 1 to {MAX_PAGE}")),
+        };
+        let (query, room_id, last_id, limit) = match (query, room_id, last_id, limit) {
+            (Ok(query), Ok(room_id), Ok(last_id), Ok(limit)) => (query, room_id, last_id, limit),
+            (query, room_id, last_id, limit) => {
+                return Err(Error::collect([query.err(), room_id.err(), last_id.err(), limit.err()]).into());
+            }
+        };
+        if room_id > 0 {
+            self.readable_room(room_id, uid).await?;
+        }
+        let messages = self.history.search(uid, &query, room_id, last_id, limit).await?;
+        Ok(Response::new(SearchResponse { messages }))
     }
 }

@@ -24,6 +24,7 @@ use chat_proto::v1::{
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tonic::transport::Channel;
@@ -386,6 +387,18 @@ impl TestApp {
         body["RoomID"].as_i64().unwrap()
     }
 
+    /// Deletes a membership in PostgreSQL only, as a leave leaves it before
+    /// its cache deletions: Redis may still say the user is a member.
+    pub async fn delete_membership_row(&self, room_id: i64, uid: i64) {
+        let mut db = sqlx::PgConnection::connect(&self.shared.database_url).await.expect("the test database");
+        sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(uid)
+            .execute(&mut db)
+            .await
+            .expect("deleted");
+    }
+
     /// The Redis key of a cache entry: core-svc puts this test's prefix and
     /// its database's deployment id before `key`.
     pub async fn cache_key(&self, key: &str) -> String {
@@ -415,14 +428,16 @@ impl TestApp {
     }
 }
 
-/// The longest a test waits for something it expects to happen.
-pub const WAIT: Duration = Duration::from_secs(30);
+/// The longest [`eventually`] waits.
+pub const EVENTUALLY: Duration = Duration::from_secs(30);
 
-/// Waits until `done` holds, checking every 100 ms for at most [`WAIT`].
+/// Waits until `done` holds, checking every 100 ms for at most
+/// [`EVENTUALLY`]: for what the stack does in the background, such as the
+/// archiver storing what was sent.
 pub async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
     while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {EVENTUALLY:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, EntryPath, PathParam, fields, parse_entry_path, parse_path_id};
+use super::{AppState, EntryPath, PathParam, QueryParams, fields, parse_entry_path, parse_path_id};
 use crate::{
     core_client::CoreClient,
     error::{ApiError, ErrorBody},
@@ -52,23 +52,12 @@ async fn history(
     State(mut core): State<CoreClient>,
     token: Token,
     room_id: PathParam,
-    Query(query): Query<HashMap<String, String>>,
+    query: Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Json<Vec<MessageBody>>, ApiError> {
     let room_id = parse_path_id(room_id, "room")?;
-    let query: HashMap<String, String> = query.into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
-    let number = |names: &[&str], what: &str| -> Result<Option<i64>, ApiError> {
-        match names.iter().find_map(|name| query.get(*name)) {
-            None => Ok(None),
-            Some(value) => value
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .map(Some)
-                .ok_or_else(|| ApiError::bad_request(format!("invalid {what}"))),
-        }
-    };
-    let last_id = match number(&["lastid", "last_id"], "LastID")? {
+    let query = QueryParams::new(query);
+    let last_id = match query.number(&["lastid", "last_id"], "LastID")? {
         Some(last_id) => last_id,
         None if body.iter().all(u8::is_ascii_whitespace) => 0,
         None => parse_case_insensitive::<HistoryBody>(&body)?.lastid,
@@ -76,11 +65,7 @@ async fn history(
     if last_id < 0 {
         return Err(ApiError::bad_request("invalid LastID"));
     }
-    let limit = match number(&["limit"], "Limit")? {
-        None => 0,
-        Some(limit @ 1..=100) => limit as u32,
-        Some(_) => return Err(ApiError::bad_request("Limit must be 1 to 100")),
-    };
+    let limit = query.limit()?;
     let request = HistoryRequest { room_id, last_id, limit, after_id: None };
     let page = core.messages.history(token.request(request)).await?.into_inner();
     Ok(Json(page.messages.into_iter().map(MessageBody::from).collect()))

@@ -1,10 +1,10 @@
 //! Rooms and members: create, join, invite, leave, remove a member, list
-//! mine, details.
+//! mine, details, and the direct room of two users.
 
 use axum::{Json, extract::State, http::StatusCode};
 use chat_proto::v1::{
     CreateRoomRequest, GetRoomRequest, InviteRequest, JoinRoomRequest, LeaveRoomRequest, ListMyRoomsRequest,
-    RemoveMemberRequest,
+    OpenDirectRequest, RemoveMemberRequest, RoomKind,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(remove_member))
         .routes(routes!(my_rooms))
         .routes(routes!(room))
+        .routes(routes!(direct))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -193,6 +194,16 @@ struct RoomBody {
     #[serde(rename = "CreatedAt")]
     #[schema(required = true)]
     created_at: Option<String>,
+    #[serde(rename = "Kind")]
+    kind: KindBody,
+}
+
+/// `direct`: the room of exactly two users (`POST /direct`); `group`: any other.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum KindBody {
+    Group,
+    Direct,
 }
 
 /// A room's details. A private room is shown only to its members.
@@ -211,11 +222,43 @@ async fn room(
 ) -> Result<Json<RoomBody>, ApiError> {
     let room_id = parse_path_id(room_id, "room")?;
     let room = core.rooms.get_room(grpc_request(token.as_ref(), GetRoomRequest { room_id })).await?.into_inner();
+    let kind = match room.kind() {
+        RoomKind::Direct => KindBody::Direct,
+        _ => KindBody::Group,
+    };
     Ok(Json(RoomBody {
         room_id: room.room_id,
         name: room.name,
         creator_uid: room.creator_uid,
         is_private: room.is_private,
         created_at: rfc3339(room.created_at),
+        kind,
     }))
+}
+
+#[derive(Deserialize, ToSchema)]
+struct DirectBody {
+    /// The other user. Missing reads as 0, which is refused as any invalid id is.
+    #[serde(default)]
+    #[schema(rename = "UID", required, minimum = 1)]
+    uid: i64,
+}
+
+/// The one direct room of the caller and another user: created, with both
+/// as members, by the first call from either side; the same room on every
+/// later call. Private, and no one can be invited into it.
+#[utoipa::path(post, path = "/direct", tag = "rooms", security(("token" = [])), request_body = DirectBody, responses(
+    (status = 200, body = RoomIdBody),
+    (status = 400, description = "invalid JSON or id, or the caller's own id", body = ErrorBody),
+    (status = 401, body = ErrorBody),
+    (status = 404, description = "no such user", body = ErrorBody),
+    (status = 413, body = ErrorBody),
+))]
+async fn direct(
+    State(mut core): State<CoreClient>,
+    token: Token,
+    JsonBody(body): JsonBody<DirectBody>,
+) -> Result<Json<RoomIdBody>, ApiError> {
+    let reply = core.rooms.open_direct(token.request(OpenDirectRequest { uid: body.uid })).await?.into_inner();
+    Ok(Json(RoomIdBody { room_id: reply.room_id }))
 }

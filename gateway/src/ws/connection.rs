@@ -12,7 +12,7 @@ use std::{
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, close_code};
 use chat_proto::{
     reason,
-    v1::{CheckMembershipRequest, HistoryRequest, Message, SendRequest, SendResponse},
+    v1::{CheckMembershipRequest, HistoryRequest, MarkReadRequest, Message, SendRequest, SendResponse},
 };
 use service_kit::feeds::{Feed, Removal};
 use tokio::{
@@ -72,6 +72,8 @@ struct Removals {
 
 struct InRoom {
     id: i64,
+    /// The socket's user, who is not shown their own live-only events.
+    uid: i64,
     frames: Receiver<Frame>,
     /// Frames taken from the queue while a write waited, oldest first: they
     /// are written before the queue's next ones.
@@ -118,7 +120,7 @@ enum End {
 type Step = Result<(), End>;
 
 /// What the socket waits for, at most one at a time: a send, an enter, a
-/// page of a replay. Meanwhile it goes on writing its room's frames,
+/// page of a replay, a read mark. Meanwhile it goes on writing its room's frames,
 /// pinging, and minding expiry and shutdown; the client's next frame waits
 /// in the socket.
 struct InFlight {
@@ -134,6 +136,7 @@ enum Done {
     Sent(Result<SendResponse, tonic::Status>),
     Entered(Result<Entered, &'static str>),
     Page(Result<Vec<Message>, &'static str>),
+    Read(Result<(), &'static str>),
 }
 
 /// A room the socket may now be in: membership checked, the room's feed
@@ -254,6 +257,7 @@ impl Connection {
         match frame.kind.as_str() {
             "enter" => self.enter(socket, &frame).await,
             "message" => self.message(socket, &frame, reference).await,
+            "read" => self.read(socket, frame.messageid, reference).await,
             _ => self.error(socket, "invalid operation", reference).await.map(|()| None),
         }
     }
@@ -270,6 +274,8 @@ impl Connection {
             Done::Entered(Err(problem)) => self.error(socket, problem, reference.as_deref()).await.map(|()| None),
             Done::Page(Ok(page)) => self.on_page(socket, page, reference).await,
             Done::Page(Err(problem)) => self.leave(socket, problem, reference).await,
+            Done::Read(Ok(())) => Ok(None),
+            Done::Read(Err(problem)) => self.error(socket, problem, reference.as_deref()).await.map(|()| None),
         }
     }
 
@@ -358,6 +364,7 @@ impl Connection {
         let (replay, page) = replay.unzip();
         self.room = Some(InRoom {
             id: room_id,
+            uid: self.uid,
             frames,
             held: VecDeque::new(),
             replay,
@@ -471,6 +478,26 @@ impl Connection {
         Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: true }))
     }
 
+    /// Marks the current room read up to `message_id`, as `PUT /read` does.
+    /// Answered only when refused.
+    async fn read(
+        &mut self,
+        socket: &mut WebSocket,
+        message_id: Option<i64>,
+        reference: Option<&str>,
+    ) -> Result<Option<InFlight>, End> {
+        let Some(room_id) = self.room.as_ref().map(|room| room.id) else {
+            return self.error(socket, "not in room", reference).await.map(|()| None);
+        };
+        let Some(message_id) = message_id.filter(|id| *id > 0) else {
+            return self.error(socket, "no such message", reference).await.map(|()| None);
+        };
+        let mut rooms = self.core.rooms.clone();
+        let request = self.token.request(MarkReadRequest { room_id, message_id });
+        let step = Box::pin(async move { Done::Read(call(rooms.mark_read(request)).await.map(drop)) });
+        Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
+    }
+
     async fn on_sent(
         &mut self,
         socket: &mut WebSocket,
@@ -559,8 +586,12 @@ impl InRoom {
         }
     }
 
-    /// A live frame, unless the replay gives it (or gave it) from history.
+    /// A live frame, unless the replay gives it (or gave it) from history,
+    /// or it is the socket's own user's live-only event.
     fn admit(&mut self, frame: Frame) -> Option<Frame> {
+        if frame.hidden_from == Some(self.uid) {
+            return None;
+        }
         let frame = match &mut self.replay {
             Some(replay) => replay.live(frame)?,
             None => frame,
@@ -765,7 +796,7 @@ mod tests {
     use super::*;
 
     fn frame(id: i64) -> Frame {
-        Frame { id, json: Utf8Bytes::from_static("{}") }
+        Frame { id, json: Utf8Bytes::from_static("{}"), hidden_from: None }
     }
 
     fn page(ids: impl IntoIterator<Item = i64>) -> Vec<Message> {
