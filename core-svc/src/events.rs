@@ -27,7 +27,7 @@ use rdkafka::{
     types::RDKafkaErrorCode,
 };
 use service_kit::{
-    feeds::{room_subject, room_subject_template},
+    feeds::{room_subject, room_subject_template, user_subject, user_subject_template},
     message_log, telemetry,
 };
 use tracing::field::Empty;
@@ -43,7 +43,25 @@ use crate::{
 
 /// How long a send may wait for the message log before it is refused as
 /// "temporarily unavailable"; nothing is stored then.
-const PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An event the message log acknowledged: where it is, and what the rest
+/// of its path carries.
+pub struct Logged {
+    partition: i32,
+    offset: i64,
+    payload: Vec<u8>,
+}
+
+/// Whether an event goes down the path for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    First,
+    /// Logged again (a send retried after its first attempt was cut short,
+    /// see `send_keys`): the room's recent history, which may lack it or
+    /// hold it below its newest, is dropped rather than given an old id.
+    Again,
+}
 
 pub struct KafkaSettings<'a> {
     pub brokers: &'a str,
@@ -65,8 +83,10 @@ pub struct Events {
     archive: Arc<ArchiveProgress>,
     nats: async_nats::Client,
     subject_prefix: String,
-    /// What the live subjects look like, to name their spans by.
-    subject_template: String,
+    /// What the rooms' and the users' live subjects look like, to name
+    /// their spans by.
+    room_template: String,
+    user_template: String,
 }
 
 impl Events {
@@ -108,31 +128,49 @@ impl Events {
             archive,
             nats,
             subject_prefix: subject_prefix.to_owned(),
-            subject_template: room_subject_template(subject_prefix),
+            room_template: room_subject_template(subject_prefix),
+            user_template: user_subject_template(subject_prefix),
         })
     }
 
     /// Gives the event by `uid` in `room_id` an id and a time, and sends it
-    /// down the path; the event as logged.
+    /// down the path; the event as logged. An entry the log refused is
+    /// withdrawn ([`Events::withdraw`]). A change is not: a change sets a
+    /// state (a text, a deletion, one user's reaction), so one the log takes
+    /// after all, late, only sets what the client asked for, and never over
+    /// a newer change (the archiver applies the one with the highest id).
     pub async fn publish(&self, room_id: i64, uid: i64, kind: Kind) -> Result<Event> {
+        let event = self.prepare(room_id, uid, kind)?;
+        match self.log(&event).await {
+            Ok(logged) => {
+                self.spread(&event, logged, Spread::First).await;
+                Ok(event)
+            }
+            Err(refused) => {
+                if event.is_entry() {
+                    self.withdraw(room_id, event.id);
+                }
+                Err(refused)
+            }
+        }
+    }
+
+    /// The event by `uid` in `room_id`, with its id and time, not sent yet.
+    pub fn prepare(&self, room_id: i64, uid: i64, kind: Kind) -> Result<Event> {
         let id = self.ids.next().ok_or(Error::Unavailable("temporarily unavailable"))?;
-        let event = Event { id, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) };
+        Ok(Event { id, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) })
+    }
+
+    /// Writes the event to the message log and waits for its
+    /// acknowledgement: from then on it will reach history. Refused as
+    /// "temporarily unavailable" when the log does not take it in time;
+    /// the caller decides whether to withdraw it. Its span, `send
+    /// chat.messages`, goes on in the record's headers, to the archiver.
+    pub async fn log(&self, event: &Event) -> Result<Logged> {
+        let (room_id, id) = (event.room_id, event.id);
         let payload = event.encode_to_vec();
         let key = room_id.to_string();
         let partition = self.partition_of(room_id);
-        let offset = self.log(partition, &key, id, &payload).await?;
-        let archived = self.archive.known_stored_below(partition);
-        if !self.cache.push_recent(room_id, id, offset, &payload, archived).await {
-            self.cache.forget_recent(room_id);
-        }
-        self.publish_live(room_id, id, payload).await;
-        Ok(event)
-    }
-
-    /// Writes an event to the message log and waits for its acknowledgement:
-    /// its offset. The span's trace goes on in the record's headers, to the
-    /// archiver.
-    async fn log(&self, partition: i32, key: &str, id: i64, payload: &[u8]) -> Result<i64> {
         let span = tracing::info_span!(
             "kafka.send",
             otel.name = format!("send {}", self.topic),
@@ -151,7 +189,7 @@ impl Events {
             .iter()
             .fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
         let record =
-            FutureRecord::to(&self.topic).partition(partition).key(key).payload(payload).headers(kafka_headers);
+            FutureRecord::to(&self.topic).partition(partition).key(&key).payload(&payload).headers(kafka_headers);
         let producer = self.producer();
         let started = Instant::now();
         // librdkafka's own timeout was seen to answer only after twice its
@@ -162,10 +200,10 @@ impl Events {
                 metrics::histogram!(KAFKA_PRODUCE_DURATION).record(started.elapsed().as_secs_f64());
                 metrics::counter!(MESSAGES_LOGGED).increment(1);
                 span.record("messaging.kafka.offset", delivery.offset);
-                return Ok(delivery.offset);
+                return Ok(Logged { partition, offset: delivery.offset, payload });
             }
             Ok(Err((error, _))) => {
-                tracing::warn!(parent: &span, %error, room_id = key, id, "the message log refused an event");
+                tracing::warn!(parent: &span, %error, room_id, id, "the message log refused an event");
                 if producer_is_done(&producer, &error) {
                     self.replace(&producer);
                 }
@@ -173,55 +211,100 @@ impl Events {
                 if timed_out { "timeout" } else { "refused" }
             }
             Err(_) => {
-                tracing::warn!(parent: &span, room_id = key, id, "the message log did not acknowledge an event in time");
+                tracing::warn!(parent: &span, room_id, id, "the message log did not acknowledge an event in time");
                 "timeout"
             }
         };
         metrics::counter!(KAFKA_PRODUCE_ERRORS, "reason" => refusal).increment(1);
         span.record("error.type", refusal);
         span.record("otel.status_code", "ERROR");
-        self.withdraw(partition, key, id);
         Err(Error::Unavailable("temporarily unavailable"))
     }
 
-    /// Publishes an event on its room's live subject; the span's trace goes
-    /// on in the message's headers, to every listener. Named by the
-    /// subject's template, not the subject: one span name, not one per room.
-    async fn publish_live(&self, room_id: i64, id: i64, payload: Vec<u8>) {
+    /// After the log's acknowledgement: the event into the room's recent
+    /// history, then out on the room's live subject.
+    pub async fn spread(&self, event: &Event, logged: Logged, spread: Spread) {
+        let Logged { partition, offset, payload } = logged;
+        let (room_id, id) = (event.room_id, event.id);
+        match spread {
+            Spread::First => {
+                let archived = self.archive.known_stored_below(partition);
+                if !self.cache.push_recent(room_id, id, offset, &payload, event.changed_entry(), archived).await {
+                    self.cache.forget_recent(room_id);
+                }
+            }
+            Spread::Again => self.cache.forget_recent(room_id),
+        }
         let subject = room_subject(&self.subject_prefix, room_id);
+        if let Err(error) = self.send_live(subject, &self.room_template, payload).await {
+            // Durable already; live clients catch up from history.
+            tracing::warn!(%error, room_id, id, "cannot publish a live event");
+        }
+    }
+
+    /// Tells one user, wherever their sockets and streams are, a live event
+    /// (`Removed`): on `<prefix>.user.<uid>`, never through the log.
+    pub async fn notify_user(&self, uid: i64, event: &Event) {
+        let subject = user_subject(&self.subject_prefix, uid);
+        if let Err(error) = self.send_live(subject, &self.user_template, event.encode_to_vec()).await {
+            tracing::warn!(%error, uid, room_id = event.room_id, "cannot tell a user a live event");
+        }
+    }
+
+    /// A live event out on `subject`, in a span of its own whose trace
+    /// goes on in the message's headers, to every listener. The span is
+    /// named by the subject's `template` (`publish chat.room.{id}`), not
+    /// the subject: one span name, not one per room.
+    async fn send_live(
+        &self,
+        subject: String,
+        template: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), async_nats::PublishError> {
         let span = tracing::info_span!(
             "nats.publish",
-            otel.name = format!("publish {}", self.subject_template),
+            otel.name = format!("publish {template}"),
             otel.kind = "producer",
             otel.status_code = Empty,
             messaging.system = "nats",
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
-            messaging.destination.name = subject,
-            messaging.destination.template = self.subject_template,
-            messaging.message.id = id.to_string(),
+            messaging.destination.name = subject.as_str(),
+            messaging.destination.template = template,
         );
-        let mut nats_headers = async_nats::HeaderMap::new();
+        let mut headers = async_nats::HeaderMap::new();
         for (key, value) in &telemetry::context_of(&span) {
-            nats_headers.insert(key.as_str(), value.as_str());
+            headers.insert(key.as_str(), value.as_str());
         }
-        if let Err(error) = self.nats.publish_with_headers(subject, nats_headers, payload.into()).await {
-            // Durable already; live clients catch up from history.
+        let published = self.nats.publish_with_headers(subject, headers, payload.into()).await;
+        if published.is_err() {
             metrics::counter!(NATS_PUBLISH_ERRORS).increment(1);
             span.record("otel.status_code", "ERROR");
-            tracing::warn!(parent: &span, %error, room_id, id, "cannot publish a live event");
+        }
+        published
+    }
+
+    /// Publishes a live-only event by `uid` (a read mark) straight on its
+    /// room's subject, with id 0: never through the message log or the
+    /// recent-history cache. At most once, as NATS is: one that is lost is
+    /// not retried, and what it tells stays true where it is stored.
+    pub async fn publish_live(&self, room_id: i64, uid: i64, kind: Kind) {
+        let event = Event { id: 0, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) };
+        let subject = room_subject(&self.subject_prefix, room_id);
+        if let Err(error) = self.send_live(subject, &self.room_template, event.encode_to_vec()).await {
+            tracing::warn!(%error, room_id, uid, "cannot publish a live-only event");
         }
     }
 
-    /// The client is told that a refused event was not stored; but a broker
+    /// The client is told that a refused entry was not stored; but a broker
     /// that hung may still take the record it had been sent. A withdrawal
     /// behind it, in the same partition, tells the archiver to keep it out
     /// of history. It was never in the cache nor live: those come after the
     /// log's acknowledgement.
-    fn withdraw(&self, partition: i32, key: &str, id: i64) {
+    pub fn withdraw(&self, room_id: i64, id: i64) {
         metrics::counter!(EVENTS_WITHDRAWN).increment(1);
         let withdrawals = self.withdrawals.clone();
-        let (topic, key) = (self.topic.clone(), key.to_owned());
+        let (topic, key, partition) = (self.topic.clone(), room_id.to_string(), self.partition_of(room_id));
         tokio::spawn(async move {
             let id = id.to_string();
             let header = Header { key: message_log::WITHDRAWN, value: Some(id.as_str()) };

@@ -25,7 +25,7 @@ use crate::{
     core_client::CoreClient,
     extract::{BODY_LIMIT, TrustForwardedFor},
     routes::{self, AppState},
-    ws::{Hub, Sockets, frames::Frame},
+    ws::{Hub, Sockets, USER_FEED_QUEUE, UserHub, frames::Frame},
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -58,6 +58,13 @@ impl Application {
             tracing::warn!("NATS is not reachable yet; live messages wait for it");
         }
         let sockets = Sockets {
+            users: Arc::new(UserHub::users(
+                nats.clone(),
+                config.nats_subject_prefix.clone(),
+                USER_FEED_QUEUE,
+                service_kit::feeds::removal,
+                WS,
+            )),
             hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event, WS)),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

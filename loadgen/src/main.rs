@@ -7,6 +7,10 @@
 //!   delivery's send→receive latency is recorded.
 //! - `idle`: many open sockets doing nothing; the gateway's RSS per socket.
 //! - `ramp`: fanout at rising rates until p99 passes 100 ms.
+//! - `reads`: `GET /unread` and `GET /search` on a million messages
+//!   ([`reads`]).
+
+mod reads;
 
 use std::{
     sync::{
@@ -35,7 +39,7 @@ struct Args {
     /// The gateway's process id, to read its memory and CPU time.
     #[arg(long)]
     gateway_pid: u32,
-    /// core-svc's process id, to read its CPU time.
+    /// core-svc's process id, to read its CPU time (the fan-out and `reads` scenarios).
     #[arg(long)]
     core_pid: Option<u32>,
     #[command(subcommand)]
@@ -66,6 +70,25 @@ enum Scenario {
         per_room: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    Reads {
+        /// The stack's database, which the messages are written into.
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: i64,
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        #[arg(long, default_value_t = 200)]
+        rooms: i64,
+        #[arg(long, default_value_t = 10)]
+        members_per_room: i64,
+        /// How long each kind of request is measured.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
     },
 }
 
@@ -107,6 +130,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Scenario::Idle { sockets } => gateway.idle(sockets).await?,
+        Scenario::Reads { database_url, messages, users, rooms, members_per_room, seconds, concurrency } => {
+            let reads = reads::Reads { database_url, messages, users, rooms, members_per_room, seconds, concurrency };
+            reads.run(&gateway).await?;
+        }
     }
     Ok(())
 }
@@ -118,20 +145,21 @@ struct Gateway {
     http: reqwest::Client,
 }
 
-/// CPU seconds a process has used, user and system: fields 14 and 15 of
-/// /proc/PID/stat, in the kernel's fixed 100 ticks per second.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name, in parentheses, may hold spaces: count after it.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
+/// The CPU time a process has used so far, in seconds (`/proc/<pid>/stat`,
+/// in ticks of 1/100 s).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name, which is in parentheses and may hold spaces:
+    // the state is field 3, utime and stime fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |n: usize| fields.get(n - 3).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / 100.0
 }
 
 impl Gateway {
     /// CPU seconds of the gateway and of core-svc (if its pid was given).
     fn cpu(&self) -> [Option<f64>; 2] {
-        [cpu_seconds(self.pid), self.core_pid.and_then(cpu_seconds)]
+        [Some(cpu_secs(self.pid)), self.core_pid.map(cpu_secs)]
     }
 
     fn rss_kib(&self) -> u64 {
@@ -161,6 +189,13 @@ impl Gateway {
             .json()
             .await?;
         Ok(login["token"].as_str().with_context(|| format!("login failed: {login}"))?.to_owned())
+    }
+
+    /// The user id of a token's user.
+    async fn uid(&self, token: &str) -> anyhow::Result<i64> {
+        let profile: Value =
+            self.http.get(format!("{}/profile", self.base)).header("Authorization", token).send().await?.json().await?;
+        profile["UID"].as_i64().with_context(|| format!("profile: {profile}"))
     }
 
     async fn users(&self, count: usize, tag: &str) -> anyhow::Result<Vec<String>> {

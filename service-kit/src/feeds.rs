@@ -16,7 +16,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use chat_proto::events::v1::Event;
+use chat_proto::events::v1::{Event, event::Kind};
 use futures::StreamExt;
 use prost::Message as _;
 use tokio::{sync::broadcast, task::AbortHandle};
@@ -51,6 +51,22 @@ pub fn user_subject_template(prefix: &str) -> String {
 
 /// What a listener gets of an event; `None` for one it does not show.
 pub type Listen<E> = fn(Event) -> Option<E>;
+
+/// A user's event saying they are no longer a member of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    pub room_id: i64,
+    /// Who removed them; 0 when they left.
+    pub removed_by: i64,
+}
+
+/// The [`Listen`] of a user's feed: their removals from rooms.
+pub fn removal(event: Event) -> Option<Removal> {
+    match event.kind {
+        Some(Kind::Removed(removed)) => Some(Removal { room_id: event.room_id, removed_by: removed.removed_by }),
+        _ => None,
+    }
+}
 
 type Feeds<E> = Arc<Mutex<HashMap<i64, Weak<Feed<E>>>>>;
 
@@ -112,17 +128,9 @@ impl<E: Clone + Send + 'static> Hub<E> {
         listen: Listen<E>,
         transport: &'static str,
     ) -> Self {
-        Self {
-            template: room_subject_template(&subject_prefix),
-            nats,
-            subject_prefix,
-            subject: room_subject,
-            listen,
-            queue,
-            transport,
-            open: Some(metrics::gauge!(ROOM_FEEDS)),
-            feeds: Arc::default(),
-        }
+        let template = room_subject_template(&subject_prefix);
+        let open = Some(metrics::gauge!(ROOM_FEEDS));
+        Self { subject: room_subject, template, open, ..Self::users(nats, subject_prefix, queue, listen, transport) }
     }
 
     /// As [`Hub::rooms`], for user N's events, from `<subject_prefix>.user.N`.

@@ -34,12 +34,20 @@ const READ_BUFFER: usize = 1024;
 /// in it, each event serialised once.
 pub type Hub = service_kit::feeds::Hub<frames::Frame>;
 
-/// What every connection shares: the room feeds, the signal and the
-/// tracker that let shutdown close every socket and wait for it, and the
-/// counters of every frame (made once, not looked up per frame).
+/// This gateway's user feeds: one NATS subscription per user with a socket
+/// that has entered a room, for their removals from rooms.
+pub type UserHub = service_kit::feeds::Hub<service_kit::feeds::Removal>;
+
+/// How many removals a user's feed may fall behind: they are rare.
+pub const USER_FEED_QUEUE: usize = 16;
+
+/// What every connection shares: the room and user feeds, the signal and
+/// the tracker that let shutdown close every socket and wait for it, and
+/// the counters of every frame (made once, not looked up per frame).
 #[derive(Clone)]
 pub struct Sockets {
     pub hub: Arc<Hub>,
+    pub users: Arc<UserHub>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub deliveries: Counter,
