@@ -5,7 +5,7 @@ use chat_proto::v1::{
     message_service_server::MessageServiceServer, room_service_server::RoomServiceServer,
     user_service_server::UserServiceServer,
 };
-use service_kit::{ops::Readiness, telemetry};
+use service_kit::{live, ops::Readiness, presence::Presence, telemetry};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::{net::TcpListener, task::AbortHandle};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ use crate::{
     health,
     ids::{IdGenerator, NodeLease},
     limits::RateLimit,
-    messages::{Feeds, Messages, SendLimit},
+    messages::{Feeds, Live, Messages, SendLimit},
     password::Hasher,
     rooms::Rooms,
     token::TokenKeys,
@@ -51,6 +51,7 @@ pub struct Application {
     renewing: AbortHandle,
     /// Ends the live streams, which would otherwise hold shutdown up forever.
     streams_shutdown: CancellationToken,
+    presence: Presence,
 }
 
 /// What every call passes through before its service: CORS, then the
@@ -90,6 +91,9 @@ impl Application {
         let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (NATS_URL)")?;
         let feeds =
             Arc::new(Feeds::new(nats.clone(), config.nats_subject_prefix.clone(), config.subscribe_queue_messages));
+        let live = live::Publisher { nats: nats.clone(), subject_prefix: config.nats_subject_prefix.clone() };
+        let presence_lease = Duration::from_secs(config.presence_lease_secs);
+        let presence = Presence::new(&config.redis_url, &config.redis_key_prefix, presence_lease, live.clone());
         let kafka = KafkaSettings {
             brokers: &config.kafka_brokers,
             topic: &config.kafka_topic,
@@ -154,7 +158,7 @@ impl Application {
             hasher,
         )
         .await?;
-        let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone()));
+        let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone(), presence.clone()));
         let streams_shutdown = CancellationToken::new();
         let messages = Messages::new(
             db.clone(),
@@ -163,6 +167,7 @@ impl Application {
             rooms.clone(),
             events.clone(),
             feeds,
+            Live { presence: presence.clone(), publisher: live },
             SendLimit { per_second: config.send_rate_per_second, burst: config.send_burst },
             streams_shutdown.clone(),
         );
@@ -198,7 +203,7 @@ impl Application {
         let ops = TcpListener::bind(config.metrics_listen_addr)
             .await
             .with_context(|| format!("binding {} (METRICS_LISTEN_ADDR)", config.metrics_listen_addr))?;
-        Ok(Self { listener, ops, router, db, events, lease, ids, renewing, streams_shutdown })
+        Ok(Self { listener, ops, router, db, events, lease, ids, renewing, streams_shutdown, presence })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -229,6 +234,8 @@ impl Application {
             streams_shutdown.cancel();
         };
         self.router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        // The streams' members go offline now, not when the lease runs out.
+        self.presence.flush().await;
         let _ = ops.await;
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || events.flush()).await?;

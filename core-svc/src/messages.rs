@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use chat_proto::events::v1::{Event, Typing, event::Kind};
 use chat_proto::v1::{
     DeleteRequest, DeleteResponse, EditRequest, EditResponse, HistoryRequest, HistoryResponse, Message, MessageKind,
     ReactRequest, ReactResponse, SearchRequest, SearchResponse, SendRequest, SendResponse, SubscribeRequest,
@@ -16,7 +17,11 @@ use chat_proto::v1::{
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use prost::Message as _;
-use service_kit::feeds::{Feed, Hub};
+use service_kit::{
+    feeds::{Feed, Hub},
+    live,
+    presence::{Here, Presence},
+};
 use sqlx::PgPool;
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
@@ -47,8 +52,11 @@ pub struct Messages {
     rooms: Arc<Rooms>,
     events: Arc<Events>,
     feeds: Arc<Feeds>,
+    live: Live,
     /// Per user, shared by every replica.
     send_limit: RateLimit,
+    /// Per user and room, shared by every replica.
+    typing_limit: RateLimit,
     /// Cancelled when the server starts to shut down; ends every stream.
     shutdown: CancellationToken,
 }
@@ -87,6 +95,16 @@ impl From<MessageRow> for Message {
     }
 }
 
+/// What streams and typing need beyond the log: who is online, and the
+/// live-only events.
+pub struct Live {
+    pub presence: Presence,
+    pub publisher: live::Publisher,
+}
+
+/// How often a user's typing in a room is relayed, at most.
+const TYPING_EVERY: Duration = Duration::from_secs(3);
+
 /// How fast one user may send: `per_second` sustained, `burst` at once.
 pub struct SendLimit {
     pub per_second: NonZeroU32,
@@ -102,6 +120,7 @@ impl Messages {
         rooms: Arc<Rooms>,
         events: Arc<Events>,
         feeds: Arc<Feeds>,
+        live: Live,
         limit: SendLimit,
         shutdown: CancellationToken,
     ) -> Self {
@@ -113,18 +132,17 @@ impl Messages {
             Duration::from_secs(1),
             limit.burst,
         );
+        // One relayed per user and room every 3 s, across every replica
+        // (or, while Redis is away, per replica); the rest are dropped.
+        let once = NonZeroU32::MIN;
+        let typing_limit = RateLimit::new("typing", "typing too often", cache.clone(), once, TYPING_EVERY, once);
         let history = HistoryStore { db, cache, events: events.clone(), archive };
-        Self { history, rooms, events, feeds, send_limit, shutdown }
+        Self { history, rooms, events, feeds, live, send_limit, typing_limit, shutdown }
     }
 
     /// The caller's room, once it is known that they may read it.
     async fn readable_room(&self, request_room_id: i64, uid: i64) -> Result<i64> {
-        let room_id = parse_id(request_room_id, "room").map_err(Error::invalid)?;
-        self.rooms.visible(room_id, Some(uid)).await?;
-        if !self.rooms.is_member(room_id, uid).await? {
-            return Err(Error::PermissionDenied("not room member"));
-        }
-        Ok(room_id)
+        self.rooms.readable(request_room_id, uid).await
     }
 }
 
@@ -251,6 +269,8 @@ struct Subscription {
     /// When the caller's token expires; the stream ends with it.
     expiry: Pin<Box<Sleep>>,
     ended: bool,
+    /// Counts the stream in the room's presence while it is open.
+    _here: Here,
 }
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<Message, Status>> + Send>>;
@@ -377,6 +397,7 @@ impl MessageService for Messages {
             shutting_down: Box::pin(self.shutdown.clone().cancelled_owned()),
             expiry: Box::pin(tokio::time::sleep(until(session.expires_at))),
             ended: false,
+            _here: self.live.presence.arrive(room_id, uid),
         };
         tracing::debug!(uid, room_id, "stream opened");
         Ok(Response::new(subscription.into_stream()))
@@ -394,8 +415,14 @@ impl MessageService for Messages {
         Err(Status::unimplemented("react"))
     }
 
-    async fn typing(&self, _: Request<TypingRequest>) -> Result<Response<TypingResponse>, Status> {
-        Err(Status::unimplemented("typing"))
+    async fn typing(&self, request: Request<TypingRequest>) -> Result<Response<TypingResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let room_id = self.readable_room(request.get_ref().room_id, uid).await?;
+        if self.typing_limit.check(&format!("{room_id}:{uid}")).await.is_ok() {
+            let event = Event { room_id, uid, kind: Some(Kind::Typing(Typing {})), ..live::event() };
+            self.live.publisher.publish(event).await;
+        }
+        Ok(Response::new(TypingResponse {}))
     }
 
     async fn search(&self, _: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {

@@ -12,9 +12,12 @@ use std::{
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, close_code};
 use chat_proto::{
     reason,
-    v1::{CheckMembershipRequest, HistoryRequest, Message, SendRequest, SendResponse},
+    v1::{
+        CheckMembershipRequest, GetProfileRequest, HistoryRequest, Message, SendRequest, SendResponse, TypingRequest,
+        TypingResponse,
+    },
 };
-use service_kit::feeds::Feed;
+use service_kit::{feeds::Feed, presence::Here};
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     time::{Instant, MissedTickBehavior, interval, timeout},
@@ -49,10 +52,16 @@ const REPLAY_PAGE: u32 = 100;
 const REPLAYED_KEPT: usize = 2 * REPLAY_PAGE as usize;
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The longest token an `auth` frame may carry (a JWT of this API is a few
+/// hundred bytes); a longer one is refused unread.
+const MAX_TOKEN: usize = 4096;
 
 pub struct Connection {
     uid: i64,
     token: Token,
+    /// Set when an `auth` frame replaced the token: the socket's deadline
+    /// moves to the new one's.
+    renewed: bool,
     core: CoreClient,
     sockets: Sockets,
     room: Option<InRoom>,
@@ -73,6 +82,8 @@ struct InRoom {
     /// How many frames `held` (and a replay's `waiting`) may hold.
     limit: usize,
     _feed: Arc<Feed<Frame>>,
+    /// Counts this socket in the room's presence while it is in the room.
+    _here: Here,
 }
 
 /// How far a replay of history has come. Every live event is in history
@@ -122,20 +133,26 @@ enum Done {
     Sent(Result<SendResponse, tonic::Status>),
     Entered(Result<Entered, &'static str>),
     Page(Result<Vec<Message>, &'static str>),
+    Typed(Result<TypingResponse, tonic::Status>),
+    /// A fresh token of this socket's user, or why not.
+    Authed(Result<Token, &'static str>),
 }
 
 /// A room the socket may now be in: membership checked, the room's feed
-/// subscribed, and when resuming, the replay's first page read.
+/// subscribed, the socket counted in its presence and who else is there
+/// read, and when resuming, the replay's first page read.
 struct Entered {
     room_id: i64,
     feed: Arc<Feed<Frame>>,
     frames: Receiver<Frame>,
+    here: Here,
+    online: Vec<i64>,
     replay: Option<(Replay, Vec<Message>)>,
 }
 
 impl Connection {
     pub fn new(uid: i64, token: Token, core: CoreClient, sockets: Sockets) -> Self {
-        Self { uid, token, core, sockets, room: None }
+        Self { uid, token, renewed: false, core, sockets, room: None }
     }
 
     pub async fn run(mut self, mut socket: WebSocket) {
@@ -163,8 +180,9 @@ impl Connection {
         // Made once: a fresh `cancelled()` per turn of the loop would register
         // with the token (one lock shared by every socket) for each frame.
         let mut shutdown = std::pin::pin!(self.sockets.shutdown.clone().cancelled_owned());
-        // A socket lives no longer than the token it was opened with.
-        let lifetime = self.token.lifetime();
+        // A socket lives no longer than its token (the one it was opened
+        // with, or the last one an `auth` frame brought).
+        let mut lifetime = self.token.lifetime();
         let mut expiry = std::pin::pin!(tokio::time::sleep(lifetime.unwrap_or_default()));
         let mut in_flight: Option<InFlight> = None;
         loop {
@@ -190,6 +208,10 @@ impl Connection {
                     // The client was not read meanwhile: its silence counts from now.
                     last_heard = Instant::now();
                     in_flight = self.on_done(socket, done, reference).await?;
+                    if std::mem::take(&mut self.renewed) {
+                        lifetime = self.token.lifetime();
+                        expiry.as_mut().reset(Instant::now() + lifetime.unwrap_or_default());
+                    }
                 }
                 frame = next_frame(&mut self.room) => match frame {
                     Ok(frame) => self.send(socket, WsMessage::Text(frame.json)).await?,
@@ -233,6 +255,8 @@ impl Connection {
         match frame.kind.as_str() {
             "enter" => self.enter(socket, &frame).await,
             "message" => self.message(socket, frame.text.as_deref(), reference).await,
+            "typing" => self.typing(socket, reference).await,
+            "auth" => self.auth(socket, frame.token.as_deref(), reference).await,
             _ => self.error(socket, "invalid operation", reference).await.map(|()| None),
         }
     }
@@ -249,6 +273,10 @@ impl Connection {
             Done::Entered(Err(problem)) => self.error(socket, problem, reference.as_deref()).await.map(|()| None),
             Done::Page(Ok(page)) => self.on_page(socket, page, reference).await,
             Done::Page(Err(problem)) => self.leave(socket, problem, reference).await,
+            Done::Typed(Ok(_)) => Ok(None),
+            Done::Typed(Err(status)) => self.refused(socket, &status, reference.as_deref()).await.map(|()| None),
+            Done::Authed(Ok(token)) => self.on_authed(socket, token, reference.as_deref()).await.map(|()| None),
+            Done::Authed(Err(problem)) => self.error(socket, problem, reference.as_deref()).await.map(|()| None),
         }
     }
 
@@ -284,6 +312,7 @@ impl Connection {
         let mut rooms = self.core.rooms.clone();
         let membership = self.token.request(CheckMembershipRequest { room_id });
         let hub = self.sockets.hub.clone();
+        let (presence, uid) = (self.sockets.presence.clone(), self.uid);
         let first_page = last_id.map(|after| (after, self.page_after(room_id, after)));
         async move {
             if !call(rooms.check_membership(membership)).await?.member {
@@ -301,8 +330,21 @@ impl Connection {
                 }
             };
             let mut frames = feed.subscribe();
+            // Counted before the others are read, so the list has this socket.
+            let here = presence.arrive(room_id, uid);
+            let online = match timeout(CALL_TIMEOUT, presence.online(room_id)).await {
+                Ok(Ok(online)) => online,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, room_id, "presence unknown; the online frame lists this gateway's only");
+                    presence.online_here(room_id)
+                }
+                Err(_) => {
+                    tracing::warn!(room_id, "presence timed out; the online frame lists this gateway's only");
+                    presence.online_here(room_id)
+                }
+            };
             let Some((last_id, read)) = first_page else {
-                return Ok(Entered { room_id, feed, frames, replay: None });
+                return Ok(Entered { room_id, feed, frames, here, online, replay: None });
             };
             let mut replay = Replay::new(last_id, hub.queue());
             let mut read = std::pin::pin!(read);
@@ -318,7 +360,7 @@ impl Connection {
                     },
                 }
             };
-            Ok(Entered { room_id, feed, frames, replay: Some((replay, page)) })
+            Ok(Entered { room_id, feed, frames, here, online, replay: Some((replay, page)) })
         }
     }
 
@@ -329,7 +371,7 @@ impl Connection {
         entered: Entered,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
-        let Entered { room_id, feed, frames, replay } = entered;
+        let Entered { room_id, feed, frames, here, online, replay } = entered;
         let (replay, page) = replay.unzip();
         self.room = Some(InRoom {
             id: room_id,
@@ -339,8 +381,10 @@ impl Connection {
             replayed: BTreeSet::new(),
             limit: self.sockets.hub.queue(),
             _feed: feed,
+            _here: here,
         });
         self.write(socket, ServerFrame::Enter { room_id, reference: reference.as_deref() }).await?;
+        self.write(socket, ServerFrame::Online { room_id, online: &online }).await?;
         match page {
             Some(page) => self.on_page(socket, page, reference).await,
             None => Ok(None),
@@ -432,12 +476,66 @@ impl Connection {
                 let timestamp = rfc3339(sent.timestamp);
                 self.write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }).await
             }
-            Err(status) if status.code() == Code::Unauthenticated => {
-                self.error(socket, "token expired", reference).await?;
-                Err(End::Close(close_code::POLICY, "token expired"))
-            }
-            Err(status) => self.error(socket, status_text(&status), reference).await,
+            Err(status) => self.refused(socket, &status, reference).await,
         }
+    }
+
+    /// Answers a call core-svc refused. Its refusing the token means it has
+    /// expired (core-svc accepted it before): the socket ends with it.
+    async fn refused(&mut self, socket: &mut WebSocket, status: &tonic::Status, reference: Option<&str>) -> Step {
+        if status.code() == Code::Unauthenticated {
+            self.error(socket, "token expired", reference).await?;
+            return Err(End::Close(close_code::POLICY, "token expired"));
+        }
+        self.error(socket, status_text(status), reference).await
+    }
+
+    /// Relays "typing" to the room's other members (core-svc drops what
+    /// comes too often). Nothing answers it unless it is refused.
+    async fn typing(&mut self, socket: &mut WebSocket, reference: Option<&str>) -> Result<Option<InFlight>, End> {
+        let Some(room_id) = self.room.as_ref().map(|room| room.id) else {
+            return self.error(socket, "not in room", reference).await.map(|()| None);
+        };
+        let mut messages = self.core.messages.clone();
+        let request = self.token.request(TypingRequest { room_id });
+        let span = tracing::info_span!(parent: None, "ws.typing", uid = self.uid, room_id);
+        let typed = async move { Done::Typed(messages.typing(request).await.map(|typed| typed.into_inner())) };
+        let step = Box::pin(typed.instrument(span));
+        Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
+    }
+
+    /// Checks a fresh token with core-svc: the socket takes it if it is
+    /// valid and of the same user; otherwise the old one stays.
+    async fn auth(
+        &mut self,
+        socket: &mut WebSocket,
+        token: Option<&str>,
+        reference: Option<&str>,
+    ) -> Result<Option<InFlight>, End> {
+        let token = token.filter(|token| token.len() <= MAX_TOKEN).and_then(|token| Token::parse(token).ok());
+        let Some(token) = token else {
+            return self.error(socket, "invalid token", reference).await.map(|()| None);
+        };
+        let mut users = self.core.users.clone();
+        let request = token.request(GetProfileRequest { uid: 0 });
+        let uid = self.uid;
+        let authed = async move {
+            Done::Authed(match call(users.get_profile(request)).await {
+                Ok(profile) if profile.uid == uid => Ok(token),
+                Ok(_) => Err("invalid token"),
+                Err(problem) => Err(problem),
+            })
+        };
+        let span = tracing::info_span!(parent: None, "ws.auth", uid);
+        let step = Box::pin(authed.instrument(span));
+        Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
+    }
+
+    async fn on_authed(&mut self, socket: &mut WebSocket, token: Token, reference: Option<&str>) -> Step {
+        let expires_at = rfc3339(token.expires_at().map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }));
+        self.token = token;
+        self.renewed = true;
+        self.write(socket, ServerFrame::Auth { expires_at, reference }).await
     }
 
     /// Writes to the client. While the write waits, the room's frames are
@@ -633,6 +731,7 @@ fn feed_error(error: RecvError) -> End {
 fn status_text(status: &tonic::Status) -> &'static str {
     match status.code() {
         Code::PermissionDenied | Code::NotFound => "not room member",
+        Code::Unauthenticated => "invalid token",
         Code::ResourceExhausted => "too many messages",
         Code::InvalidArgument => match reason::of(status).as_deref() {
             Some(reason::EMPTY_MESSAGE) => "empty message",

@@ -19,6 +19,7 @@ pub struct ClientFrame {
     pub roomid: Option<i64>,
     pub lastid: Option<i64>,
     pub text: Option<String>,
+    pub token: Option<String>,
     #[serde(rename = "ref")]
     pub reference: Option<String>,
 }
@@ -73,6 +74,21 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "Ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
+    /// Who is in the room, right after entering it.
+    Online {
+        #[serde(rename = "RoomID")]
+        room_id: i64,
+        /// Ascending.
+        #[serde(rename = "Online")]
+        online: &'a [i64],
+    },
+    /// The socket goes on with a fresh token, until it expires.
+    Auth {
+        #[serde(rename = "ExpiresAt")]
+        expires_at: Option<String>,
+        #[serde(rename = "Ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
 }
 
 impl ServerFrame<'_> {
@@ -93,11 +109,13 @@ mod tests {
         assert_eq!((resume.lastid, resume.reference.as_deref()), (Some(40), Some("r1")));
         let message = ClientFrame::parse(r#"{"Type":"message","Text":"hello","Extra":1}"#).unwrap();
         assert_eq!(message.text.as_deref(), Some("hello"));
+        let auth = ClientFrame::parse(r#"{"type":"auth","token":"a.b.c"}"#).unwrap();
+        assert_eq!((auth.kind.as_str(), auth.token.as_deref()), ("auth", Some("a.b.c")));
     }
 
     #[test]
     fn refuses_malformed_frames() {
-        for bad in ["", "{", "[1]", "null", r#"{"Type":5}"#, r#"{"RoomID":"5"}"#, r#"{"Text":[]}"#] {
+        for bad in ["", "{", "[1]", "null", r#"{"Type":5}"#, r#"{"RoomID":"5"}"#, r#"{"Text":[]}"#, r#"{"Token":1}"#] {
             assert_eq!(ClientFrame::parse(bad), Err("invalid json"), "{bad}");
         }
         let long_ref = format!(r#"{{"Type":"message","Text":"x","Ref":"{}"}}"#, "r".repeat(65));
@@ -111,5 +129,9 @@ mod tests {
         assert_eq!(sent, r#"{"Type":"sent","MessageID":42,"Timestamp":"t","Ref":"a"}"#);
         let error = ServerFrame::Error { error: "not in room", reference: None }.to_json();
         assert_eq!(error, r#"{"Type":"error","Error":"not in room"}"#);
+        let online = ServerFrame::Online { room_id: 5, online: &[1, 7] }.to_json();
+        assert_eq!(online, r#"{"Type":"online","RoomID":5,"Online":[1,7]}"#);
+        let auth = ServerFrame::Auth { expires_at: Some("t".into()), reference: None }.to_json();
+        assert_eq!(auth, r#"{"Type":"auth","ExpiresAt":"t"}"#);
     }
 }

@@ -12,6 +12,7 @@ use axum::{
     response::Response,
 };
 use chat_proto::v1::GetProfileRequest;
+use service_kit::presence::Presence;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{core_client::CoreClient, error::ApiError, extract::Token};
@@ -33,11 +34,12 @@ const READ_BUFFER: usize = 1024;
 /// in it, each event serialised once.
 pub type Hub = service_kit::feeds::Hub<frames::Frame>;
 
-/// What every connection shares: the room feeds, and the signal and the
-/// tracker that let shutdown close every socket and wait for it.
+/// What every connection shares: the room feeds, presence, and the signal
+/// and the tracker that let shutdown close every socket and wait for it.
 #[derive(Clone)]
 pub struct Sockets {
     pub hub: Arc<Hub>,
+    pub presence: Presence,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
