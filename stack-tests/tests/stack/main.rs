@@ -16,6 +16,7 @@ mod limits;
 mod messages;
 mod ops;
 mod outages;
+mod presence;
 mod rooms;
 mod trace_context;
 mod users;
