@@ -19,5 +19,7 @@ mod outages;
 mod presence;
 mod rooms;
 mod trace_context;
+mod typing;
 mod users;
 mod ws;
+mod ws_auth;
