@@ -6,6 +6,9 @@
 //!   delivery's send→receive latency is recorded.
 //! - `idle`: many open sockets doing nothing; the gateway's RSS per socket.
 //! - `ramp`: fanout at rising rates until p99 passes 100 ms.
+//! - `presence`: one room of thousands of sockets, all coming online at
+//!   once, then members leaving and coming back and typing; the frames
+//!   each socket gets per second and the gateway's CPU.
 
 use std::{
     sync::{
@@ -55,6 +58,19 @@ enum Scenario {
         #[arg(long, default_value_t = 18_000)]
         sockets: usize,
     },
+    Presence {
+        /// Sockets in the room, one member each.
+        #[arg(long, default_value_t = 5_000)]
+        sockets: usize,
+        /// Members per second who leave the room (each comes back 2 s later).
+        #[arg(long, default_value_t = 5)]
+        churn: u32,
+        /// `typing` frames per second, from members taken in turn.
+        #[arg(long, default_value_t = 20)]
+        typing: u32,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     Ramp {
         #[arg(long, default_value_t = 20)]
         rooms: usize,
@@ -98,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Scenario::Idle { sockets } => gateway.idle(sockets).await?,
+        Scenario::Presence { sockets, churn, typing, seconds } => {
+            gateway.presence(sockets, churn, typing, Duration::from_secs(seconds)).await?
+        }
     }
     Ok(())
 }
@@ -117,6 +136,17 @@ impl Gateway {
                 line.split_whitespace().nth(1)?.parse().ok()
             })
             .unwrap_or(0)
+    }
+
+    /// CPU time the gateway has used so far (user and system, all threads),
+    /// from `/proc` in clock ticks of 1/100 s (Linux's USER_HZ).
+    fn cpu(&self) -> Duration {
+        let ticks = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok().and_then(|stat| {
+            // The fields after the command (which may hold spaces), from the 3rd on.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        });
+        Duration::from_millis(ticks.unwrap_or(0) * 10)
     }
 
     /// Registers (or logs in) a user; its token.
@@ -246,6 +276,181 @@ impl Gateway {
             before / 1024,
             after / 1024,
             (after.saturating_sub(before)) as f64 / open.len() as f64
+        );
+        Ok(())
+    }
+}
+
+/// Frames the presence scenario's sockets got, by type.
+#[derive(Default)]
+struct Received {
+    online: AtomicU64,
+    presence: AtomicU64,
+    typing: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Received {
+    fn count(&self, text: &str) {
+        // Cheaper than parsing JSON: the load generator shares the cores.
+        let counter = if text.starts_with(r#"{"Type":"presence""#) {
+            &self.presence
+        } else if text.starts_with(r#"{"Type":"typing""#) {
+            &self.typing
+        } else if text.starts_with(r#"{"Type":"online""#) {
+            &self.online
+        } else {
+            &self.other
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> [u64; 4] {
+        [&self.online, &self.presence, &self.typing, &self.other].map(|counter| counter.load(Ordering::Relaxed))
+    }
+}
+
+impl Gateway {
+    /// One room of `sockets` members. First every socket enters at once
+    /// (each member's first socket on the room: every other socket hears of
+    /// it); then, for `duration`, `churn` members a second leave and come
+    /// back 2 s later, and `typing` members a second type.
+    async fn presence(&self, sockets: usize, churn: u32, typing: u32, duration: Duration) -> anyhow::Result<()> {
+        let tag = format!("p{}", std::process::id() % 100_000);
+        println!("setup: {sockets} users in one room");
+        let tokens = self.users(sockets, &tag).await?;
+        let answer: Value = self
+            .http
+            .post(format!("{}/create-room", self.base))
+            .header("Authorization", &tokens[0])
+            .json(&json!({"Name": format!("bench-{tag}"), "IsPrivate": false}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let room = answer["RoomID"].as_i64().with_context(|| format!("create room: {answer}"))?;
+        let joins = tokens[1..].iter().map(|token| {
+            self.http.put(format!("{}/join", self.base)).header("Authorization", token).json(&json!({"RoomID": room})).send()
+        });
+        for joined in futures::stream::iter(joins).buffer_unordered(32).collect::<Vec<_>>().await {
+            joined?;
+        }
+        let mut connected = Vec::with_capacity(sockets);
+        for token in &tokens {
+            connected.push(self.connect(token).await?);
+        }
+        let received = Arc::new(Received::default());
+        let closed = Arc::new(AtomicU64::new(0));
+        let mut sinks = Vec::with_capacity(sockets);
+        for ws in connected {
+            let (sink, mut stream) = ws.split();
+            let (received, closed) = (received.clone(), closed.clone());
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = stream.next().await {
+                    if let Message::Text(text) = frame {
+                        received.count(&text);
+                    }
+                }
+                closed.fetch_add(1, Ordering::Relaxed);
+            });
+            sinks.push(sink);
+        }
+        let enter = |room_id: i64| Message::text(json!({"Type": "enter", "RoomID": room_id}).to_string());
+        println!("setup done: {sockets} sockets open in the lobby; gateway RSS {} MiB", self.rss_kib() / 1024);
+
+        // Everyone comes online at once.
+        let (cpu_before, started) = (self.cpu(), Instant::now());
+        for sink in &mut sinks {
+            sink.send(enter(room)).await?;
+        }
+        let all_in = loop {
+            let [online, ..] = received.snapshot();
+            if online as usize >= sockets {
+                break started.elapsed();
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!("only {online} of {sockets} sockets entered within 300 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Until every socket has heard of every later arrival, or it stops.
+        let expected = (sockets * (sockets - 1) / 2) as u64;
+        let mut last = (0, Instant::now());
+        let settled = loop {
+            let [_, presence, ..] = received.snapshot();
+            if presence >= expected || last.1.elapsed() > Duration::from_secs(5) {
+                break last.1.duration_since(started);
+            }
+            if presence != last.0 {
+                last = (presence, Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let cpu = self.cpu() - cpu_before;
+        let [_, presence, ..] = received.snapshot();
+        println!(
+            "presence arrival: {sockets} sockets entered in {:.1}s; {presence} presence frames (about {expected} if \
+             each socket hears of every member who came after it) in {:.1}s, {:.0} per socket; gateway CPU {:.1}s \
+             ({:.0}% of a core); {} sockets closed; RSS {} MiB",
+            all_in.as_secs_f64(),
+            settled.as_secs_f64(),
+            presence as f64 / sockets as f64,
+            cpu.as_secs_f64(),
+            100.0 * cpu.as_secs_f64() / settled.as_secs_f64(),
+            closed.load(Ordering::Relaxed),
+            self.rss_kib() / 1024
+        );
+
+        // Members come and go and type.
+        let before = received.snapshot();
+        let (cpu_before, begin) = (self.cpu(), tokio::time::Instant::now());
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let (mut next_churn, mut next_typist) = (0usize, sockets / 2);
+        let (mut churned, mut typed) = (0u64, 0u64);
+        let mut away = std::collections::VecDeque::new();
+        while begin.elapsed() < duration {
+            tick.tick().await;
+            let due = begin.elapsed().as_secs_f64();
+            while away.front().is_some_and(|(back_at, _)| *back_at <= begin.elapsed()) {
+                let (_, member): (Duration, usize) = away.pop_front().expect("checked");
+                sinks[member].send(enter(room)).await?;
+            }
+            // Members taken in an order that spreads them over the room.
+            while (churned as f64) < due * f64::from(churn) {
+                let member = next_churn * 7919 % sockets;
+                sinks[member].send(enter(0)).await?;
+                away.push_back((begin.elapsed() + Duration::from_secs(2), member));
+                next_churn += 1;
+                churned += 1;
+            }
+            while (typed as f64) < due * f64::from(typing) {
+                let typist = &mut sinks[next_typist * 104_729 % sockets];
+                typist.send(Message::text(r#"{"Type":"typing"}"#)).await?;
+                next_typist += 1;
+                typed += 1;
+            }
+        }
+        let elapsed = begin.elapsed();
+        for (_, member) in away {
+            sinks[member].send(enter(room)).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cpu = self.cpu() - cpu_before;
+        let after = received.snapshot();
+        let per_socket_second =
+            |i: usize| (after[i] - before[i]) as f64 / sockets as f64 / elapsed.as_secs_f64();
+        println!(
+            "presence steady: {churned} members left and came back 2 s later, {typed} typing frames in {:.1}s; \
+             per socket per second: {:.1} presence, {:.1} typing, {:.1} online, {:.1} frames in all; gateway CPU \
+             {:.0}% of a core; {} sockets closed; RSS {} MiB",
+            elapsed.as_secs_f64(),
+            per_socket_second(1),
+            per_socket_second(2),
+            per_socket_second(0),
+            (0..4).map(per_socket_second).sum::<f64>(),
+            100.0 * cpu.as_secs_f64() / (elapsed + Duration::from_secs(2)).as_secs_f64(),
+            closed.load(Ordering::Relaxed),
+            self.rss_kib() / 1024
         );
         Ok(())
     }
