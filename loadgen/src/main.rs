@@ -330,7 +330,11 @@ impl Gateway {
             .await?;
         let room = answer["RoomID"].as_i64().with_context(|| format!("create room: {answer}"))?;
         let joins = tokens[1..].iter().map(|token| {
-            self.http.put(format!("{}/join", self.base)).header("Authorization", token).json(&json!({"RoomID": room})).send()
+            self.http
+                .put(format!("{}/join", self.base))
+                .header("Authorization", token)
+                .json(&json!({"RoomID": room}))
+                .send()
         });
         for joined in futures::stream::iter(joins).buffer_unordered(32).collect::<Vec<_>>().await {
             joined?;
@@ -437,8 +441,7 @@ impl Gateway {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let cpu = self.cpu() - cpu_before;
         let after = received.snapshot();
-        let per_socket_second =
-            |i: usize| (after[i] - before[i]) as f64 / sockets as f64 / elapsed.as_secs_f64();
+        let per_socket_second = |i: usize| (after[i] - before[i]) as f64 / sockets as f64 / elapsed.as_secs_f64();
         println!(
             "presence steady: {churned} members left and came back 2 s later, {typed} typing frames in {:.1}s; \
              per socket per second: {:.1} presence, {:.1} typing, {:.1} online, {:.1} frames in all; gateway CPU \

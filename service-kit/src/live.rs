@@ -1,21 +1,28 @@
 //! Live-only events (presence, typing): `chat.events.v1.Event`s with id 0,
 //! published straight on a room's subject, never through the message log
-//! nor the recent-history cache; and the [`Throttle`] that holds presence
-//! frames back to one per member per second.
+//! nor the recent-history cache; the [`Throttle`] that holds presence
+//! frames back to one per member per second; and the [`Board`] a room feed
+//! keeps them on for its listeners.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use chat_proto::events::v1::Event;
 use prost::Message as _;
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 
 use crate::{feeds::room_subject, telemetry};
 
 /// How often, at most, each listener hears of one member's presence.
 pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+/// How long a member's typing is news: an older one is not passed on to a
+/// listener that comes to it late.
+pub const TYPING_NEWS: Duration = Duration::from_secs(3);
+/// The most entries a listener takes from a board at once.
+const TAKE: usize = 64;
 
 /// A live-only event as of now; the caller sets the room, the user and the kind.
 pub fn event() -> Event {
@@ -124,9 +131,144 @@ impl Throttle {
     }
 }
 
+/// What a board entry is about: one member's presence, or their typing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum About {
+    Presence(i64),
+    Typing(i64),
+}
+
+impl About {
+    fn uid(self) -> i64 {
+        match self {
+            About::Presence(uid) | About::Typing(uid) => uid,
+        }
+    }
+}
+
+/// A room feed's live-only events, as `E`s ready for its listeners: the
+/// latest of each member's presence and typing. A listener reads what
+/// changed since it last read ([`Cursor`]), so one that falls behind gets
+/// each member's latest, not every change, and never has to be cut off
+/// (presence is state: with 5,000 members arriving at once, a queue of
+/// events would overflow a slow socket's). Holds one entry per member and
+/// kind, whatever the number of listeners.
+pub struct Board<E> {
+    entries: Mutex<Entries<E>>,
+    /// The newest entry's sequence number.
+    newest: watch::Sender<u64>,
+}
+
+struct Entries<E> {
+    next: u64,
+    /// Each member's and kind's latest: its sequence number, when it came,
+    /// and what listeners get of it.
+    latest: HashMap<About, (u64, Instant, E)>,
+    /// The sequence numbers of `latest`, in order.
+    order: BTreeMap<u64, About>,
+}
+
+impl<E: Clone> Default for Board<E> {
+    fn default() -> Self {
+        let entries = Entries { next: 1, latest: HashMap::new(), order: BTreeMap::new() };
+        Self { entries: Mutex::new(entries), newest: watch::Sender::new(0) }
+    }
+}
+
+impl<E: Clone> Board<E> {
+    /// The latest of what `about` says, for every listener.
+    pub fn put(&self, about: About, shown: E) {
+        let mut entries = self.entries.lock().expect("lock poisoned");
+        let seq = entries.next;
+        entries.next += 1;
+        if let Some((old, ..)) = entries.latest.insert(about, (seq, Instant::now(), shown)) {
+            entries.order.remove(&old);
+        }
+        entries.order.insert(seq, about);
+        drop(entries);
+        self.newest.send_replace(seq);
+    }
+
+    /// A listener from now on, reading on behalf of `uid`: it never gets
+    /// what is about `uid` themself.
+    pub fn cursor(self: &Arc<Self>, uid: i64) -> Cursor<E> {
+        let mut newest = self.newest.subscribe();
+        let read_to = *newest.borrow_and_update();
+        Cursor { board: self.clone(), read_to, newest, uid }
+    }
+}
+
+/// Where one listener has read a [`Board`] to.
+pub struct Cursor<E> {
+    board: Arc<Board<E>>,
+    read_to: u64,
+    newest: watch::Receiver<u64>,
+    uid: i64,
+}
+
+impl<E: Clone> Cursor<E> {
+    /// What changed since the last read (a member's typing only while it is
+    /// news), oldest first, waiting for something if nothing did.
+    pub async fn next(&mut self) -> Vec<E> {
+        loop {
+            let taken = self.take();
+            if !taken.is_empty() {
+                return taken;
+            }
+            if self.newest.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// As [`Cursor::next`], without waiting.
+    pub fn take(&mut self) -> Vec<E> {
+        let entries = self.board.entries.lock().expect("lock poisoned");
+        let mut taken = Vec::new();
+        for (&seq, &about) in entries.order.range(self.read_to + 1..).take(TAKE) {
+            self.read_to = seq;
+            let (_, at, shown) = &entries.latest[&about];
+            let stale = matches!(about, About::Typing(_)) && at.elapsed() > TYPING_NEWS;
+            if about.uid() != self.uid && !stale {
+                taken.push(shown.clone());
+            }
+        }
+        taken
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_listener_gets_each_members_latest_since_it_last_read_but_never_its_own() {
+        let board = Arc::new(Board::default());
+        board.put(About::Presence(7), "7 online before");
+        let mut cursor = board.cursor(1);
+        assert!(cursor.take().is_empty(), "only what comes after it");
+        board.put(About::Presence(7), "7 offline");
+        board.put(About::Typing(8), "8 typing");
+        board.put(About::Presence(1), "1 online");
+        board.put(About::Presence(7), "7 online");
+        assert_eq!(cursor.next().await, ["8 typing", "7 online"], "the latest of each, not its own");
+        assert!(cursor.take().is_empty());
+        let reading = tokio::spawn(async move { cursor.next().await });
+        tokio::task::yield_now().await;
+        board.put(About::Typing(9), "9 typing");
+        assert_eq!(reading.await.unwrap(), ["9 typing"], "a waiting listener wakes");
+    }
+
+    #[test]
+    fn a_board_holds_one_entry_per_member_and_kind_however_many_changes() {
+        let board = Board::default();
+        for n in 0..1000 {
+            board.put(About::Presence(n % 10), n);
+            board.put(About::Typing(n % 10), n);
+        }
+        let entries = board.entries.lock().unwrap();
+        assert_eq!((entries.latest.len(), entries.order.len()), (20, 20));
+    }
 
     #[test]
     fn the_first_change_passes_and_those_within_a_second_wait_for_its_end() {
