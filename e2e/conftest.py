@@ -7,6 +7,7 @@ import pathlib
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+from grpc_tools import protoc
 
 PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"]
+PROTO_ROOT = pathlib.Path(__file__).resolve().parent.parent / "proto"
 
 
 def free_port() -> int:
@@ -118,3 +121,27 @@ def start_stack():
 def stack():
     with start_stack() as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def chat(tmp_path_factory):
+    """The `chat.v1.chat_pb2` and `chat_pb2_grpc` modules, generated from
+    proto/ at test time."""
+    out = tmp_path_factory.mktemp("stubs")
+    include = pathlib.Path(protoc.__file__).parent / "_proto"
+    code = protoc.main(
+        [
+            "protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{include}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(PROTO_ROOT / "chat/v1/chat.proto"),
+        ]
+    )
+    assert code == 0, "protoc failed"
+    sys.path.insert(0, str(out))
+    from chat.v1 import chat_pb2, chat_pb2_grpc
+
+    yield chat_pb2, chat_pb2_grpc
+    sys.path.remove(str(out))

@@ -9,6 +9,7 @@ cache (or COMPOSE naming one, as for e2e/test_deploy_config.py); without it
 every test that renders the file fails, saying so, rather than being
 skipped."""
 
+import fnmatch
 import functools
 import json
 import os
@@ -351,19 +352,43 @@ def test_prometheus_scrapes_every_replica_of_every_binary():
     assert set(found.values()) == {("gateway", "A", 8080), ("core-svc", "A", 9090), ("archiver", "A", 8081)}
 
 
-def test_grafana_is_provisioned_with_prometheus_and_the_dashboards_folder():
+def test_prometheus_loads_the_charts_alert_rules():
+    # The chart's rules file is the one copy: compose mounts it where
+    # prometheus.yml's rule_files look.
+    config = mounted("prometheus", "/etc/prometheus/prometheus.yml").read_text()
+    rule_files = re.search(r"^rule_files:\s*\n((?:\s+-\s*\S+\n)+)", config, re.M)
+    assert rule_files, "prometheus.yml loads no rule files"
+    patterns = re.findall(r"-\s*(\S+)", rule_files[1])
+    rules = [v for v in everything()["prometheus"]["volumes"] if v["type"] == "bind" and v["source"].endswith(".yaml")
+             and any(fnmatch.fnmatch(v["target"], pattern) for pattern in patterns)]
+    assert [pathlib.Path(v["source"]) for v in rules] == [ROOT / "helm/chat/files/alerts.yaml"]
+    assert all(v.get("read_only") for v in rules)
+    assert "alert: ChatArchiverLagging" in (ROOT / "helm/chat/files/alerts.yaml").read_text()
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_charts_dashboards():
     provisioning = mounted("grafana", "/etc/grafana/provisioning")
     datasources = (provisioning / "datasources/datasources.yaml").read_text()
-    assert "url: http://prometheus:9090" in datasources
+    prometheus = re.search(r"- name: Prometheus\n((?:\s{4}.*\n)+)", datasources)
+    assert prometheus and "url: http://prometheus:9090" in prometheus[1]
+    # The dashboards' datasource variable picks the default Prometheus.
+    assert re.search(r"^\s+isDefault: true$", prometheus[1], re.M)
     provider = (provisioning / "dashboards/chat.yaml").read_text()
     path = re.search(r"path:\s*(\S+)", provider)[1]
     folder = mounted("grafana", path)
-    assert folder == ROOT / "deploy/grafana/dashboards"
+    # The chart's folder is the one copy: its ConfigMap carries the same files.
+    assert folder == ROOT / "helm/chat/files/dashboards"
     dashboards = sorted(folder.glob("*.json"))
-    assert dashboards, "no dashboard in deploy/grafana/dashboards"
+    assert dashboards, "no dashboard in helm/chat/files/dashboards"
     for dashboard in dashboards:
         parsed = json.loads(dashboard.read_text())
         assert parsed.get("title") and parsed.get("uid") and isinstance(parsed.get("panels"), list), dashboard.name
+        variables = {v["name"]: v for v in parsed["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+        for panel in parsed["panels"]:
+            if panel["type"] != "row":
+                refs = [panel["datasource"]] + [t["datasource"] for t in panel["targets"]]
+                assert all(r == {"type": "prometheus", "uid": "${datasource}"} for r in refs), panel["title"]
 
 
 def test_the_image_runs_as_nonroot_without_a_shell():

@@ -1,39 +1,12 @@
 """The public gRPC API from an independent client: Python grpcio, with
-stubs generated from the .proto files at test time, and reflection."""
+stubs generated from the .proto files at test time (conftest's `chat`),
+and reflection."""
 
-import pathlib
-import sys
 import uuid
 
 import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_tools import protoc
-
-PROTO_ROOT = pathlib.Path(__file__).resolve().parent.parent / "proto"
-
-
-@pytest.fixture(scope="module")
-def chat(tmp_path_factory):
-    """The generated `chat.v1.chat_pb2` and `chat_pb2_grpc` modules."""
-    out = tmp_path_factory.mktemp("stubs")
-    include = pathlib.Path(protoc.__file__).parent / "_proto"
-    code = protoc.main(
-        [
-            "protoc",
-            f"-I{PROTO_ROOT}",
-            f"-I{include}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            str(PROTO_ROOT / "chat/v1/chat.proto"),
-        ]
-    )
-    assert code == 0, "protoc failed"
-    sys.path.insert(0, str(out))
-    from chat.v1 import chat_pb2, chat_pb2_grpc
-
-    yield chat_pb2, chat_pb2_grpc
-    sys.path.remove(str(out))
 
 
 def test_register_login_subscribe_send_and_receive(stack, chat):

@@ -544,7 +544,7 @@ def test_the_gateway_may_scale_on_open_sockets():
     hpa = next(h for h in of_kind(render(*values_args("everything-values")), "HorizontalPodAutoscaler")
                if h["metadata"]["name"].endswith("-gateway"))
     pods = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
-    assert pods and pods[0]["metric"]["name"] == "ws_connections"
+    assert pods and pods[0]["metric"]["name"] == "chat_ws_connections"
 
 
 def test_the_ingress_and_route_reach_the_gateway_with_websocket_timeouts():
@@ -575,6 +575,84 @@ def test_network_policies_leave_no_open_door_when_peers_are_named():
                   "--set", "networkPolicy.gatewayFrom[0].namespaceSelector.matchLabels.team=edge")
     (gateway,) = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == "chat-gateway"]
     assert all(rule.get("from") for rule in gateway["spec"]["ingress"])
+
+
+# --- alerts and dashboards ----------------------------------------------------
+
+ALERTS = CHART / "files" / "alerts.yaml"
+ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts-test.yaml"
+DASHBOARDS = CHART / "files" / "dashboards"
+DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d|w|y)$")
+
+
+def test_monitoring_resources_are_off_by_default():
+    defaults = render()
+    assert not of_kind(defaults, "PrometheusRule") and not of_kind(defaults, "ServiceMonitor")
+    assert "chat-dashboards" not in [c["metadata"]["name"] for c in of_kind(defaults, "ConfigMap")]
+
+
+def test_the_prometheus_rule_carries_the_rules_file_as_it_is():
+    docs = render(*values_args("everything-values"))
+    (rule,) = of_kind(docs, "PrometheusRule")
+    # No schema is bundled for the custom resource: its shape by hand.
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"} and set(rule["spec"]) == {"groups"}
+    assert rule["metadata"]["name"] == "chat" and rule["metadata"]["namespace"] == "chat"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["metadata"]["labels"]["app.kubernetes.io/instance"] == "chat"
+    groups = rule["spec"]["groups"]
+    assert groups == yaml.safe_load(ALERTS.read_text())["groups"]
+    # Templates reach Prometheus untouched (the chart does not render them).
+    assert "{{ $labels.job }}" in json.dumps(groups)
+    names = [g["name"] for g in groups]
+    assert len(names) == len(set(names))
+    alerts = [r for g in groups for r in g["rules"]]
+    for alert in alerts:
+        assert set(alert) == {"alert", "expr", "for", "labels", "annotations"}, alert
+        assert re.fullmatch(r"Chat[A-Z][A-Za-z0-9]+", alert["alert"])
+        assert isinstance(alert["expr"], str) and alert["expr"].strip()
+        assert DURATION.match(alert["for"]), alert["for"]
+        assert alert["labels"]["severity"] in ("warning", "critical"), alert["alert"]
+        assert set(alert["annotations"]) == {"summary", "description"}, alert["alert"]
+        assert "Check" in alert["annotations"]["description"], f"{alert['alert']}: no hint of what to check"
+    expected = {"ChatArchiverLagging", "ChatHttp5xxRate", "ChatGrpcUnavailableRate", "ChatSendsFailing",
+                "ChatSlowClientDisconnects", "ChatNatsDisconnected", "ChatKafkaUnreachable"}
+    assert expected <= {a["alert"] for a in alerts}
+
+
+def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_does_not():
+    # The tests themselves run in scripts/check-observability (promtool test rules).
+    alerts = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
+    tests = yaml.safe_load(ALERT_TESTS.read_text())
+    assert [str((ALERT_TESTS.parent / f).resolve()) for f in tests["rule_files"]] == [str(ALERTS)]
+    firing, silent = set(), set()
+    for test in tests["tests"]:
+        for case in test["alert_rule_test"]:
+            (firing if case.get("exp_alerts") else silent).add(case["alertname"])
+    assert alerts - firing == set(), "alerts never shown firing"
+    assert alerts - silent == set(), "alerts never shown staying silent"
+    assert (firing | silent) - alerts == set(), "tests of alerts that do not exist"
+
+
+def test_the_dashboards_config_map_carries_the_dashboard_files_for_the_sidecar():
+    docs = render(*values_args("everything-values"))
+    (dashboards,) = [c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"] == "chat-dashboards"]
+    assert dashboards["metadata"]["namespace"] == "chat"
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboards["metadata"]["labels"]["app.kubernetes.io/part-of"] == "chat"
+    assert dashboards["metadata"]["annotations"] == {"grafana_folder": "chat"}
+    files = {p.name: p.read_text() for p in sorted(DASHBOARDS.glob("*.json"))}
+    assert files and dashboards["data"] == files
+    for name, text in dashboards["data"].items():
+        assert json.loads(text)["uid"], name
+    # A ConfigMap holds at most 1 MiB.
+    assert len(json.dumps(dashboards["data"]).encode()) < 1024 * 1024
+    # The sidecar's label is a value: another sidecar setting is honoured.
+    docs = render("--set", "metrics.grafanaDashboards.enabled=true",
+                  "--set-json", 'metrics.grafanaDashboards.labels={"dashboards":"chat"}')
+    (dashboards,) = [c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"] == "chat-dashboards"]
+    assert dashboards["metadata"]["labels"]["dashboards"] == "chat"
+    assert "annotations" not in dashboards["metadata"]
 
 
 # --- migrations ---------------------------------------------------------------

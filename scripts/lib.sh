@@ -50,6 +50,18 @@ apt_install() {
   [ "$status" = 0 ] || die "apt-get install $* failed; see $RUN_DIR/apt.log"
 }
 
+# promtool, the checker of Prometheus rules, configuration and metrics,
+# from Debian's `prometheus` package (which puts it in /usr/bin; only the
+# package's service is kept from starting). Sets PROMTOOL.
+ensure_promtool() {
+  PROMTOOL=$(command -v promtool || true)
+  if [ -z "$PROMTOOL" ]; then
+    apt_install prometheus
+    PROMTOOL=$(dpkg -L prometheus | grep '/promtool$' | head -n 1)
+  fi
+  [ -n "$PROMTOOL" ] && [ -x "$PROMTOOL" ] || die "no promtool after installing Debian's prometheus package"
+}
+
 # --- PostgreSQL: 15, Debian's, as user postgres with trust on loopback ---
 
 PG_MAJOR=15
