@@ -6,6 +6,8 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 const PROTOS: &[&str] = &["chat/v1/chat.proto", "chat/events/v1/events.proto"];
+/// The internal envelope's package: compiled, never described to clients.
+const INTERNAL_PACKAGE: &str = "chat.events.v1";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
@@ -14,7 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(PROTOS, ["."])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     // Server reflection serves this set, so grpcurl needs no .proto files.
-    fs::write(out_dir.join("chat_descriptor.bin"), descriptors.encode_to_vec())?;
+    let mut served = descriptors.clone();
+    served.file.retain(|file| file.package() != INTERNAL_PACKAGE);
+    fs::write(out_dir.join("chat_descriptor.bin"), served.encode_to_vec())?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 use std::{future::Future, pin::pin, time::Duration};
 
 use anyhow::Context;
-use chat_proto::v1::Message;
+use chat_proto::events::v1::Event;
 use prost::Message as _;
 use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
@@ -269,9 +269,9 @@ impl Batch {
             header(record, message_log::WITHDRAWN).and_then(|id| std::str::from_utf8(id).ok()?.parse().ok());
         let carried = match (withdrawn, record.payload()) {
             (Some(id), _) => Carried::Withdrawal(id),
-            (None, Some(payload)) => match Message::decode(payload)
+            (None, Some(payload)) => match Event::decode(payload)
                 .map_err(|error| error.to_string())
-                .and_then(|message| Row::new(message, record.timestamp().to_millis()))
+                .and_then(|event| Row::new(event, record.timestamp().to_millis()))
             {
                 Ok(row) => Carried::Message(row),
                 Err(error) => Carried::Unstorable(error),

@@ -1,9 +1,13 @@
-use chat_proto::v1::Message;
+use chat_proto::{
+    events::v1::{Event, event::Kind},
+    v1::MessageKind,
+};
 use chrono::{DateTime, SubsecRound, Utc};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 
-/// A message as its row in `messages` holds it.
+/// An entry of history (a message, a join, a leave) as its row in
+/// `messages` holds it. `kind` is its `chat.v1.MessageKind`.
 #[derive(Debug, PartialEq, sqlx::FromRow)]
 pub struct Row {
     pub id: i64,
@@ -11,25 +15,33 @@ pub struct Row {
     pub user_id: i64,
     pub kind: i16,
     pub text: String,
+    pub reply_to: i64,
     pub created_at: DateTime<Utc>,
 }
 
 impl Row {
-    /// The row of a message. A message should carry the time it was sent;
+    /// The row of an entry. An event should carry the time it happened;
     /// one that does not (or carries an impossible one) takes the time the
     /// log gave its record, never 1970.
-    pub fn new(message: Message, logged_at_ms: Option<i64>) -> Result<Self, String> {
+    pub fn new(event: Event, logged_at_ms: Option<i64>) -> Result<Self, String> {
+        let (kind, text, reply_to) = match event.kind {
+            Some(Kind::Posted(posted)) => (MessageKind::Message, posted.text, posted.reply_to),
+            Some(Kind::Joined(_)) => (MessageKind::Join, String::new(), 0),
+            Some(Kind::Left(_)) => (MessageKind::Leave, String::new(), 0),
+            _ => return Err("not an entry of history".to_owned()),
+        };
         let sent_at =
-            message.timestamp.and_then(|at| DateTime::<Utc>::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?));
+            event.timestamp.and_then(|at| DateTime::<Utc>::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?));
         let created_at = sent_at
             .or_else(|| DateTime::<Utc>::from_timestamp_millis(logged_at_ms?))
-            .ok_or("no timestamp, in the message or the log")?;
+            .ok_or("no timestamp, in the event or the log")?;
         Ok(Self {
-            id: message.id,
-            room_id: message.room_id,
-            user_id: message.uid,
-            kind: message.kind as i16,
-            text: message.text,
+            id: event.id,
+            room_id: event.room_id,
+            user_id: event.uid,
+            kind: kind as i16,
+            text,
+            reply_to,
             // PostgreSQL keeps microseconds: cut to them here, so that the
             // row read back is equal to this one.
             created_at: created_at.trunc_subsecs(6),
@@ -59,6 +71,7 @@ pub async fn insert(db: &PgPool, rows: &[&Row]) -> sqlx::Result<Vec<i64>> {
     let mut users = Vec::with_capacity(rows.len());
     let mut kinds = Vec::with_capacity(rows.len());
     let mut texts = Vec::with_capacity(rows.len());
+    let mut replies = Vec::with_capacity(rows.len());
     let mut times = Vec::with_capacity(rows.len());
     for row in rows {
         ids.push(row.id);
@@ -66,11 +79,13 @@ pub async fn insert(db: &PgPool, rows: &[&Row]) -> sqlx::Result<Vec<i64>> {
         users.push(row.user_id);
         kinds.push(row.kind);
         texts.push(row.text.as_str());
+        replies.push(row.reply_to);
         times.push(row.created_at);
     }
     sqlx::query_scalar(
-        "INSERT INTO messages (id, room_id, user_id, kind, text, created_at)
-         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::smallint[], $5::text[], $6::timestamptz[])
+        "INSERT INTO messages (id, room_id, user_id, kind, text, reply_to, created_at)
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::smallint[], $5::text[], $6::bigint[],
+                              $7::timestamptz[])
          ON CONFLICT (id) DO NOTHING
          RETURNING id",
     )
@@ -79,6 +94,7 @@ pub async fn insert(db: &PgPool, rows: &[&Row]) -> sqlx::Result<Vec<i64>> {
     .bind(&users)
     .bind(&kinds)
     .bind(&texts)
+    .bind(&replies)
     .bind(&times)
     .fetch_all(db)
     .await
@@ -86,7 +102,7 @@ pub async fn insert(db: &PgPool, rows: &[&Row]) -> sqlx::Result<Vec<i64>> {
 
 /// The stored rows with these ids.
 pub async fn stored(db: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<Row>> {
-    sqlx::query_as("SELECT id, room_id, user_id, kind, text, created_at FROM messages WHERE id = ANY($1)")
+    sqlx::query_as("SELECT id, room_id, user_id, kind, text, reply_to, created_at FROM messages WHERE id = ANY($1)")
         .bind(ids)
         .fetch_all(db)
         .await
@@ -177,8 +193,9 @@ pub async fn record_progress(db: &PgPool, next_offsets: &TopicPartitionList) -> 
 mod tests {
     use super::*;
 
-    fn message(timestamp: Option<prost_types::Timestamp>) -> Message {
-        Message { id: 1, room_id: 2, uid: 3, kind: 1, text: "hi".into(), timestamp, ..Message::default() }
+    fn message(timestamp: Option<prost_types::Timestamp>) -> Event {
+        let posted = chat_proto::events::v1::Posted { text: "hi".into(), ..Default::default() };
+        Event { id: 1, room_id: 2, uid: 3, timestamp, kind: Some(Kind::Posted(posted)) }
     }
 
     #[test]
@@ -199,5 +216,17 @@ mod tests {
             1_800_000_000
         );
         assert!(Row::new(message(None), None).is_err(), "no time at all is refused, not stored as 1970");
+    }
+
+    #[test]
+    fn entries_keep_their_kind_and_what_they_answer() {
+        let at = Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 });
+        let posted = chat_proto::events::v1::Posted { text: "re".into(), reply_to: 7, ..Default::default() };
+        let row = Row::new(Event { kind: Some(Kind::Posted(posted)), ..message(at) }, None).unwrap();
+        assert_eq!((row.kind, row.text.as_str(), row.reply_to), (MessageKind::Message as i16, "re", 7));
+        let left = Event { kind: Some(Kind::Left(Default::default())), ..message(at) };
+        assert_eq!(Row::new(left, None).unwrap().kind, MessageKind::Leave as i16);
+        let joined = Event { kind: Some(Kind::Joined(Default::default())), ..message(at) };
+        assert_eq!(Row::new(joined, None).unwrap().kind, MessageKind::Join as i16);
     }
 }

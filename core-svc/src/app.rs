@@ -28,7 +28,7 @@ use crate::{
     health,
     ids::{IdGenerator, NodeLease},
     limits::RateLimit,
-    messages::{Feeds, Live, Messages, SendLimit},
+    messages::{self, Feeds, Live, Messages, SendLimit},
     password::Hasher,
     rooms::Rooms,
     token::TokenKeys,
@@ -89,8 +89,12 @@ impl Application {
         })
         .abort_handle();
         let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (NATS_URL)")?;
-        let feeds =
-            Arc::new(Feeds::new(nats.clone(), config.nats_subject_prefix.clone(), config.subscribe_queue_messages));
+        let feeds = Arc::new(Feeds::rooms(
+            nats.clone(),
+            config.nats_subject_prefix.clone(),
+            config.subscribe_queue_messages,
+            messages::streamed,
+        ));
         let live = live::Publisher { nats: nats.clone(), subject_prefix: config.nats_subject_prefix.clone() };
         let presence_lease = Duration::from_secs(config.presence_lease_secs);
         let presence = Presence::new(&config.redis_url, &config.redis_key_prefix, presence_lease, live.clone());

@@ -37,11 +37,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// for this long instead of each waiting for another attempt.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// A message in a room's recent history, as the message log has it.
+/// An event in a room's recent history, as the message log has it.
 pub struct Recent {
     /// Its offset in its partition of the message log.
     pub offset: i64,
-    /// The encoded `chat.v1.Message`.
+    /// The encoded `chat.events.v1.Event`.
     pub encoded: Vec<u8>,
 }
 
@@ -132,9 +132,10 @@ pub mod key {
     pub fn member(room_id: i64, uid: i64) -> String {
         format!("member:{room_id}:{uid}")
     }
-    /// v2: members carry their log offset.
+    /// v2: members carry their log offset. v3: the events are
+    /// `chat.events.v1.Event`s, no longer `chat.v1.Message`s.
     pub fn recent(room_id: i64) -> String {
-        format!("recent-v2:{room_id}")
+        format!("recent-v3:{room_id}")
     }
     pub fn login_failures(email: &str) -> String {
         format!("login-failures:{email}")

@@ -1,6 +1,8 @@
-//! The path of every message and join event, in the order that makes
-//! resuming gap-free: the message log (Kafka, the durability point) first,
-//! then the room's recent-history cache, then the live subject (NATS).
+//! The path of every event of a room's history (a `chat.events.v1.Event`:
+//! a message, a join, a leave, or a change to one of them), in the order
+//! that makes resuming gap-free: the message log (Kafka, the durability
+//! point) first, then the room's recent-history cache, then the live
+//! subject (NATS).
 //! Once `publish` returns, the event will reach history, and anyone who
 //! subscribed to the room before it returned will see it live or in the
 //! cache. A room's events all go to one partition, `room_id` modulo the
@@ -13,7 +15,7 @@ use std::{
 };
 
 use anyhow::Context;
-use chat_proto::v1::{Message, MessageKind};
+use chat_proto::events::v1::{Event, event::Kind};
 use prost::Message as _;
 use rdkafka::{
     ClientConfig,
@@ -102,18 +104,12 @@ impl Events {
         })
     }
 
-    pub async fn publish(&self, room_id: i64, uid: i64, kind: MessageKind, text: String) -> Result<Message> {
+    /// Gives the event by `uid` in `room_id` an id and a time, and sends it
+    /// down the path; the event as logged.
+    pub async fn publish(&self, room_id: i64, uid: i64, kind: Kind) -> Result<Event> {
         let id = self.ids.next().ok_or(Error::Unavailable("temporarily unavailable"))?;
-        let message = Message {
-            id,
-            room_id,
-            uid,
-            kind: kind.into(),
-            text,
-            timestamp: Some(timestamp(chrono::Utc::now())),
-            ..Message::default()
-        };
-        let payload = message.encode_to_vec();
+        let event = Event { id, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) };
+        let payload = event.encode_to_vec();
         let key = room_id.to_string();
         // The trace goes on through the log (to the archiver) and the live
         // subject (to the gateways).
@@ -157,7 +153,7 @@ impl Events {
             // Durable already; live clients catch up from history.
             tracing::warn!(%error, room_id, id, "cannot publish a live event");
         }
-        Ok(message)
+        Ok(event)
     }
 
     /// The client is told that a refused event was not stored; but a broker

@@ -8,11 +8,14 @@ use std::{
     time::Duration,
 };
 
-use chat_proto::events::v1::{Event, Typing, event::Kind};
-use chat_proto::v1::{
-    DeleteRequest, DeleteResponse, EditRequest, EditResponse, HistoryRequest, HistoryResponse, Message, MessageKind,
-    ReactRequest, ReactResponse, SearchRequest, SearchResponse, SendRequest, SendResponse, SubscribeRequest,
-    TypingRequest, TypingResponse, message_service_server::MessageService,
+use chat_proto::{
+    envelope,
+    events::v1::{Event, Posted, Typing, event::Kind},
+    v1::{
+        DeleteRequest, DeleteResponse, EditRequest, EditResponse, HistoryRequest, HistoryResponse, Message,
+        ReactRequest, ReactResponse, SearchRequest, SearchResponse, SendRequest, SendResponse, SubscribeRequest,
+        TypingRequest, TypingResponse, message_service_server::MessageService,
+    },
 };
 use chrono::{DateTime, Utc};
 use futures::Stream;
@@ -46,6 +49,11 @@ pub const MAX_PAGE: u32 = 100;
 /// core-svc's room feeds, shared by every `Subscribe` stream. An event is
 /// shared between streams, not copied.
 pub type Feeds = Hub<Arc<Message>>;
+
+/// A live event as a stream shows it.
+pub fn streamed(event: Event) -> Option<Arc<Message>> {
+    envelope::public(event).map(Arc::new)
+}
 
 pub struct Messages {
     history: HistoryStore,
@@ -178,7 +186,7 @@ impl HistoryStore {
             .map(|page| page.entries)
             .unwrap_or_default()
             .iter()
-            .filter_map(|entry| Message::decode(entry.encoded.as_slice()).ok())
+            .filter_map(|entry| Event::decode(entry.encoded.as_slice()).ok().and_then(envelope::public))
             .collect();
         let oldest_offset = oldest.map(|(_, offset)| offset);
         let oldest_cached = cached.iter().map(|m| m.id).min().unwrap_or(i64::MAX);
@@ -361,8 +369,9 @@ impl MessageService for Messages {
             return Err(Error::PermissionDenied("not room member").into());
         }
         self.send_limit.check(&uid.to_string()).await?;
-        let message = self.events.publish(room_id, uid, MessageKind::Message, text.into_inner()).await?;
-        Ok(Response::new(SendResponse { message_id: message.id, timestamp: message.timestamp }))
+        let posted = Posted { text: text.into_inner(), ..Posted::default() };
+        let event = self.events.publish(room_id, uid, Kind::Posted(posted)).await?;
+        Ok(Response::new(SendResponse { message_id: event.id, timestamp: event.timestamp }))
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {

@@ -2,12 +2,15 @@
 
 use std::sync::Arc;
 
-use chat_proto::v1::{
-    CheckMembershipRequest, CheckMembershipResponse, CreateRoomRequest, CreateRoomResponse, GetRoomRequest,
-    InviteRequest, InviteResponse, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse,
-    ListMyRoomsRequest, ListMyRoomsResponse, ListOnlineRequest, ListOnlineResponse, ListUnreadRequest,
-    ListUnreadResponse, MarkReadRequest, MarkReadResponse, MessageKind, OpenDirectRequest, OpenDirectResponse,
-    RemoveMemberRequest, RemoveMemberResponse, Room, RoomKind, room_service_server::RoomService,
+use chat_proto::{
+    events::v1::{Joined, event::Kind},
+    v1::{
+        CheckMembershipRequest, CheckMembershipResponse, CreateRoomRequest, CreateRoomResponse, GetRoomRequest,
+        InviteRequest, InviteResponse, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse,
+        ListMyRoomsRequest, ListMyRoomsResponse, ListOnlineRequest, ListOnlineResponse, ListUnreadRequest,
+        ListUnreadResponse, MarkReadRequest, MarkReadResponse, OpenDirectRequest, OpenDirectResponse,
+        RemoveMemberRequest, RemoveMemberResponse, Room, RoomKind, room_service_server::RoomService,
+    },
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -50,7 +53,7 @@ impl Rooms {
     /// Tells the room that `uid` joined. The membership is committed already;
     /// if the message log is down the announcement is lost, not the join.
     async fn announce_join(&self, room_id: i64, uid: i64) {
-        if let Err(error) = self.events.publish(room_id, uid, MessageKind::Join, String::new()).await {
+        if let Err(error) = self.events.publish(room_id, uid, Kind::Joined(Joined {})).await {
             tracing::warn!(%error, room_id, uid, "join not announced");
         }
     }

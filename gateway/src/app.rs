@@ -21,7 +21,7 @@ use crate::{
     core_client::CoreClient,
     extract::{BODY_LIMIT, TrustForwardedFor},
     routes::{self, AppState},
-    ws::{Hub, Sockets},
+    ws::{Hub, Sockets, frames::Frame},
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -57,7 +57,7 @@ impl Application {
         let lease = Duration::from_secs(config.presence_lease_secs);
         let presence = Presence::new(&config.redis_url, &config.redis_key_prefix, lease, live);
         let sockets = Sockets {
-            hub: Arc::new(Hub::new(nats, config.nats_subject_prefix, config.ws_queue_frames)),
+            hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event)),
             presence,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

@@ -7,6 +7,8 @@
 //! - [`routes`]: the HTTP API, one module per resource, with its OpenAPI
 //!   description beside each handler.
 //! - [`ws`]: the WebSocket protocol, and the room feeds from NATS behind it.
+//! - [`wire`]: the JSON shapes of a room's entries and events, shared by
+//!   the REST answers and the WebSocket frames.
 //! - [`core_client`]: the gRPC clients of core-svc.
 //! - [`extract`]: what handlers take from a request: JSON bodies with
 //!   case-insensitive field names, the caller's token, the client's address.
@@ -20,6 +22,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod routes;
+pub mod wire;
 pub mod ws;
 
 pub use app::Application;

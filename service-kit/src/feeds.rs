@@ -1,15 +1,16 @@
-//! Live room feeds: one NATS subscription per room while something in this
-//! process listens to the room. Each event is decoded and turned into `E`
-//! (a ready-to-write frame, say) once; every listener then gets a clone of it
-//! from a bounded broadcast queue, and one that falls too far behind learns
-//! so from [`broadcast::error::RecvError::Lagged`].
+//! Live feeds: one NATS subscription per room (or per user) while something
+//! in this process listens to it. Each event (a `chat.events.v1.Event`) is
+//! decoded and turned into `E` (a ready-to-write frame, say) once; every
+//! listener then gets a clone of it from a bounded broadcast queue, and one
+//! that falls too far behind learns so from
+//! [`broadcast::error::RecvError::Lagged`].
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, Weak},
 };
 
-use chat_proto::v1::Message;
+use chat_proto::events::v1::Event;
 use futures::StreamExt;
 use prost::Message as _;
 use tokio::{sync::broadcast, task::AbortHandle};
@@ -21,18 +22,30 @@ pub fn room_subject(prefix: &str, room_id: i64) -> String {
     format!("{prefix}.room.{room_id}")
 }
 
+/// The NATS subject of the live events addressed to one user (`Removed`).
+pub fn user_subject(prefix: &str, uid: i64) -> String {
+    format!("{prefix}.user.{uid}")
+}
+
+/// What a listener gets of an event; `None` for one it does not show.
+pub type Listen<E> = fn(Event) -> Option<E>;
+
 type Feeds<E> = Arc<Mutex<HashMap<i64, Weak<Feed<E>>>>>;
 
+/// The feeds of one kind of subject: rooms' or users'.
 pub struct Hub<E> {
     nats: async_nats::Client,
     subject_prefix: String,
+    subject: fn(&str, i64) -> String,
+    listen: Listen<E>,
     queue: usize,
     feeds: Feeds<E>,
 }
 
-/// A room's feed; it lives as long as some listener holds it.
+/// A room's (or user's) feed; it lives as long as some listener holds it.
 pub struct Feed<E> {
-    room_id: i64,
+    /// The room's (or user's) id.
+    id: i64,
     sender: broadcast::Sender<E>,
     task: AbortHandle,
     feeds: Feeds<E>,
@@ -50,52 +63,64 @@ impl<E> Drop for Feed<E> {
         self.task.abort();
         let mut feeds = self.feeds.lock().expect("lock poisoned");
         // A new feed for the room may have replaced this one already.
-        if feeds.get(&self.room_id).is_some_and(|feed| feed.strong_count() == 0) {
-            feeds.remove(&self.room_id);
+        if feeds.get(&self.id).is_some_and(|feed| feed.strong_count() == 0) {
+            feeds.remove(&self.id);
         }
     }
 }
 
-impl<E: From<Message> + Clone + Send + 'static> Hub<E> {
-    /// Room N's events come from `<subject_prefix>.room.N`; each listener
-    /// may fall `queue` events behind.
-    pub fn new(nats: async_nats::Client, subject_prefix: String, queue: usize) -> Self {
-        Self { nats, subject_prefix, queue, feeds: Arc::default() }
+impl<E: Clone + Send + 'static> Hub<E> {
+    /// Room N's events come from `<subject_prefix>.room.N`, each turned
+    /// into what listeners get by `listen`; each listener may fall `queue`
+    /// events behind.
+    pub fn rooms(nats: async_nats::Client, subject_prefix: String, queue: usize, listen: Listen<E>) -> Self {
+        Self { nats, subject_prefix, subject: room_subject, listen, queue, feeds: Arc::default() }
     }
 
-    /// The room's feed, subscribed to NATS before this returns, so that
-    /// every event published afterwards reaches it.
-    pub async fn feed(&self, room_id: i64) -> Result<Arc<Feed<E>>, async_nats::Error> {
-        if let Some(feed) = self.feeds.lock().expect("lock poisoned").get(&room_id).and_then(Weak::upgrade) {
+    /// As [`Hub::rooms`], for user N's events, from `<subject_prefix>.user.N`.
+    pub fn users(nats: async_nats::Client, subject_prefix: String, queue: usize, listen: Listen<E>) -> Self {
+        Self { nats, subject_prefix, subject: user_subject, listen, queue, feeds: Arc::default() }
+    }
+
+    /// The room's (or user's) feed, subscribed to NATS before this returns,
+    /// so that every event published afterwards reaches it.
+    pub async fn feed(&self, id: i64) -> Result<Arc<Feed<E>>, async_nats::Error> {
+        if let Some(feed) = self.feeds.lock().expect("lock poisoned").get(&id).and_then(Weak::upgrade) {
             return Ok(feed);
         }
-        let mut subscriber = self.nats.subscribe(room_subject(&self.subject_prefix, room_id)).await?;
+        let subject = (self.subject)(&self.subject_prefix, id);
+        let mut subscriber = self.nats.subscribe(subject.clone()).await?;
         // The server has the subscription once it answers a ping after it.
         self.nats.flush().await?;
         let (sender, _) = broadcast::channel(self.queue);
         let to_listeners = sender.clone();
+        let listen = self.listen;
         let task = tokio::spawn(async move {
             while let Some(event) = subscriber.next().await {
-                let span = tracing::info_span!("room.fanout", room_id);
+                let span = tracing::info_span!("feed.fanout", subject = subject.as_str());
                 let carried = telemetry::fields_from(|field| Some(event.headers.as_ref()?.get(field)?.as_str()));
                 telemetry::continue_trace(&span, &carried);
                 let _in_span = span.enter();
-                match Message::decode(event.payload) {
+                match Event::decode(event.payload) {
                     // No receivers only means every listener just left.
-                    Ok(message) => drop(to_listeners.send(E::from(message))),
-                    Err(error) => tracing::error!(%error, room_id, "undecodable live event"),
+                    Ok(event) => {
+                        if let Some(shown) = listen(event) {
+                            drop(to_listeners.send(shown));
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, subject = subject.as_str(), "undecodable live event"),
                 }
             }
         })
         .abort_handle();
         let mut feeds = self.feeds.lock().expect("lock poisoned");
         // Another listener may have created the feed while this one subscribed.
-        if let Some(existing) = feeds.get(&room_id).and_then(Weak::upgrade) {
+        if let Some(existing) = feeds.get(&id).and_then(Weak::upgrade) {
             task.abort();
             return Ok(existing);
         }
-        let feed = Arc::new(Feed { room_id, sender, task, feeds: self.feeds.clone() });
-        feeds.insert(room_id, Arc::downgrade(&feed));
+        let feed = Arc::new(Feed { id, sender, task, feeds: self.feeds.clone() });
+        feeds.insert(id, Arc::downgrade(&feed));
         Ok(feed)
     }
 

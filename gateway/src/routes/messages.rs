@@ -7,57 +7,20 @@ use axum::{
     body::Bytes,
     extract::{Query, State},
 };
-use chat_proto::v1::{HistoryRequest, Message, MessageKind};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use chat_proto::v1::HistoryRequest;
+use serde::Deserialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, PathParam, parse_path_id, rfc3339};
+use super::{AppState, PathParam, parse_path_id};
 use crate::{
     core_client::CoreClient,
     error::{ApiError, ErrorBody},
     extract::{Token, parse_case_insensitive},
+    wire::MessageBody,
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(history))
-}
-
-/// A message, in history and on the WebSocket.
-#[derive(Serialize, ToSchema)]
-pub struct MessageBody {
-    /// `message`, or `join` when someone joined or was invited (`Text` is then empty).
-    #[serde(rename = "Type")]
-    pub kind: &'static str,
-    #[serde(rename = "ID")]
-    pub id: i64,
-    #[serde(rename = "RoomID")]
-    pub room_id: i64,
-    #[serde(rename = "UID")]
-    pub uid: i64,
-    #[serde(rename = "Text")]
-    pub text: String,
-    #[serde(rename = "Timestamp")]
-    #[schema(required = true)]
-    pub timestamp: Option<String>,
-}
-
-impl From<Message> for MessageBody {
-    fn from(message: Message) -> Self {
-        let kind = match message.kind() {
-            MessageKind::Join => "join",
-            // Until the features of "Beyond the original" land (issue 13).
-            _ => "message",
-        };
-        Self {
-            kind,
-            id: message.id,
-            room_id: message.room_id,
-            uid: message.uid,
-            text: message.text,
-            timestamp: rfc3339(message.timestamp),
-        }
-    }
 }
 
 #[derive(Deserialize, Default)]

@@ -32,8 +32,6 @@ mod presence;
 mod rooms;
 mod users;
 
-pub use messages::MessageBody;
-
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub core: CoreClient,
@@ -123,7 +121,7 @@ mod tests {
     fn a_missing_or_impossible_timestamp_is_null_not_1970() {
         assert_eq!(rfc3339(None), None);
         assert_eq!(rfc3339(Some(prost_types::Timestamp { seconds: 0, nanos: -1 })), None);
-        let body = MessageBody::from(chat_proto::v1::Message { id: 1, ..Default::default() });
+        let body = crate::wire::MessageBody::from(chat_proto::v1::Message { id: 1, ..Default::default() });
         assert_eq!(serde_json::to_value(body).unwrap()["Timestamp"], serde_json::Value::Null);
     }
 }

@@ -404,8 +404,8 @@ impl Connection {
             tracing::warn!(room_id = room.id, "history lacks a live event; the replay stops");
             return self.leave(socket, problem, reference).await;
         }
-        for message in page {
-            self.send(socket, WsMessage::Text(Frame::from(message).json)).await?;
+        for frame in page.into_iter().filter_map(Frame::of) {
+            self.send(socket, WsMessage::Text(frame.json)).await?;
         }
         let room = self.room.as_mut().expect("a replay is in a room");
         let Some(replay) = room.replay.as_mut() else {

@@ -1,10 +1,10 @@
 //! The frames of the WebSocket protocol (API.md, "WebSocket").
 
 use axum::extract::ws::Utf8Bytes;
-use chat_proto::v1::Message;
+use chat_proto::{envelope, events::v1::Event, v1::Message};
 use serde::{Deserialize, Serialize};
 
-use crate::{extract::parse_case_insensitive, routes::MessageBody};
+use crate::{extract::parse_case_insensitive, wire};
 
 /// The longest `Ref` a client may attach to a frame.
 pub const MAX_REF: usize = 64;
@@ -34,19 +34,25 @@ impl ClientFrame {
     }
 }
 
-/// A room's message or join event, serialised once and written as it is to
-/// every socket in the room.
+/// A room's event, serialised once and written as it is to every socket in
+/// the room.
 #[derive(Clone, Debug)]
 pub struct Frame {
     pub id: i64,
     pub json: Utf8Bytes,
 }
 
-impl From<Message> for Frame {
-    fn from(message: Message) -> Self {
+impl Frame {
+    /// A live event as the room's sockets see it; `None` for one they do
+    /// not show.
+    pub fn of_event(event: Event) -> Option<Self> {
+        Self::of(envelope::public(event)?)
+    }
+
+    /// An entry or event from core-svc (a replay's page) as a frame.
+    pub fn of(message: Message) -> Option<Self> {
         let id = message.id;
-        let json = serde_json::to_string(&MessageBody::from(message)).expect("a message serialises");
-        Self { id, json: json.into() }
+        Some(Self { id, json: wire::event_json(message)?.into() })
     }
 }
 

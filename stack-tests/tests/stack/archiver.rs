@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chat_proto::v1::{Message, MessageKind};
+use chat_proto::events::v1::{Event, Posted, event::Kind};
 use chrono::{DateTime, Utc};
 use prost::Message as _;
 use rdkafka::{
@@ -75,9 +75,9 @@ async fn dead_letters(database_url: &str, topic: &str) -> Vec<DeadLetter> {
 /// A message record's payload, as core-svc would write it (with the time
 /// it was sent: a copy of the record is then the same message).
 fn message(id: i64, room_id: i64, text: &str) -> Vec<u8> {
-    let kind = MessageKind::Message.into();
+    let kind = Some(Kind::Posted(Posted { text: text.into(), ..Posted::default() }));
     let timestamp = Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 });
-    Message { id, room_id, uid: 1, kind, text: text.into(), timestamp, ..Message::default() }.encode_to_vec()
+    Event { id, room_id, uid: 1, timestamp, kind }.encode_to_vec()
 }
 
 /// Writes records straight to one test's topic, as any producer could.

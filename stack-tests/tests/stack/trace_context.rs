@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_proto::v1::{Message, SendRequest};
+use chat_proto::{events::v1::Event, v1::SendRequest};
 use futures::StreamExt;
 use prost::Message as _;
 use rdkafka::{
@@ -49,7 +49,7 @@ async fn a_grpc_send_carries_its_trace_into_the_kafka_record_and_the_nats_event(
     let id = grpc.messages.send(request).await.unwrap().into_inner().message_id;
 
     let event = tokio::time::timeout(WAIT, live.next()).await.expect("a live event").unwrap();
-    assert_eq!(Message::decode(event.payload).unwrap().id, id);
+    assert_eq!(Event::decode(event.payload).unwrap().id, id);
     assert_same_trace(event.headers.as_ref().and_then(|headers| headers.get("traceparent")).map(|v| v.as_str()));
 
     let consumer: StreamConsumer = ClientConfig::new()
@@ -61,7 +61,7 @@ async fn a_grpc_send_carries_its_trace_into_the_kafka_record_and_the_nats_event(
     consumer.subscribe(&[&shared.topic]).unwrap();
     loop {
         let record = tokio::time::timeout(WAIT, consumer.recv()).await.expect("the record").unwrap();
-        if Message::decode(record.payload().unwrap()).unwrap().id != id {
+        if Event::decode(record.payload().unwrap()).unwrap().id != id {
             continue;
         }
         let headers = record.headers().expect("record headers");
@@ -93,6 +93,6 @@ async fn a_rest_call_carries_its_trace_through_the_gateway_to_the_join_event() {
         .unwrap();
     assert_eq!(joined.status(), reqwest::StatusCode::OK);
     let event = tokio::time::timeout(WAIT, live.next()).await.expect("the join event").unwrap();
-    assert_eq!(Message::decode(event.payload).unwrap().uid, bob.uid);
+    assert_eq!(Event::decode(event.payload).unwrap().uid, bob.uid);
     assert_same_trace(event.headers.as_ref().and_then(|headers| headers.get("traceparent")).map(|v| v.as_str()));
 }

@@ -482,7 +482,7 @@ async fn only_in_postgres(app: &TestApp, shared: &Shared, room: i64, ids: &[i64]
         assert!(tokio::time::Instant::now() < deadline, "the archiver stores the room's messages");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let key = app.cache_key(&format!("recent-v2:{room}")).await;
+    let key = app.cache_key(&format!("recent-v3:{room}")).await;
     let _: () = redis::AsyncCommands::del(&mut app.redis().await, key).await.unwrap();
 }
 
