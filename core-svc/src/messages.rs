@@ -22,7 +22,7 @@ use futures::Stream;
 use prost::Message as _;
 use service_kit::{
     feeds::{Feed, Hub},
-    live,
+    live::{self, Cursor},
     presence::{Here, Presence},
 };
 use sqlx::PgPool;
@@ -265,6 +265,9 @@ struct Subscription {
     room_id: i64,
     history: HistoryStore,
     live: Receiver<Arc<Message>>,
+    /// The other members' presence and typing, as they change.
+    live_only: Cursor<Arc<Message>>,
+    live_page: VecDeque<Arc<Message>>,
     _feed: Arc<Feed<Arc<Message>>>,
     /// The id the replay has reached, while it lasts.
     replay_after: Option<i64>,
@@ -310,6 +313,9 @@ impl Subscription {
                 self.next_replay_page(after).await?;
                 continue;
             }
+            if let Some(event) = self.live_page.pop_front() {
+                return Ok(Message::clone(&event));
+            }
             let event = if self.shutdown.is_cancelled() {
                 // What is already queued still goes out, then the stream ends.
                 self.live.try_recv().map_err(|_| shutting_down())?
@@ -322,6 +328,10 @@ impl Subscription {
                         RecvError::Closed => Status::unavailable("the room feed ended; subscribe again with after_id"),
                     })?,
                     () = &mut self.shutting_down => continue,
+                    shown = self.live_only.next() => {
+                        self.live_page.extend(shown);
+                        continue;
+                    }
                     () = &mut self.expiry => {
                         return Err(Status::unauthenticated("token expired; subscribe again with a new token and after_id"));
                     }
@@ -398,6 +408,8 @@ impl MessageService for Messages {
             room_id,
             history: self.history.clone(),
             live: feed.subscribe(),
+            live_only: feed.live(uid),
+            live_page: VecDeque::new(),
             _feed: feed,
             replay_after: after_id,
             replay_page: VecDeque::new(),

@@ -17,7 +17,7 @@ use chat_proto::{
         TypingResponse,
     },
 };
-use service_kit::{feeds::Feed, presence::Here};
+use service_kit::{feeds::Feed, live::Cursor, presence::Here};
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     time::{Instant, MissedTickBehavior, interval, timeout},
@@ -64,7 +64,10 @@ pub struct Connection {
     renewed: bool,
     core: CoreClient,
     sockets: Sockets,
+    /// Left with [`Connection::leave_room`], which ends `live` too.
     room: Option<InRoom>,
+    /// The other members' presence and typing in `room`, as they change.
+    live: Option<Cursor<Frame>>,
 }
 
 struct InRoom {
@@ -145,6 +148,7 @@ struct Entered {
     room_id: i64,
     feed: Arc<Feed<Frame>>,
     frames: Receiver<Frame>,
+    live: Cursor<Frame>,
     here: Here,
     online: Vec<i64>,
     replay: Option<(Replay, Vec<Message>)>,
@@ -152,7 +156,7 @@ struct Entered {
 
 impl Connection {
     pub fn new(uid: i64, token: Token, core: CoreClient, sockets: Sockets) -> Self {
-        Self { uid, token, renewed: false, core, sockets, room: None }
+        Self { uid, token, renewed: false, core, sockets, room: None, live: None }
     }
 
     pub async fn run(mut self, mut socket: WebSocket) {
@@ -217,6 +221,11 @@ impl Connection {
                     Ok(frame) => self.send(socket, WsMessage::Text(frame.json)).await?,
                     Err(error) => return Err(feed_error(error)),
                 },
+                frames = next_live(&mut self.live) => {
+                    for frame in frames {
+                        self.send(socket, WsMessage::Text(frame.json)).await?;
+                    }
+                }
                 _ = ping.tick() => {
                     if in_flight.is_none() && last_heard.elapsed() > SILENCE_LIMIT {
                         return Err(End::Close(close_code::AWAY, "no answer to pings"));
@@ -240,6 +249,9 @@ impl Connection {
     /// Writes what the room had already queued for this socket.
     async fn flush(&mut self, socket: &mut WebSocket) -> Step {
         while let Some(frame) = self.room.as_mut().and_then(InRoom::try_next) {
+            self.send(socket, WsMessage::Text(frame.json)).await?;
+        }
+        for frame in self.live.as_mut().map(Cursor::take).unwrap_or_default() {
             self.send(socket, WsMessage::Text(frame.json)).await?;
         }
         Ok(())
@@ -292,7 +304,7 @@ impl Connection {
             return self.error(socket, "already in room", reference).await.map(|()| None);
         }
         if room_id == 0 {
-            self.room = None;
+            self.leave_room();
             return self.write(socket, ServerFrame::Enter { room_id, reference }).await.map(|()| None);
         }
         let span = tracing::info_span!(parent: None, "ws.enter", uid = self.uid, room_id);
@@ -330,6 +342,7 @@ impl Connection {
                 }
             };
             let mut frames = feed.subscribe();
+            let live = feed.live(uid);
             // Counted before the others are read, so the list has this socket.
             let here = presence.arrive(room_id, uid);
             let online = match timeout(CALL_TIMEOUT, presence.online(room_id)).await {
@@ -344,7 +357,7 @@ impl Connection {
                 }
             };
             let Some((last_id, read)) = first_page else {
-                return Ok(Entered { room_id, feed, frames, here, online, replay: None });
+                return Ok(Entered { room_id, feed, frames, live, here, online, replay: None });
             };
             let mut replay = Replay::new(last_id, hub.queue());
             let mut read = std::pin::pin!(read);
@@ -360,7 +373,7 @@ impl Connection {
                     },
                 }
             };
-            Ok(Entered { room_id, feed, frames, here, online, replay: Some((replay, page)) })
+            Ok(Entered { room_id, feed, frames, live, here, online, replay: Some((replay, page)) })
         }
     }
 
@@ -371,7 +384,7 @@ impl Connection {
         entered: Entered,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
-        let Entered { room_id, feed, frames, here, online, replay } = entered;
+        let Entered { room_id, feed, frames, live, here, online, replay } = entered;
         let (replay, page) = replay.unzip();
         self.room = Some(InRoom {
             id: room_id,
@@ -383,6 +396,7 @@ impl Connection {
             _feed: feed,
             _here: here,
         });
+        self.live = Some(live);
         self.write(socket, ServerFrame::Enter { room_id, reference: reference.as_deref() }).await?;
         self.write(socket, ServerFrame::Online { room_id, online: &online }).await?;
         match page {
@@ -426,9 +440,15 @@ impl Connection {
         problem: &'static str,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
-        self.room = None;
+        self.leave_room();
         self.write(socket, ServerFrame::Enter { room_id: 0, reference: None }).await?;
         self.error(socket, problem, reference.as_deref()).await.map(|()| None)
+    }
+
+    /// Out of the room, and of its presence and typing.
+    fn leave_room(&mut self) {
+        self.room = None;
+        self.live = None;
     }
 
     /// A page of the room's history after `after`, oldest first.
@@ -707,6 +727,14 @@ async fn call<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::St
 async fn next_frame(room: &mut Option<InRoom>) -> Result<Frame, RecvError> {
     match room {
         Some(room) => room.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The other members' presence and typing that changed, once some did.
+async fn next_live(live: &mut Option<Cursor<Frame>>) -> Vec<Frame> {
+    match live {
+        Some(live) => live.next().await,
         None => std::future::pending().await,
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use chat_proto::v1::{ListOnlineRequest, Message, SubscribeRequest};
+use chat_proto::v1::{ListOnlineRequest, Message, MessageKind, SubscribeRequest};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use stack_tests::{
@@ -194,4 +194,134 @@ async fn the_openapi_document_describes_online() {
     }
     let schema: &Value = &operation["responses"]["200"]["content"]["application/json"]["schema"];
     assert!(schema.is_object(), "{operation}");
+}
+
+/// The next event of a stream, within 10 s.
+async fn next_event(stream: &mut Streaming<Message>) -> Message {
+    let item = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("an event within 10 s");
+    item.expect("the stream goes on").expect("the stream is open")
+}
+
+fn presence(room: i64, uid: i64, online: bool) -> Value {
+    json!({"Type": "presence", "RoomID": room, "UID": uid, "Online": online})
+}
+
+#[tokio::test]
+async fn presence_reaches_the_other_members_on_every_gateway_and_stream() {
+    let app = TestApp::spawn().await;
+    let (alice, bob, carol, room) = a_room(&app).await;
+    let dave = app.register("dave").await;
+    for member in [&carol, &dave] {
+        app.put("/join", Some(&member.token), json!({"RoomID": room})).await;
+    }
+    let (other_base, _stop) = spawn_gateway(&app.shared, &Settings::default(), app.core).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    a.enter(room).await;
+    a.side().await;
+    let mut b = Ws::connect(&other_base, &bob.token).await;
+    b.enter(room).await;
+    b.side().await;
+    assert_eq!(a.side().await, presence(room, bob.uid, true), "from the other gateway");
+    let mut grpc = app.grpc().await;
+    let mut stream = subscribe(&mut grpc, &carol, room).await;
+    for ws in [&mut a, &mut b] {
+        assert_eq!(ws.side().await, presence(room, carol.uid, true), "a stream counts");
+    }
+
+    let mut d = Ws::connect(&other_base, &dave.token).await;
+    d.enter(room).await;
+    assert_eq!(d.side().await["Type"], "online");
+    for ws in [&mut a, &mut b] {
+        assert_eq!(ws.side().await, presence(room, dave.uid, true));
+    }
+    let event = next_event(&mut stream).await;
+    assert_eq!(
+        (event.kind(), event.id, event.room_id, event.uid, event.online),
+        (MessageKind::Presence, 0, room, dave.uid, true),
+        "the stream gets it as MESSAGE_KIND_PRESENCE"
+    );
+    d.expect_no_side(Duration::from_millis(500)).await;
+
+    d.close().await;
+    for ws in [&mut a, &mut b] {
+        assert_eq!(ws.side().await, presence(room, dave.uid, false));
+    }
+    let event = next_event(&mut stream).await;
+    assert_eq!((event.kind(), event.uid, event.online), (MessageKind::Presence, dave.uid, false));
+    drop(stream);
+    for ws in [&mut a, &mut b] {
+        assert_eq!(ws.side().await, presence(room, carol.uid, false));
+    }
+}
+
+#[tokio::test]
+async fn a_second_socket_of_a_member_announces_nothing_and_only_the_last_to_close_does() {
+    let app = TestApp::spawn().await;
+    let (alice, bob, _, room) = a_room(&app).await;
+    let (other_base, _stop) = spawn_gateway(&app.shared, &Settings::default(), app.core).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    b.enter(room).await;
+    b.side().await;
+    let mut first = Ws::connect(&app.base, &alice.token).await;
+    first.enter(room).await;
+    assert_eq!(b.side().await, presence(room, alice.uid, true));
+    let mut second = Ws::connect(&other_base, &alice.token).await;
+    second.enter(room).await;
+    // Past the second that a change may be held back.
+    b.expect_no_side(Duration::from_millis(1500)).await;
+    first.close().await;
+    b.expect_no_side(Duration::from_millis(1500)).await;
+    second.close().await;
+    assert_eq!(b.side().await, presence(room, alice.uid, false));
+}
+
+#[tokio::test]
+async fn a_member_who_keeps_coming_and_going_is_told_at_most_once_a_second() {
+    let app = TestApp::spawn().await;
+    let (alice, bob, _, room) = a_room(&app).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    b.enter(room).await;
+    b.side().await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    let started = Instant::now();
+    for _ in 0..15 {
+        a.enter(room).await;
+        a.enter(0).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.enter(room).await;
+    // What Bob is told, until nothing more comes.
+    let mut told = Vec::new();
+    while let Ok(frame) = tokio::time::timeout(Duration::from_millis(1500), b.side()).await {
+        assert_eq!((&frame["Type"], &frame["UID"]), (&json!("presence"), &json!(alice.uid)), "{frame}");
+        told.push(frame["Online"].as_bool().unwrap());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    assert!((told.len() as f64) <= seconds + 1.0, "{} frames in {seconds:.1} s: {told:?}", told.len());
+    assert!(told.windows(2).all(|pair| pair[0] != pair[1]), "each one a change: {told:?}");
+    assert_eq!(told.last(), Some(&true), "the last one says where she is: in");
+}
+
+#[tokio::test]
+async fn the_members_of_a_gateway_that_dies_are_announced_offline() {
+    let settings = Settings { presence_lease_secs: 2, ..Settings::default() };
+    let app = TestApp::spawn_with(Settings { presence_lease_secs: 2, ..Settings::default() }).await;
+    let (alice, bob, _, room) = a_room(&app).await;
+    let mut doomed = DoomedGateway::spawn(&app.shared, &settings, app.core).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    b.enter(room).await;
+    b.side().await;
+    let mut a = Ws::connect(&doomed.base, &alice.token).await;
+    a.enter(room).await;
+    assert_eq!(b.side().await, presence(room, alice.uid, true));
+    let mut grpc = app.grpc().await;
+    let mut stream = subscribe(&mut grpc, &bob, room).await;
+
+    doomed.kill();
+    let deadline = Duration::from_secs(60);
+    let offline = tokio::time::timeout(deadline, b.side()).await.expect("offline within 60 s");
+    assert_eq!(offline, presence(room, alice.uid, false));
+    let event = tokio::time::timeout(deadline, stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!((event.uid, event.online), (alice.uid, false), "streams hear of it too");
+    drop(a);
 }
