@@ -30,15 +30,21 @@ def uid_of(stack, token):
     return requests.get(f"{stack.base}/profile", headers={"Authorization": token}).json()["UID"]
 
 
+def two_in_a_room(stack, tag):
+    """Two new users' tokens and the room of the first, which the second joined."""
+    token1, token2 = user(stack, f"one_{tag}"), user(stack, f"two_{tag}")
+    room = requests.post(
+        f"{stack.base}/create-room", headers={"Authorization": token1}, json={"Name": f"room {tag}"}
+    ).json()["RoomID"]
+    requests.put(f"{stack.base}/join", headers={"Authorization": token2}, json={"RoomID": room})
+    return token1, token2, room
+
+
 def test_presence_typing_and_a_fresh_token_as_the_readme_shows(stack, chat):
     pb, rpc = chat
     tag = uuid.uuid4().hex[:6]
-    token1, token2 = user(stack, f"one_{tag}"), user(stack, f"two_{tag}")
+    token1, token2, room = two_in_a_room(stack, tag)
     uid1, uid2 = uid_of(stack, token1), uid_of(stack, token2)
-    room = requests.post(
-        f"{stack.base}/create-room", headers={"Authorization": token1}, json={"Name": f"features {tag}"}
-    ).json()["RoomID"]
-    requests.put(f"{stack.base}/join", headers={"Authorization": token2}, json={"RoomID": room})
     channel = grpc.insecure_channel(stack.grpc)
     messages = rpc.MessageServiceStub(channel)
 
@@ -80,13 +86,8 @@ def test_presence_typing_and_a_fresh_token_as_the_readme_shows(stack, chat):
 
 def test_a_stream_sees_presence_and_typing_but_not_its_own(stack, chat):
     pb, rpc = chat
-    tag = uuid.uuid4().hex[:6]
-    token1, token2 = user(stack, f"s1_{tag}"), user(stack, f"s2_{tag}")
+    token1, token2, room = two_in_a_room(stack, uuid.uuid4().hex[:6])
     uid2 = uid_of(stack, token2)
-    room = requests.post(
-        f"{stack.base}/create-room", headers={"Authorization": token1}, json={"Name": f"stream {tag}"}
-    ).json()["RoomID"]
-    requests.put(f"{stack.base}/join", headers={"Authorization": token2}, json={"RoomID": room})
     channel = grpc.insecure_channel(stack.grpc)
     messages = rpc.MessageServiceStub(channel)
     auth1 = [("authorization", f"Bearer {token1}")]

@@ -177,6 +177,32 @@ impl Gateway {
         self.user(&name).await
     }
 
+    /// A public room named `name`, created by the first of `tokens`'
+    /// users, which the others join.
+    async fn room_of(&self, tokens: &[String], name: &str) -> anyhow::Result<i64> {
+        let answer: Value = self
+            .http
+            .post(format!("{}/create-room", self.base))
+            .header("Authorization", &tokens[0])
+            .json(&json!({"Name": name, "IsPrivate": false}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let room = answer["RoomID"].as_i64().with_context(|| format!("create room: {answer}"))?;
+        let joins = tokens[1..].iter().map(|token| {
+            self.http
+                .put(format!("{}/join", self.base))
+                .header("Authorization", token)
+                .json(&json!({"RoomID": room}))
+                .send()
+        });
+        for joined in futures::stream::iter(joins).buffer_unordered(32).collect::<Vec<_>>().await {
+            joined?;
+        }
+        Ok(room)
+    }
+
     async fn connect(&self, token: &str) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
         let url = format!("{}/ws?token={token}", self.base.replacen("http", "ws", 1));
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
@@ -189,28 +215,9 @@ impl Gateway {
         let tag = std::process::id() % 100_000;
         println!("setup: {per_room} users, {rooms} rooms, {} sockets", rooms * per_room);
         let tokens = self.users(per_room, &tag.to_string()).await?;
-        let owner = &tokens[0];
         let mut room_ids = Vec::new();
         for r in 0..rooms {
-            let answer: Value = self
-                .http
-                .post(format!("{}/create-room", self.base))
-                .header("Authorization", owner)
-                .json(&json!({"Name": format!("bench-{tag}-{r}"), "IsPrivate": false}))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let room = answer["RoomID"].as_i64().with_context(|| format!("create room: {answer}"))?;
-            for token in &tokens[1..] {
-                self.http
-                    .put(format!("{}/join", self.base))
-                    .header("Authorization", token)
-                    .json(&json!({"RoomID": room}))
-                    .send()
-                    .await?;
-            }
-            room_ids.push(room);
+            room_ids.push(self.room_of(&tokens, &format!("bench-{tag}-{r}")).await?);
         }
         let received = Arc::new(AtomicU64::new(0));
         let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
@@ -319,26 +326,7 @@ impl Gateway {
         let tag = format!("p{}", std::process::id() % 100_000);
         println!("setup: {sockets} users in one room");
         let tokens = self.users(sockets, &tag).await?;
-        let answer: Value = self
-            .http
-            .post(format!("{}/create-room", self.base))
-            .header("Authorization", &tokens[0])
-            .json(&json!({"Name": format!("bench-{tag}"), "IsPrivate": false}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let room = answer["RoomID"].as_i64().with_context(|| format!("create room: {answer}"))?;
-        let joins = tokens[1..].iter().map(|token| {
-            self.http
-                .put(format!("{}/join", self.base))
-                .header("Authorization", token)
-                .json(&json!({"RoomID": room}))
-                .send()
-        });
-        for joined in futures::stream::iter(joins).buffer_unordered(32).collect::<Vec<_>>().await {
-            joined?;
-        }
+        let room = self.room_of(&tokens, &format!("bench-{tag}")).await?;
         let mut connected = Vec::with_capacity(sockets);
         for token in &tokens {
             connected.push(self.connect(token).await?);

@@ -16,15 +16,16 @@ use std::{
 };
 
 use chat_proto::v1::{
-    CreateRoomRequest, LoginRequest, RegisterRequest, SendRequest, message_service_client::MessageServiceClient,
-    room_service_client::RoomServiceClient, user_service_client::UserServiceClient,
+    CreateRoomRequest, LoginRequest, Message, RegisterRequest, SendRequest, SubscribeRequest,
+    message_service_client::MessageServiceClient, room_service_client::RoomServiceClient,
+    user_service_client::UserServiceClient,
 };
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tonic::transport::Channel;
+use tonic::{Streaming, transport::Channel};
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 
@@ -645,10 +646,28 @@ impl Grpc {
         self.rooms.create_room(request).await.expect("room created").into_inner().room_id
     }
 
+    /// `user`'s live stream of a room.
+    pub async fn subscribe(&mut self, user: &User, room_id: i64) -> Streaming<Message> {
+        let request = authed(user, SubscribeRequest { room_id, after_id: None });
+        self.messages.subscribe(request).await.expect("subscribed").into_inner()
+    }
+
     /// Sends `text` to a room as `user`: the message's id, or why not.
     pub async fn send(&mut self, user: &User, room_id: i64, text: &str) -> Result<i64, tonic::Status> {
         let request = authed(user, SendRequest { room_id, text: text.into(), ..SendRequest::default() });
         self.messages.send(request).await.map(|sent| sent.into_inner().message_id)
+    }
+}
+
+/// The next event of a `Subscribe` stream that `wanted` picks (each within
+/// 10 s), passing over the others.
+pub async fn next_event(stream: &mut Streaming<Message>, wanted: impl Fn(&Message) -> bool) -> Message {
+    loop {
+        let item = tokio::time::timeout(WS_WAIT, stream.message()).await.expect("an event within 10 s");
+        let event = item.expect("the stream goes on").expect("the stream is open");
+        if wanted(&event) {
+            return event;
+        }
     }
 }
 

@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use chat_proto::v1::{ListOnlineRequest, Message, MessageKind, SubscribeRequest};
+use chat_proto::v1::{ListOnlineRequest, MessageKind};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use stack_tests::{
-    DoomedGateway, Grpc, Settings, TestApp, User, Ws, assert_error, assert_status, authed, spawn_gateway,
+    DoomedGateway, Settings, TestApp, User, Ws, assert_error, assert_status, authed, next_event, spawn_gateway,
 };
-use tonic::{Code, Streaming};
+use tonic::Code;
 
 /// Who `GET /room/{room}/online` lists, asked as `user`.
 async fn online(app: &TestApp, user: &User, room: i64) -> Vec<i64> {
@@ -20,22 +20,17 @@ async fn online(app: &TestApp, user: &User, room: i64) -> Vec<i64> {
 }
 
 /// Waits until `GET /room/{room}/online` lists exactly `expected` (a socket
-/// that closed is told to Redis a moment later); how long that took.
-async fn online_becomes(app: &TestApp, user: &User, room: i64, expected: &[i64], within: Duration) -> Duration {
+/// that closed is told to Redis a moment later).
+async fn online_becomes(app: &TestApp, user: &User, room: i64, expected: &[i64], within: Duration) {
     let started = Instant::now();
     loop {
         let now = online(app, user, room).await;
         if now == expected {
-            return started.elapsed();
+            return;
         }
         assert!(started.elapsed() < within, "online is {now:?}, not {expected:?}, after {within:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn subscribe(grpc: &mut Grpc, user: &User, room_id: i64) -> Streaming<Message> {
-    let request = authed(user, SubscribeRequest { room_id, after_id: None });
-    grpc.messages.subscribe(request).await.expect("subscribed").into_inner()
 }
 
 /// Alice's public room, with Bob a member and Carol a stranger to it.
@@ -83,7 +78,7 @@ async fn online_lists_every_member_with_a_socket_on_any_gateway_or_a_stream() {
     let mut b = Ws::connect(&other.base, &bob.token).await;
     b.enter(room).await;
     let mut grpc = app.grpc().await;
-    let stream = subscribe(&mut grpc, &carol, room).await;
+    let stream = grpc.subscribe(&carol, room).await;
     let everyone = sorted(vec![alice.uid, bob.uid, carol.uid]);
     for gateway in [&app, &other] {
         assert_eq!(online(gateway, &bob, room).await, everyone, "the same from either gateway");
@@ -97,47 +92,6 @@ async fn online_lists_every_member_with_a_socket_on_any_gateway_or_a_stream() {
     online_becomes(&app, &bob, room, &[bob.uid], Duration::from_secs(10)).await;
     b.enter(0).await;
     online_becomes(&app, &bob, room, &[], Duration::from_secs(10)).await;
-}
-
-#[tokio::test]
-async fn a_member_stays_online_until_their_last_socket_closes_on_whichever_gateway() {
-    let app = TestApp::spawn().await;
-    let (alice, bob, _, room) = a_room(&app).await;
-    let (other_base, _stop) = spawn_gateway(&app.shared, &Settings::default(), app.core).await;
-    let mut here = Ws::connect(&app.base, &alice.token).await;
-    here.enter(room).await;
-    let mut again = Ws::connect(&app.base, &alice.token).await;
-    again.enter(room).await;
-    let mut there = Ws::connect(&other_base, &alice.token).await;
-    there.enter(room).await;
-    assert_eq!(online(&app, &bob, room).await, [alice.uid], "listed once however many sockets");
-
-    here.close().await;
-    there.close().await;
-    // Given time to be told, nothing changes while one socket is open.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(online(&app, &bob, room).await, [alice.uid]);
-    again.close().await;
-    online_becomes(&app, &bob, room, &[], Duration::from_secs(10)).await;
-}
-
-#[tokio::test]
-async fn a_gateway_that_dies_takes_its_members_offline_when_its_lease_runs_out() {
-    let settings = Settings { presence_lease_secs: 2, ..Settings::default() };
-    let app = TestApp::spawn_with(Settings { presence_lease_secs: 2, ..Settings::default() }).await;
-    let (alice, bob, _, room) = a_room(&app).await;
-    let mut doomed = DoomedGateway::spawn(&app.shared, &settings, app.core).await;
-    let mut a = Ws::connect(&doomed.base, &alice.token).await;
-    a.enter(room).await;
-    let mut b = Ws::connect(&app.base, &bob.token).await;
-    b.enter(room).await;
-    assert_eq!(online(&app, &bob, room).await, sorted(vec![alice.uid, bob.uid]));
-
-    doomed.kill();
-    // Within a lease and a sixth of it, and more than any renewal period
-    // (the dead gateway's entries outlive it: it removed nothing).
-    online_becomes(&app, &bob, room, &[bob.uid], Duration::from_secs(60)).await;
-    drop(a);
 }
 
 #[tokio::test]
@@ -196,12 +150,6 @@ async fn the_openapi_document_describes_online() {
     assert!(schema.is_object(), "{operation}");
 }
 
-/// The next event of a stream, within 10 s.
-async fn next_event(stream: &mut Streaming<Message>) -> Message {
-    let item = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("an event within 10 s");
-    item.expect("the stream goes on").expect("the stream is open")
-}
-
 fn presence(room: i64, uid: i64, online: bool) -> Value {
     json!({"Type": "presence", "RoomID": room, "UID": uid, "Online": online})
 }
@@ -223,7 +171,7 @@ async fn presence_reaches_the_other_members_on_every_gateway_and_stream() {
     b.side().await;
     assert_eq!(a.side().await, presence(room, bob.uid, true), "from the other gateway");
     let mut grpc = app.grpc().await;
-    let mut stream = subscribe(&mut grpc, &carol, room).await;
+    let mut stream = grpc.subscribe(&carol, room).await;
     for ws in [&mut a, &mut b] {
         assert_eq!(ws.side().await, presence(room, carol.uid, true), "a stream counts");
     }
@@ -234,7 +182,7 @@ async fn presence_reaches_the_other_members_on_every_gateway_and_stream() {
     for ws in [&mut a, &mut b] {
         assert_eq!(ws.side().await, presence(room, dave.uid, true));
     }
-    let event = next_event(&mut stream).await;
+    let event = next_event(&mut stream, |_| true).await;
     assert_eq!(
         (event.kind(), event.id, event.room_id, event.uid, event.online),
         (MessageKind::Presence, 0, room, dave.uid, true),
@@ -246,7 +194,7 @@ async fn presence_reaches_the_other_members_on_every_gateway_and_stream() {
     for ws in [&mut a, &mut b] {
         assert_eq!(ws.side().await, presence(room, dave.uid, false));
     }
-    let event = next_event(&mut stream).await;
+    let event = next_event(&mut stream, |_| true).await;
     assert_eq!((event.kind(), event.uid, event.online), (MessageKind::Presence, dave.uid, false));
     drop(stream);
     for ws in [&mut a, &mut b] {
@@ -265,14 +213,20 @@ async fn a_second_socket_of_a_member_announces_nothing_and_only_the_last_to_clos
     let mut first = Ws::connect(&app.base, &alice.token).await;
     first.enter(room).await;
     assert_eq!(b.side().await, presence(room, alice.uid, true));
-    let mut second = Ws::connect(&other_base, &alice.token).await;
-    second.enter(room).await;
+    let mut again = Ws::connect(&app.base, &alice.token).await;
+    again.enter(room).await;
+    let mut there = Ws::connect(&other_base, &alice.token).await;
+    there.enter(room).await;
+    assert_eq!(online(&app, &bob, room).await, sorted(vec![alice.uid, bob.uid]), "listed once");
     // Past the second that a change may be held back.
     b.expect_no_side(Duration::from_millis(1500)).await;
     first.close().await;
+    there.close().await;
     b.expect_no_side(Duration::from_millis(1500)).await;
-    second.close().await;
+    assert_eq!(online(&app, &bob, room).await, sorted(vec![alice.uid, bob.uid]), "while one socket is open");
+    again.close().await;
     assert_eq!(b.side().await, presence(room, alice.uid, false));
+    online_becomes(&app, &bob, room, &[bob.uid], Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -303,7 +257,7 @@ async fn a_member_who_keeps_coming_and_going_is_told_at_most_once_a_second() {
 }
 
 #[tokio::test]
-async fn the_members_of_a_gateway_that_dies_are_announced_offline() {
+async fn a_gateway_that_dies_takes_its_members_offline_when_its_lease_runs_out() {
     let settings = Settings { presence_lease_secs: 2, ..Settings::default() };
     let app = TestApp::spawn_with(Settings { presence_lease_secs: 2, ..Settings::default() }).await;
     let (alice, bob, _, room) = a_room(&app).await;
@@ -315,13 +269,17 @@ async fn the_members_of_a_gateway_that_dies_are_announced_offline() {
     a.enter(room).await;
     assert_eq!(b.side().await, presence(room, alice.uid, true));
     let mut grpc = app.grpc().await;
-    let mut stream = subscribe(&mut grpc, &bob, room).await;
+    let mut stream = grpc.subscribe(&bob, room).await;
+    assert_eq!(online(&app, &bob, room).await, sorted(vec![alice.uid, bob.uid]));
 
     doomed.kill();
+    // Nothing closed cleanly: only the lease running out (and a sweep)
+    // takes Alice offline.
     let deadline = Duration::from_secs(60);
     let offline = tokio::time::timeout(deadline, b.side()).await.expect("offline within 60 s");
     assert_eq!(offline, presence(room, alice.uid, false));
     let event = tokio::time::timeout(deadline, stream.message()).await.unwrap().unwrap().unwrap();
-    assert_eq!((event.uid, event.online), (alice.uid, false), "streams hear of it too");
+    assert_eq!((event.kind(), event.uid, event.online), (MessageKind::Presence, alice.uid, false), "streams too");
+    assert_eq!(online(&app, &bob, room).await, [bob.uid]);
     drop(a);
 }

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use chat_proto::v1::{Message, MessageKind, SubscribeRequest, TypingRequest};
+use chat_proto::v1::{MessageKind, TypingRequest};
 use redis::AsyncCommands;
 use serde_json::json;
 use sqlx::Connection;
-use stack_tests::{Settings, TestApp, Ws, assert_status, authed, spawn_gateway};
-use tonic::{Code, Streaming};
+use stack_tests::{Settings, TestApp, Ws, assert_status, authed, next_event, spawn_gateway};
+use tonic::Code;
 
 #[tokio::test]
 async fn typing_outside_a_room_is_refused() {
@@ -61,12 +61,7 @@ async fn typing_reaches_the_other_members_on_every_gateway_and_stream_but_not_th
     }
     let (other_base, _stop) = spawn_gateway(&app.shared, &Settings::default(), app.core).await;
     let mut grpc = app.grpc().await;
-    let mut stream = grpc
-        .messages
-        .subscribe(authed(&carol, SubscribeRequest { room_id: room, after_id: None }))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = grpc.subscribe(&carol, room).await;
     let mut typist = Ws::connect(&app.base, &alice.token).await;
     let mut typists_other = Ws::connect(&other_base, &alice.token).await;
     let mut b = Ws::connect(&other_base, &bob.token).await;
@@ -75,7 +70,7 @@ async fn typing_reaches_the_other_members_on_every_gateway_and_stream_but_not_th
     }
     typist.send(json!({"Type": "typing"})).await;
     assert_eq!(next_side_of(&mut b, "typing").await, typing(room, alice.uid), "across gateways");
-    let event = next_of(&mut stream, MessageKind::Typing).await;
+    let event = next_event(&mut stream, |event| event.kind() == MessageKind::Typing).await;
     assert_eq!((event.id, event.room_id, event.uid), (0, room, alice.uid), "MESSAGE_KIND_TYPING on the stream");
     for own in [&mut typist, &mut typists_other] {
         expect_no(own, "typing", Duration::from_millis(500)).await;
@@ -166,16 +161,6 @@ async fn expect_no(ws: &mut Ws, kind: &str, wait: Duration) {
         match tokio::time::timeout_at(until, next).await {
             Err(_) => return,
             Ok(frame) => assert_ne!(frame["Type"], kind, "expected no {kind}, got {frame}"),
-        }
-    }
-}
-
-async fn next_of(stream: &mut Streaming<Message>, kind: MessageKind) -> Message {
-    loop {
-        let item = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("within 10 s");
-        let event = item.expect("the stream goes on").expect("open");
-        if event.kind() == kind {
-            return event;
         }
     }
 }
