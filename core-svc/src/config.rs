@@ -119,7 +119,7 @@ pub struct Config {
     pub subscribe_queue_messages: usize,
 
     /// How long, in seconds, this replica's streams keep their members
-    /// online after it stops renewing them (it renews every third of this):
+    /// online after it stops renewing them (it renews every sixth of this):
     /// a replica that dies takes its streams' members offline within a
     /// lease and a sixth. Every gateway and replica should use the same.
     #[arg(long, env = "PRESENCE_LEASE_SECS", default_value_t = 30)]

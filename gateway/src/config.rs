@@ -37,7 +37,7 @@ pub struct Config {
     pub redis_key_prefix: String,
 
     /// How long, in seconds, this gateway's sockets keep their members
-    /// online after it stops renewing them (it renews every third of this):
+    /// online after it stops renewing them (it renews every sixth of this):
     /// a gateway that dies takes its members offline within a lease and a
     /// sixth. Every gateway and core-svc replica should use the same.
     #[arg(long, env = "PRESENCE_LEASE_SECS", default_value_t = 30)]

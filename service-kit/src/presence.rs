@@ -13,11 +13,12 @@
 //! are on. Every such change is announced as one small live event on the
 //! room's subject, so its cost does not grow with the room.
 //!
-//! A process renews its entries every third of a lease. One that dies stops
+//! A process renews its entries every sixth of a lease. One that dies stops
 //! renewing them, and the next script run on the room removes them once the
-//! lease has passed: every process with listeners in a room runs one at
-//! least every sixth of a lease, so a dead process's members go offline
-//! within a lease and a sixth of it ([`MAX_LEASE`] keeps that under 60 s).
+//! lease has passed: every process with listeners in a room runs one (its
+//! renewal) at least every sixth of a lease, so a dead process's members go
+//! offline within a lease and a sixth of it ([`MAX_LEASE`] keeps that under
+//! 60 s).
 //! A crash can never leave a member online for good: nothing but renewals
 //! keeps an entry alive, and the keys themselves expire two leases after the
 //! last write.
@@ -49,11 +50,14 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// lease and a sixth of one, plus the second that presence frames may be
 /// held back (see [`live::Throttle`]), which must stay under 60 s.
 pub const MAX_LEASE: Duration = Duration::from_secs(45);
-/// The shortest lease allowed: renewals every third of it must stay cheap.
+/// The shortest lease allowed: renewals every sixth of it must stay cheap.
 pub const MIN_LEASE: Duration = Duration::from_secs(2);
 /// The most members one script call adds or removes, so that no call holds
-/// Redis up for long when thousands arrive at once.
-const BATCH: usize = 500;
+/// Redis up for long (a few ms) when thousands arrive at once. A room's
+/// renewal is one call up to this many members here: a process's own entry
+/// that ran out (Redis was away longer than a lease) and is renewed in the
+/// same call is no news to anyone.
+const BATCH: usize = 2000;
 /// The most expired entries one script call removes, for the same reason.
 const SWEEP_LIMIT: usize = 1000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -165,7 +169,7 @@ impl Drop for Here {
 impl Presence {
     /// Presence kept in the Redis at `redis_url` under `key_prefix`, its
     /// changes announced through `live`. Starts
-    /// the worker that tells Redis, renews the leases and sweeps the rooms;
+    /// the worker that tells Redis and renews the leases (sweeping the rooms);
     /// it stops once every clone of this and every [`Here`] is gone.
     pub fn new(redis_url: &str, key_prefix: &str, lease: Duration, live: live::Publisher) -> Self {
         let client = redis::Client::open(redis_url)
@@ -228,26 +232,22 @@ impl Presence {
     }
 }
 
-/// The worker: tells Redis of changes as they come, renews this process's
-/// entries every third of a lease and sweeps its rooms every sixth.
+/// The worker: tells Redis of changes as they come, and renews this
+/// process's entries (sweeping their rooms) every sixth of a lease.
 async fn work(shared: Weak<Shared>, changed: Arc<Notify>, lease: Duration) {
-    let mut renew = interval(lease / 3);
-    let mut sweep = interval(lease / 6);
+    let mut renew = interval(lease / 6);
     renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // `shared` is not held while waiting: the last handle going away ends
     // the worker.
     loop {
         let task = tokio::select! {
             () = changed.notified() => Task::Changes,
             _ = renew.tick() => Task::Renew,
-            _ = sweep.tick() => Task::Sweep,
         };
         let Some(shared) = shared.upgrade() else { return };
         match task {
             Task::Changes => shared.tell_changes().await,
             Task::Renew => shared.renew().await,
-            Task::Sweep => shared.sweep().await,
         }
     }
 }
@@ -255,7 +255,6 @@ async fn work(shared: Weak<Shared>, changed: Arc<Notify>, lease: Duration) {
 enum Task {
     Changes,
     Renew,
-    Sweep,
 }
 
 impl Shared {
@@ -283,9 +282,10 @@ impl Shared {
         }
     }
 
-    /// Renews every entry of this process: the leases move on, and an entry
+    /// Renews every entry of this process: the leases move on, an entry
     /// that Redis lost (or that was swept while this process stalled) is
-    /// added again.
+    /// added again, and the expired entries of the rooms this process has
+    /// listeners in go, announced offline.
     async fn renew(&self) {
         let rooms: Vec<(i64, Vec<i64>)> = {
             let local = self.local.lock().expect("lock poisoned");
@@ -293,18 +293,6 @@ impl Shared {
         };
         for (room_id, uids) in rooms {
             self.apply_all(room_id, &uids, &[]).await;
-        }
-    }
-
-    /// Removes the expired entries of the rooms this process has listeners
-    /// in, announcing who went offline with them.
-    async fn sweep(&self) {
-        let rooms: Vec<i64> = self.local.lock().expect("lock poisoned").open.keys().copied().collect();
-        for room_id in rooms {
-            if let Err(error) = self.apply(room_id, &[], &[], false).await {
-                tracing::warn!(%error, room_id, "cannot sweep a room's presence");
-                return;
-            }
         }
     }
 
@@ -338,10 +326,13 @@ impl Shared {
             .arg(arriving)
             .arg(leaving);
         let (came, gone, online): (Vec<i64>, Vec<i64>, Vec<i64>) = invocation.invoke_async(&mut connection).await?;
-        for uid in &gone {
+        // Swept and back in one call (this process's own entry, after it
+        // could not renew it for a lease): online all along, no news.
+        let back: HashSet<i64> = came.iter().filter(|uid| gone.contains(uid)).copied().collect();
+        for uid in gone.iter().filter(|uid| !back.contains(uid)) {
             self.announce(room_id, *uid, false).await;
         }
-        for uid in &came {
+        for uid in came.iter().filter(|uid| !back.contains(uid)) {
             self.announce(room_id, *uid, true).await;
         }
         Ok(online)

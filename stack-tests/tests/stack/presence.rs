@@ -283,3 +283,36 @@ async fn a_gateway_that_dies_takes_its_members_offline_when_its_lease_runs_out()
     assert_eq!(online(&app, &bob, room).await, [bob.uid]);
     drop(a);
 }
+
+#[tokio::test]
+async fn while_redis_is_away_a_gateway_knows_its_own_sockets_and_renewals_catch_up_after() {
+    let redis: std::net::SocketAddr =
+        testkit::redis_url().trim_start_matches("redis://").parse().expect("TEST_REDIS_URL is redis://<ip>:<port>");
+    let proxy = testkit::Proxy::start(redis).await;
+    let redis_url = format!("redis://{}", proxy.addr());
+    let app = TestApp::spawn_with(Settings { redis_url, presence_lease_secs: 2, ..Settings::default() }).await;
+    let (alice, bob, _, room) = a_room(&app).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    a.enter(room).await;
+    a.side().await;
+
+    proxy.cut();
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    b.enter(room).await;
+    let both = sorted(vec![alice.uid, bob.uid]);
+    assert_eq!(b.side().await, json!({"Type": "online", "RoomID": room, "Online": both}), "this gateway's own");
+    assert_error(
+        app.get(&format!("/room/{room}/online"), Some(&bob.token)).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily unavailable",
+    );
+    // Longer than a lease: Alice's entry runs out meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+    online_becomes(&app, &bob, room, &both, Duration::from_secs(30)).await;
+    // Alice hears once that Bob, who came while Redis was away, is in.
+    // (Bob may hear that Alice went and came back: to the other processes
+    // her entry ran out, as a dead gateway's would.)
+    assert_eq!(a.side().await, presence(room, bob.uid, true));
+    a.expect_no_side(Duration::from_millis(1500)).await;
+}
