@@ -62,6 +62,12 @@ enum Scenario {
         /// Sockets in the room, one member each.
         #[arg(long, default_value_t = 5_000)]
         sockets: usize,
+        /// How many sockets a second enter the room when they all come.
+        /// (All 5,000 in one go make as many membership checks at once,
+        /// which exhaust core-svc's database pool: the first check of each
+        /// member after a join is not cached yet.)
+        #[arg(long, default_value_t = 1_000)]
+        arrivals: u32,
         /// Members per second who leave the room (each comes back 2 s later).
         #[arg(long, default_value_t = 5)]
         churn: u32,
@@ -114,8 +120,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Scenario::Idle { sockets } => gateway.idle(sockets).await?,
-        Scenario::Presence { sockets, churn, typing, seconds } => {
-            gateway.presence(sockets, churn, typing, Duration::from_secs(seconds)).await?
+        Scenario::Presence { sockets, arrivals, churn, typing, seconds } => {
+            let load = PresenceLoad { sockets, arrivals, churn, typing, duration: Duration::from_secs(seconds) };
+            gateway.presence(load).await?
         }
     }
     Ok(())
@@ -294,7 +301,17 @@ struct Received {
     online: AtomicU64,
     presence: AtomicU64,
     typing: AtomicU64,
+    error: AtomicU64,
     other: AtomicU64,
+}
+
+/// The presence scenario's load: see [`Scenario::Presence`].
+struct PresenceLoad {
+    sockets: usize,
+    arrivals: u32,
+    churn: u32,
+    typing: u32,
+    duration: Duration,
 }
 
 impl Received {
@@ -306,23 +323,27 @@ impl Received {
             &self.typing
         } else if text.starts_with(r#"{"Type":"online""#) {
             &self.online
+        } else if text.starts_with(r#"{"Type":"error""#) {
+            &self.error
         } else {
             &self.other
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [u64; 4] {
-        [&self.online, &self.presence, &self.typing, &self.other].map(|counter| counter.load(Ordering::Relaxed))
+    fn snapshot(&self) -> [u64; 5] {
+        [&self.online, &self.presence, &self.typing, &self.other, &self.error]
+            .map(|counter| counter.load(Ordering::Relaxed))
     }
 }
 
 impl Gateway {
-    /// One room of `sockets` members. First every socket enters at once
-    /// (each member's first socket on the room: every other socket hears of
-    /// it); then, for `duration`, `churn` members a second leave and come
-    /// back 2 s later, and `typing` members a second type.
-    async fn presence(&self, sockets: usize, churn: u32, typing: u32, duration: Duration) -> anyhow::Result<()> {
+    /// One room of `sockets` members. First every socket enters, `arrivals`
+    /// a second (each member's first socket on the room: every other socket
+    /// hears of it); then, for `duration`, `churn` members a second leave
+    /// and come back 2 s later, and `typing` members a second type.
+    async fn presence(&self, load: PresenceLoad) -> anyhow::Result<()> {
+        let PresenceLoad { sockets, arrivals, churn, typing, duration } = load;
         let tag = format!("p{}", std::process::id() % 100_000);
         println!("setup: {sockets} users in one room");
         let tokens = self.users(sockets, &tag).await?;
@@ -350,13 +371,18 @@ impl Gateway {
         let enter = |room_id: i64| Message::text(json!({"Type": "enter", "RoomID": room_id}).to_string());
         println!("setup done: {sockets} sockets open in the lobby; gateway RSS {} MiB", self.rss_kib() / 1024);
 
-        // Everyone comes online at once.
+        // Everyone comes online.
         let (cpu_before, started) = (self.cpu(), Instant::now());
+        let mut arriving = tokio::time::interval(Duration::from_secs(1) / arrivals.max(1));
         for sink in &mut sinks {
+            arriving.tick().await;
             sink.send(enter(room)).await?;
         }
         let all_in = loop {
-            let [online, ..] = received.snapshot();
+            let [online, .., errors] = received.snapshot();
+            if errors > 0 {
+                bail!("{errors} sockets were refused (see the gateway's log); {online} entered");
+            }
             if online as usize >= sockets {
                 break started.elapsed();
             }
@@ -438,7 +464,7 @@ impl Gateway {
             per_socket_second(1),
             per_socket_second(2),
             per_socket_second(0),
-            (0..4).map(per_socket_second).sum::<f64>(),
+            (0..5).map(per_socket_second).sum::<f64>(),
             100.0 * cpu.as_secs_f64() / (elapsed + Duration::from_secs(2)).as_secs_f64(),
             closed.load(Ordering::Relaxed),
             self.rss_kib() / 1024
