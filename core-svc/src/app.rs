@@ -26,11 +26,13 @@ use crate::{
     config::Config,
     events::{Events, KafkaSettings},
     health,
+    history::HistoryStore,
     ids::{IdGenerator, NodeLease},
     limits::RateLimit,
-    messages::{self, Feeds, Live, Messages, SendLimit},
+    messages::{self, Feeds, Live, MessageParts, Messages, SendLimit, UserFeeds},
     password::Hasher,
     rooms::Rooms,
+    send_keys::SendKeys,
     token::TokenKeys,
     users::{LoginLimit, LoginLimits, Users},
 };
@@ -53,6 +55,9 @@ pub struct Application {
     streams_shutdown: CancellationToken,
     presence: Presence,
 }
+
+/// How many removals a stream's user feed may fall behind: they are rare.
+const USER_FEED_QUEUE: usize = 16;
 
 /// What every call passes through before its service: CORS, then the
 /// grpc-web translation.
@@ -98,6 +103,12 @@ impl Application {
         let live = live::Publisher { nats: nats.clone(), subject_prefix: config.nats_subject_prefix.clone() };
         let presence_lease = Duration::from_secs(config.presence_lease_secs);
         let presence = Presence::new(&config.redis_url, &config.redis_key_prefix, presence_lease, live.clone());
+        let user_feeds = Arc::new(UserFeeds::users(
+            nats.clone(),
+            config.nats_subject_prefix.clone(),
+            USER_FEED_QUEUE,
+            service_kit::feeds::removal,
+        ));
         let kafka = KafkaSettings {
             brokers: &config.kafka_brokers,
             topic: &config.kafka_topic,
@@ -164,14 +175,23 @@ impl Application {
         .await?;
         let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone(), presence.clone()));
         let streams_shutdown = CancellationToken::new();
-        let messages = Messages::new(
-            db.clone(),
-            cache,
-            archive,
-            rooms.clone(),
-            events.clone(),
+        let keys = SendKeys::new(db.clone());
+        tokio::spawn({
+            let keys = SendKeys::new(db.clone());
+            async move { keys.forget_expired_forever().await }
+        });
+        let parts = MessageParts {
+            history: HistoryStore::new(db.clone(), cache.clone(), events.clone(), archive),
+            rooms: rooms.clone(),
+            events: events.clone(),
+            keys,
             feeds,
-            Live { presence: presence.clone(), publisher: live },
+            user_feeds,
+            live: Live { presence: presence.clone(), publisher: live },
+        };
+        let messages = Messages::new(
+            parts,
+            cache,
             SendLimit { per_second: config.send_rate_per_second, burst: config.send_burst },
             streams_shutdown.clone(),
         );

@@ -21,7 +21,7 @@ use crate::{
     core_client::CoreClient,
     extract::{BODY_LIMIT, TrustForwardedFor},
     routes::{self, AppState},
-    ws::{Hub, Sockets, frames::Frame},
+    ws::{Hub, Sockets, USER_FEED_QUEUE, UserHub, frames::Frame},
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -57,6 +57,12 @@ impl Application {
         let lease = Duration::from_secs(config.presence_lease_secs);
         let presence = Presence::new(&config.redis_url, &config.redis_key_prefix, lease, live);
         let sockets = Sockets {
+            users: Arc::new(UserHub::users(
+                nats.clone(),
+                config.nats_subject_prefix.clone(),
+                USER_FEED_QUEUE,
+                service_kit::feeds::removal,
+            )),
             hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event)),
             presence,
             shutdown: CancellationToken::new(),

@@ -6,9 +6,13 @@
 //!   delivery's send→receive latency is recorded.
 //! - `idle`: many open sockets doing nothing; the gateway's RSS per socket.
 //! - `ramp`: fanout at rising rates until p99 passes 100 ms.
-//! - `presence`: one room of thousands of sockets, all coming online at
-//!   once, then members leaving and coming back and typing; the frames
+//! - `presence`: one room of thousands of sockets, all coming online,
+//!   then members leaving and coming back and typing; the frames
 //!   each socket gets per second and the gateway's CPU.
+//! - `reads`: `GET /unread` and `GET /search` on a million messages
+//!   ([`reads`]).
+
+mod reads;
 
 use std::{
     sync::{
@@ -34,9 +38,12 @@ struct Args {
     /// The gateway's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     gateway: String,
-    /// The gateway's process id, to read its memory.
+    /// The gateway's process id, to read its memory and CPU time.
     #[arg(long)]
     gateway_pid: u32,
+    /// core-svc's process id, to read its CPU time (the `reads` scenario).
+    #[arg(long)]
+    core_pid: Option<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -85,6 +92,25 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    Reads {
+        /// The stack's database, which the messages are written into.
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: i64,
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        #[arg(long, default_value_t = 200)]
+        rooms: i64,
+        #[arg(long, default_value_t = 10)]
+        members_per_room: i64,
+        /// How long each kind of request is measured.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
@@ -92,7 +118,12 @@ type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let gateway = Gateway { base: args.gateway.clone(), pid: args.gateway_pid, http: reqwest::Client::new() };
+    let gateway = Gateway {
+        base: args.gateway.clone(),
+        pid: args.gateway_pid,
+        core_pid: args.core_pid,
+        http: reqwest::Client::new(),
+    };
     match args.scenario {
         Scenario::Fanout { rate, rooms, per_room, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;
@@ -124,6 +155,10 @@ async fn main() -> anyhow::Result<()> {
             let load = PresenceLoad { sockets, arrivals, churn, typing, duration: Duration::from_secs(seconds) };
             gateway.presence(load).await?
         }
+        Scenario::Reads { database_url, messages, users, rooms, members_per_room, seconds, concurrency } => {
+            let reads = reads::Reads { database_url, messages, users, rooms, members_per_room, seconds, concurrency };
+            reads.run(&gateway).await?;
+        }
     }
     Ok(())
 }
@@ -131,7 +166,19 @@ async fn main() -> anyhow::Result<()> {
 struct Gateway {
     base: String,
     pid: u32,
+    core_pid: Option<u32>,
     http: reqwest::Client,
+}
+
+/// The CPU time a process has used so far, in seconds (`/proc/<pid>/stat`,
+/// in ticks of 1/100 s).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name, which is in parentheses and may hold spaces:
+    // the state is field 3, utime and stime fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |n: usize| fields.get(n - 3).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / 100.0
 }
 
 impl Gateway {
@@ -173,6 +220,13 @@ impl Gateway {
             .json()
             .await?;
         Ok(login["token"].as_str().with_context(|| format!("login failed: {login}"))?.to_owned())
+    }
+
+    /// The user id of a token's user.
+    async fn uid(&self, token: &str) -> anyhow::Result<i64> {
+        let profile: Value =
+            self.http.get(format!("{}/profile", self.base)).header("Authorization", token).send().await?.json().await?;
+        profile["UID"].as_i64().with_context(|| format!("profile: {profile}"))
     }
 
     async fn users(&self, count: usize, tag: &str) -> anyhow::Result<Vec<String>> {

@@ -1,6 +1,7 @@
 //! The internal envelope (`chat.events.v1.Event`) as the public API shows
 //! it: the one mapping of an event to a `chat.v1.Message`, used by history,
-//! by `Subscribe` streams and by the gateway's frames alike.
+//! by `Subscribe` streams and by the gateway's frames alike; and whose own
+//! streams and sockets do not show an event ([`hidden_from`]).
 
 use crate::{
     events::v1::{Event, event::Kind},
@@ -69,12 +70,19 @@ pub fn public(event: Event) -> Option<Message> {
     Some(message)
 }
 
+/// The user whose own sockets and streams do not show this event, if any:
+/// the author of a live-only event, which tells the room's other members
+/// about them ("another member read up to 52", "is typing").
+pub fn hidden_from(message: &Message) -> Option<i64> {
+    matches!(message.kind(), MessageKind::Read | MessageKind::Typing | MessageKind::Presence).then_some(message.uid)
+}
+
 #[cfg(test)]
 mod tests {
     use prost_types::Timestamp;
 
     use super::*;
-    use crate::events::v1::{Deleted, Edited, Joined, Posted, Reacted, Removed};
+    use crate::events::v1::{Deleted, Edited, Joined, Posted, Reacted, Read, Removed, Typing};
 
     fn event(kind: Kind) -> Event {
         Event { id: 9, room_id: 2, uid: 7, timestamp: Some(Timestamp { seconds: 5, nanos: 0 }), kind: Some(kind) }
@@ -100,6 +108,16 @@ mod tests {
         let reacted = public(event(Kind::Reacted(Reacted { message_id: 4, emoji: "👍".into(), added: true }))).unwrap();
         assert_eq!((reacted.kind(), reacted.emoji.as_str(), reacted.added), (MessageKind::Reaction, "👍", true));
         assert_eq!(public(event(Kind::Deleted(Deleted { message_id: 4 }))).unwrap().kind(), MessageKind::Delete);
+    }
+
+    #[test]
+    fn live_only_events_are_hidden_from_their_author_and_entries_from_no_one() {
+        let read = public(event(Kind::Read(Read { message_id: 4 }))).unwrap();
+        assert_eq!((read.kind(), read.message_id, hidden_from(&read)), (MessageKind::Read, 4, Some(7)));
+        assert_eq!(hidden_from(&public(event(Kind::Typing(Typing {}))).unwrap()), Some(7));
+        assert_eq!(hidden_from(&public(event(Kind::Joined(Joined {}))).unwrap()), None);
+        let posted = public(event(Kind::Posted(Posted { text: "hi".into(), ..Posted::default() }))).unwrap();
+        assert_eq!(hidden_from(&posted), None);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`spawn_core`], [`spawn_gateway`], [`spawn_archiver`] (and
 //!   [`spawn_archiver_in`], in another consumer group): one service each.
 //! - [`TestApp`]: the whole stack, and a REST client of its gateway.
+//! - [`Pair`]: two gateways, each before a core-svc replica of its own.
+//! - [`TwoInARoom`]: two users in a room, each with a socket in it.
 //! - [`Ws`]: a WebSocket client of a gateway.
 //! - [`Grpc`]: gRPC clients of core-svc.
 
@@ -23,6 +25,7 @@ use chat_proto::v1::{
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tonic::{Streaming, transport::Channel};
@@ -215,6 +218,21 @@ pub fn archiver_group(shared: &Shared) -> String {
 /// Starts an archiver in the consumer group `group`: in a group of its own,
 /// it reads the test's whole log again.
 pub async fn spawn_archiver_in(shared: &Shared, group: &str) -> oneshot::Sender<()> {
+    let (stop, _) = start_archiver(shared, group).await;
+    stop
+}
+
+/// Starts an archiver in the test's consumer group that can be killed: its
+/// task aborted wherever it is, in the middle of a batch say, as a process
+/// killed with SIGKILL would stop.
+pub async fn spawn_killable_archiver(shared: &Shared) -> tokio::task::AbortHandle {
+    let (stop, task) = start_archiver(shared, &archiver_group(shared)).await;
+    // Dropping the sender would stop it cleanly.
+    std::mem::forget(stop);
+    task
+}
+
+async fn start_archiver(shared: &Shared, group: &str) -> (oneshot::Sender<()>, tokio::task::AbortHandle) {
     let archiver = archiver::Archiver::build(archiver::Config {
         http_listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: shared.database_url.clone(),
@@ -228,7 +246,7 @@ pub async fn spawn_archiver_in(shared: &Shared, group: &str) -> oneshot::Sender<
     .await
     .expect("archiver starts");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let stopped = async move {
             let _ = stopped.await;
         };
@@ -237,7 +255,7 @@ pub async fn spawn_archiver_in(shared: &Shared, group: &str) -> oneshot::Sender<
             eprintln!("the archiver stopped with an error: {error:#}");
         }
     });
-    stop
+    (stop, task.abort_handle())
 }
 
 /// core-svc, a gateway and an archiver, started in this process on free
@@ -250,6 +268,60 @@ pub struct TestApp {
     client: reqwest::Client,
     /// Dropped in order: the gateway, the archiver, core-svc.
     stops: Vec<oneshot::Sender<()>>,
+}
+
+/// Two gateways, each in front of a core-svc replica of its own, and an
+/// archiver, on one test's engines: what a client sees through either.
+/// They stop when this is dropped.
+pub struct Pair {
+    pub a: TestApp,
+    pub b: TestApp,
+    _stops: Vec<oneshot::Sender<()>>,
+}
+
+impl Pair {
+    pub async fn spawn() -> Self {
+        let shared = Shared::new().await;
+        let settings = Settings::default();
+        let (core_a, stop_core_a) = spawn_core(&shared, &settings).await;
+        let (core_b, stop_core_b) = spawn_core(&shared, &settings).await;
+        let (gateway_a, stop_a) = spawn_gateway(&shared, &settings, core_a).await;
+        let (gateway_b, stop_b) = spawn_gateway(&shared, &settings, core_b).await;
+        let stop_archiver = spawn_archiver(&shared).await;
+        Self {
+            a: TestApp::at(gateway_a, core_a, &shared),
+            b: TestApp::at(gateway_b, core_b, &shared),
+            _stops: vec![stop_a, stop_b, stop_archiver, stop_core_a, stop_core_b],
+        }
+    }
+}
+
+/// Alice created a public room, Bob joined it, and both are in it over
+/// WebSockets.
+pub struct TwoInARoom {
+    pub app: TestApp,
+    pub alice: User,
+    pub bob: User,
+    pub room: i64,
+    pub a: Ws,
+    pub b: Ws,
+}
+
+pub async fn two_in_a_room() -> TwoInARoom {
+    two_in_a_room_with(Settings::default()).await
+}
+
+pub async fn two_in_a_room_with(settings: Settings) -> TwoInARoom {
+    let app = TestApp::spawn_with(settings).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    a.enter(room).await;
+    b.enter(room).await;
+    TwoInARoom { app, alice, bob, room, a, b }
 }
 
 /// A registered, logged-in user.
@@ -339,6 +411,14 @@ impl TestApp {
         self.call(Method::POST, path, auth, Some(&body.to_string())).await
     }
 
+    pub async fn patch(&self, path: &str, auth: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, auth, Some(&body.to_string())).await
+    }
+
+    pub async fn delete(&self, path: &str, auth: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, auth, None).await
+    }
+
     pub async fn register(&self, name: &str) -> User {
         let email = format!("{name}@example.com");
         let (status, body) =
@@ -357,6 +437,18 @@ impl TestApp {
         body["RoomID"].as_i64().unwrap()
     }
 
+    /// Deletes a membership in PostgreSQL only, as a leave leaves it before
+    /// its cache deletions: Redis may still say the user is a member.
+    pub async fn delete_membership_row(&self, room_id: i64, uid: i64) {
+        let mut db = sqlx::PgConnection::connect(&self.shared.database_url).await.expect("the test database");
+        sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(uid)
+            .execute(&mut db)
+            .await
+            .expect("deleted");
+    }
+
     /// The Redis key of a cache entry: core-svc puts this test's prefix and
     /// its database's deployment id before `key`.
     pub async fn cache_key(&self, key: &str) -> String {
@@ -366,12 +458,37 @@ impl TestApp {
         keys.into_iter().next().unwrap()
     }
 
+    /// Deletes every room's recent history from the cache, so that history
+    /// is read from PostgreSQL.
+    pub async fn forget_recent_history(&self) {
+        let mut redis = self.redis().await;
+        let keys: Vec<String> =
+            redis::AsyncCommands::keys(&mut redis, format!("{}*:recent*", self.redis_prefix)).await.unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::AsyncCommands::del(&mut redis, keys).await.unwrap();
+        }
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(testkit::redis_url())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
             .expect("the local Redis must be running")
+    }
+}
+
+/// The longest [`eventually`] waits.
+pub const EVENTUALLY: Duration = Duration::from_secs(30);
+
+/// Waits until `done` holds, checking every 100 ms for at most
+/// [`EVENTUALLY`]: for what the stack does in the background, such as the
+/// archiver storing what was sent.
+pub async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {EVENTUALLY:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

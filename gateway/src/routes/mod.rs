@@ -2,11 +2,11 @@
 //! carries its OpenAPI description, so `/openapi.json` is built from the
 //! same code that answers.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{FromRef, Path, rejection::PathRejection},
+    extract::{FromRef, Path, Query, rejection::PathRejection},
     http::StatusCode,
     response::IntoResponse,
     routing::get,
@@ -29,7 +29,9 @@ mod fields;
 mod messages;
 mod ops;
 mod presence;
+mod read;
 mod rooms;
+mod search;
 mod users;
 
 #[derive(Clone, FromRef)]
@@ -46,7 +48,7 @@ pub struct AppState {
     tags(
         (name = "users", description = "Accounts and sessions"),
         (name = "rooms", description = "Rooms and members"),
-        (name = "messages", description = "History (live messages travel over the WebSocket at `/ws`)"),
+        (name = "messages", description = "History and search (live messages travel over the WebSocket at `/ws`)"),
         (name = "operations", description = "Health and API description"),
     )
 )]
@@ -69,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .merge(rooms::routes())
         .merge(presence::routes())
         .merge(messages::routes())
+        .merge(read::routes())
+        .merge(search::routes())
         .merge(ops::routes())
         .split_for_parts();
     let api = Arc::new(api);
@@ -99,12 +103,61 @@ pub(crate) fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
 /// API's JSON error rather than axum's plain-text rejection.
 type PathParam = Result<Path<String>, PathRejection>;
 
+/// Two path parameters (a room's id and an entry's), as they came.
+type EntryPath = Result<Path<(String, String)>, PathRejection>;
+
 /// A positive id from the path; anything else is 400.
 fn parse_path_id(raw: PathParam, what: &str) -> Result<i64, ApiError> {
-    raw.ok()
-        .and_then(|Path(raw)| raw.parse::<i64>().ok())
+    positive_id(raw.ok().map(|Path(raw)| raw), what)
+}
+
+/// A room's id and one of its entries' from the path.
+fn parse_entry_path(raw: EntryPath) -> Result<(i64, i64), ApiError> {
+    let (room, entry) = raw.ok().map(|Path(ids)| ids).unzip();
+    Ok((positive_id(room, "room")?, positive_id(entry, "message")?))
+}
+
+fn positive_id(raw: Option<String>, what: &str) -> Result<i64, ApiError> {
+    raw.and_then(|raw| raw.parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
+}
+
+/// A request's query parameters, their names matched case-insensitively
+/// as a body's fields are.
+struct QueryParams(HashMap<String, String>);
+
+impl QueryParams {
+    fn new(Query(query): Query<HashMap<String, String>>) -> Self {
+        Self(query.into_iter().map(|(name, value)| (name.to_lowercase(), value)).collect())
+    }
+
+    /// The value of the first of `names` (lower case) that is present.
+    fn text(&self, names: &[&str]) -> Option<&str> {
+        names.iter().find_map(|name| self.0.get(*name)).map(String::as_str)
+    }
+
+    /// A number that is not negative; `invalid <what>` otherwise.
+    fn number(&self, names: &[&str], what: &str) -> Result<Option<i64>, ApiError> {
+        self.text(names)
+            .map(|value| {
+                value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| ApiError::bad_request(format!("invalid {what}")))
+            })
+            .transpose()
+    }
+
+    /// `Limit`, 1 to 100; 0 (core-svc's default, 100) when absent.
+    fn limit(&self) -> Result<u32, ApiError> {
+        match self.number(&["limit"], "Limit")? {
+            None => Ok(0),
+            Some(limit @ 1..=100) => Ok(limit as u32),
+            Some(_) => Err(ApiError::bad_request("Limit must be 1 to 100")),
+        }
+    }
 }
 
 #[cfg(test)]

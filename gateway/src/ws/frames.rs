@@ -19,6 +19,11 @@ pub struct ClientFrame {
     pub roomid: Option<i64>,
     pub lastid: Option<i64>,
     pub text: Option<String>,
+    /// The entry a message answers.
+    pub replyto: Option<i64>,
+    /// A message's idempotency key.
+    pub key: Option<String>,
+    pub messageid: Option<i64>,
     pub token: Option<String>,
     #[serde(rename = "ref")]
     pub reference: Option<String>,
@@ -40,6 +45,8 @@ impl ClientFrame {
 pub struct Frame {
     pub id: i64,
     pub json: Utf8Bytes,
+    /// The user whose own sockets skip it ([`envelope::hidden_from`]).
+    pub hidden_from: Option<i64>,
 }
 
 impl Frame {
@@ -51,8 +58,8 @@ impl Frame {
 
     /// An entry or event from core-svc (a replay's page) as a frame.
     pub fn of(message: Message) -> Option<Self> {
-        let id = message.id;
-        Some(Self { id, json: wire::event_json(message)?.into() })
+        let (id, hidden_from) = (message.id, envelope::hidden_from(&message));
+        Some(Self { id, json: wire::event_json(message)?.into(), hidden_from })
     }
 }
 
@@ -115,6 +122,10 @@ mod tests {
         assert_eq!((resume.lastid, resume.reference.as_deref()), (Some(40), Some("r1")));
         let message = ClientFrame::parse(r#"{"Type":"message","Text":"hello","Extra":1}"#).unwrap();
         assert_eq!(message.text.as_deref(), Some("hello"));
+        let reply = ClientFrame::parse(r#"{"Type":"message","Text":"re","ReplyTo":40,"key":"c1-000017"}"#).unwrap();
+        assert_eq!((reply.replyto, reply.key.as_deref()), (Some(40), Some("c1-000017")));
+        let read = ClientFrame::parse(r#"{"type":"read","messageID":52}"#).unwrap();
+        assert_eq!((read.kind.as_str(), read.messageid), ("read", Some(52)));
         let auth = ClientFrame::parse(r#"{"type":"auth","token":"a.b.c"}"#).unwrap();
         assert_eq!((auth.kind.as_str(), auth.token.as_deref()), ("auth", Some("a.b.c")));
     }

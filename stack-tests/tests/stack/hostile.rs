@@ -8,17 +8,19 @@ use tonic::Code;
 
 use stack_tests::{TestApp, Ws, assert_error, assert_status, authed};
 
-const BODY_ENDPOINTS: [(Method, &str); 6] = [
+const BODY_ENDPOINTS: [(Method, &str); 8] = [
     (Method::POST, "/register"),
     (Method::PUT, "/login"),
     (Method::PUT, "/change-name"),
     (Method::POST, "/create-room"),
     (Method::PUT, "/join"),
     (Method::PUT, "/invite"),
+    (Method::POST, "/direct"),
+    (Method::PUT, "/read"),
 ];
 
 /// Every request field of the API, each with a value of the wrong type.
-const WRONG_TYPES: &str = r#"{"Username": 1, "Email": [], "Password": {}, "NewName": 2, "Name": 3, "IsPrivate": "yes", "RoomID": "1", "UID": true}"#;
+const WRONG_TYPES: &str = r#"{"Username": 1, "Email": [], "Password": {}, "NewName": 2, "Name": 3, "IsPrivate": "yes", "RoomID": "1", "UID": true, "MessageID": []}"#;
 
 #[tokio::test]
 async fn malformed_json_is_400_on_every_endpoint_with_a_body() {

@@ -5,19 +5,25 @@
 
 mod archiver;
 mod cache;
+mod changes;
 mod cross;
+mod direct;
 mod grpc_messages;
 mod grpc_rooms;
 mod grpc_stream;
 mod grpc_users;
 mod hostile;
 mod ids;
+mod leaving;
 mod limits;
 mod messages;
 mod ops;
 mod outages;
 mod presence;
+mod read_state;
 mod rooms;
+mod search;
+mod sends;
 mod trace_context;
 mod typing;
 mod users;

@@ -1,0 +1,21 @@
+-- Full-text search (GET /search). The `simple` configuration only
+-- lower-cases words: no stemming or stop words of one language, so it works
+-- for text in any language. A query must repeat this expression to use the
+-- index; it keeps to `message` entries that are not deleted by itself.
+--
+-- Not partial, although only those entries are searched: the planner uses
+-- the statistics of an index expression (here, how common each word is)
+-- only when the index has no predicate, and without them every word looks
+-- equally rare. With
+-- them (on the benchmark's million messages, each query planned for its
+-- own words), a rare word is found through this index in 0.2 ms and a word
+-- of every tenth message by reading the caller's newest entries in 75 ms,
+-- where the partial index took 37 ms and 530 ms. (When a common word is
+-- only in old entries, reading newest first costs more: 490 ms against
+-- 153 ms on a test set made so.) Joins, leaves and deleted entries add next
+-- to nothing: their text is empty.
+--
+-- On a large `messages` table an operator may build it beforehand with
+-- CREATE INDEX CONCURRENTLY under this name; this migration then only
+-- records it.
+CREATE INDEX IF NOT EXISTS messages_search_idx ON messages USING GIN (to_tsvector('simple', text));
