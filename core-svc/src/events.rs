@@ -27,7 +27,7 @@ use rdkafka::{
     types::RDKafkaErrorCode,
 };
 use service_kit::{
-    feeds::{room_subject, room_subject_template, user_subject, user_subject_template},
+    feeds::{self, room_subject, room_subject_template, user_subject, user_subject_template},
     message_log, telemetry,
 };
 use tracing::field::Empty;
@@ -38,7 +38,7 @@ use crate::{
     domain::timestamp,
     error::{Error, Result},
     ids::IdGenerator,
-    metrics::{EVENTS_WITHDRAWN, KAFKA_PRODUCE_DURATION, KAFKA_PRODUCE_ERRORS, MESSAGES_LOGGED, NATS_PUBLISH_ERRORS},
+    metrics::{EVENTS_WITHDRAWN, KAFKA_PRODUCE_DURATION, KAFKA_PRODUCE_ERRORS, MESSAGES_LOGGED},
 };
 
 /// How long a send may wait for the message log before it is refused as
@@ -236,7 +236,7 @@ impl Events {
             Spread::Again => self.cache.forget_recent(room_id),
         }
         let subject = room_subject(&self.subject_prefix, room_id);
-        if let Err(error) = self.send_live(subject, &self.room_template, payload).await {
+        if let Err(error) = feeds::publish(&self.nats, subject, &self.room_template, payload).await {
             // Durable already; live clients catch up from history.
             tracing::warn!(%error, room_id, id, "cannot publish a live event");
         }
@@ -246,42 +246,9 @@ impl Events {
     /// (`Removed`): on `<prefix>.user.<uid>`, never through the log.
     pub async fn notify_user(&self, uid: i64, event: &Event) {
         let subject = user_subject(&self.subject_prefix, uid);
-        if let Err(error) = self.send_live(subject, &self.user_template, event.encode_to_vec()).await {
+        if let Err(error) = feeds::publish(&self.nats, subject, &self.user_template, event.encode_to_vec()).await {
             tracing::warn!(%error, uid, room_id = event.room_id, "cannot tell a user a live event");
         }
-    }
-
-    /// A live event out on `subject`, in a span of its own whose trace
-    /// goes on in the message's headers, to every listener. The span is
-    /// named by the subject's `template` (`publish chat.room.{id}`), not
-    /// the subject: one span name, not one per room.
-    async fn send_live(
-        &self,
-        subject: String,
-        template: &str,
-        payload: Vec<u8>,
-    ) -> Result<(), async_nats::PublishError> {
-        let span = tracing::info_span!(
-            "nats.publish",
-            otel.name = format!("publish {template}"),
-            otel.kind = "producer",
-            otel.status_code = Empty,
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.operation.name = "publish",
-            messaging.destination.name = subject.as_str(),
-            messaging.destination.template = template,
-        );
-        let mut headers = async_nats::HeaderMap::new();
-        for (key, value) in &telemetry::context_of(&span) {
-            headers.insert(key.as_str(), value.as_str());
-        }
-        let published = self.nats.publish_with_headers(subject, headers, payload.into()).await;
-        if published.is_err() {
-            metrics::counter!(NATS_PUBLISH_ERRORS).increment(1);
-            span.record("otel.status_code", "ERROR");
-        }
-        published
     }
 
     /// Publishes a live-only event by `uid` (a read mark) straight on its
@@ -291,7 +258,7 @@ impl Events {
     pub async fn publish_live(&self, room_id: i64, uid: i64, kind: Kind) {
         let event = Event { id: 0, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) };
         let subject = room_subject(&self.subject_prefix, room_id);
-        if let Err(error) = self.send_live(subject, &self.room_template, event.encode_to_vec()).await {
+        if let Err(error) = feeds::publish(&self.nats, subject, &self.room_template, event.encode_to_vec()).await {
             tracing::warn!(%error, room_id, uid, "cannot publish a live-only event");
         }
     }

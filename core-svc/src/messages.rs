@@ -11,7 +11,7 @@ use std::{
 
 use chat_proto::{
     envelope,
-    events::v1::{Deleted, Edited, Event, Posted, Reacted, event::Kind},
+    events::v1::{Deleted, Edited, Event, Posted, Reacted, Typing, event::Kind},
     v1::{
         DeleteRequest, DeleteResponse, EditRequest, EditResponse, HistoryRequest, HistoryResponse, Message,
         MessageKind, ReactRequest, ReactResponse, SearchRequest, SearchResponse, SendRequest, SendResponse,
@@ -23,7 +23,9 @@ use futures::Stream;
 use metrics::Counter;
 use service_kit::{
     feeds::{Feed, Hub, Removal},
+    live::{self, Cursor},
     metrics::{DELIVERIES, GRPC, MESSAGES_RECEIVED},
+    presence::{Here, Presence},
 };
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
@@ -69,12 +71,25 @@ pub struct Messages {
     keys: SendKeys,
     feeds: Arc<Feeds>,
     user_feeds: Arc<UserFeeds>,
+    live: Live,
     /// Per user, shared by every replica: every write to a room's log
     /// (sends, edits, deletions, reactions) counts.
     send_limit: RateLimit,
+    /// Per user and room, shared by every replica.
+    typing_limit: RateLimit,
     /// Cancelled when the server starts to shut down; ends every stream.
     shutdown: CancellationToken,
 }
+
+/// What streams and typing need beyond the log: who is online, and the
+/// live-only events.
+pub struct Live {
+    pub presence: Presence,
+    pub publisher: live::Publisher,
+}
+
+/// How often a user's typing in a room is relayed, at most.
+const TYPING_EVERY: Duration = Duration::from_secs(3);
 
 /// How fast one user may send: `per_second` sustained, `burst` at once.
 pub struct SendLimit {
@@ -90,24 +105,24 @@ pub struct MessageParts {
     pub keys: SendKeys,
     pub feeds: Arc<Feeds>,
     pub user_feeds: Arc<UserFeeds>,
+    pub live: Live,
 }
 
 impl Messages {
     pub fn new(parts: MessageParts, cache: Arc<Cache>, limit: SendLimit, shutdown: CancellationToken) -> Self {
+        // One relayed per user and room every 3 s, across every replica
+        // (or, while Redis is away, per replica); the rest are dropped.
+        let once = NonZeroU32::MIN;
+        let typing_limit = RateLimit::new("typing", "typing too often", cache.clone(), once, TYPING_EVERY, once);
         let send_limit =
             RateLimit::new("send", "too many messages", cache, limit.per_second, Duration::from_secs(1), limit.burst);
-        let MessageParts { history, rooms, events, keys, feeds, user_feeds } = parts;
-        Self { history, rooms, events, keys, feeds, user_feeds, send_limit, shutdown }
+        let MessageParts { history, rooms, events, keys, feeds, user_feeds, live } = parts;
+        Self { history, rooms, events, keys, feeds, user_feeds, live, send_limit, typing_limit, shutdown }
     }
 
     /// The caller's room, once it is known that they may read it.
     async fn readable_room(&self, request_room_id: i64, uid: i64) -> Result<RoomRow> {
-        let room_id = parse_id(request_room_id, "room").map_err(Error::invalid)?;
-        let room = self.rooms.visible(room_id, Some(uid)).await?;
-        if !self.rooms.is_member(room_id, uid).await? {
-            return Err(Error::PermissionDenied("not room member"));
-        }
-        Ok(room)
+        self.rooms.readable(request_room_id, uid).await
     }
 
     /// A message of the room that is not deleted: what an edit, a deletion
@@ -135,6 +150,9 @@ struct Subscription {
     uid: i64,
     history: HistoryStore,
     live: Receiver<Arc<Message>>,
+    /// The other members' presence and typing, as they change.
+    live_only: Cursor<Arc<Message>>,
+    live_page: VecDeque<Arc<Message>>,
     _feed: Arc<Feed<Arc<Message>>>,
     /// The caller's removals from rooms: one from this room ends the stream.
     removals: Receiver<Removal>,
@@ -152,6 +170,8 @@ struct Subscription {
     ended: bool,
     deliveries: Counter,
     _open: OpenStream,
+    /// Counts the stream in the room's presence while it is open.
+    _here: Here,
 }
 
 /// Counts a `Subscribe` stream as open while it lives.
@@ -205,6 +225,9 @@ impl Subscription {
                 self.next_replay_page(after).await?;
                 continue;
             }
+            if let Some(event) = self.live_page.pop_front() {
+                return Ok(Message::clone(&event));
+            }
             let event = if self.shutdown.is_cancelled() {
                 // What is already queued still goes out, then the stream ends.
                 self.live.try_recv().map_err(|_| shutting_down())?
@@ -225,6 +248,10 @@ impl Subscription {
                         continue;
                     }
                     () = &mut self.shutting_down => continue,
+                    shown = self.live_only.next() => {
+                        self.live_page.extend(shown);
+                        continue;
+                    }
                     () = &mut self.expiry => {
                         return Err(Status::unauthenticated("token expired; subscribe again with a new token and after_id"));
                     }
@@ -340,6 +367,8 @@ impl MessageService for Messages {
             uid,
             history: self.history.clone(),
             live: feed.subscribe(),
+            live_only: feed.live(uid),
+            live_page: VecDeque::new(),
             _feed: feed,
             removals,
             _user_feed: user_feed,
@@ -352,6 +381,7 @@ impl MessageService for Messages {
             ended: false,
             deliveries: metrics::counter!(DELIVERIES, "transport" => GRPC),
             _open: OpenStream::new(),
+            _here: self.live.presence.arrive(room_id, uid),
         };
         tracing::debug!(uid, room_id, "stream opened");
         Ok(Response::new(subscription.into_stream()))
@@ -399,8 +429,14 @@ impl MessageService for Messages {
         Ok(Response::new(ReactResponse { event_id }))
     }
 
-    async fn typing(&self, _: Request<TypingRequest>) -> Result<Response<TypingResponse>, Status> {
-        Err(Status::unimplemented("typing"))
+    async fn typing(&self, request: Request<TypingRequest>) -> Result<Response<TypingResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let room_id = self.readable_room(request.get_ref().room_id, uid).await?.id;
+        if self.typing_limit.check(&format!("{room_id}:{uid}")).await.is_ok() {
+            let event = Event { room_id, uid, kind: Some(Kind::Typing(Typing {})), ..live::event() };
+            self.live.publisher.publish(event).await;
+        }
+        Ok(Response::new(TypingResponse {}))
     }
 
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {

@@ -12,7 +12,6 @@ pub const MESSAGES_LOGGED: &str = "chat_messages_logged_total";
 pub const KAFKA_PRODUCE_DURATION: &str = "chat_kafka_produce_duration_seconds";
 /// Events the log did not take, by `reason` (`timeout`, `refused`).
 pub const KAFKA_PRODUCE_ERRORS: &str = "chat_kafka_produce_errors_total";
-pub const NATS_PUBLISH_ERRORS: &str = "chat_nats_publish_errors_total";
 pub const EVENTS_WITHDRAWN: &str = "chat_events_withdrawn_total";
 pub const PASSWORD_HASHES_SHED: &str = "chat_password_hashes_shed_total";
 /// Cache lookups, by `result` (`hit`, `miss`).
@@ -31,14 +30,13 @@ pub fn init() {
     metrics::describe_counter!(MESSAGES_LOGGED, "Events the message log acknowledged");
     metrics::describe_histogram!(KAFKA_PRODUCE_DURATION, "Seconds from producing an event to its acknowledgement");
     metrics::describe_counter!(KAFKA_PRODUCE_ERRORS, "Events the message log did not take");
-    metrics::describe_counter!(NATS_PUBLISH_ERRORS, "Live publications that failed");
     metrics::describe_counter!(EVENTS_WITHDRAWN, "Refused events withdrawn from the message log");
     metrics::describe_counter!(PASSWORD_HASHES_SHED, "Password hashes refused for want of a turn");
     metrics::describe_counter!(CACHE_REQUESTS, "Cache lookups");
     metrics::describe_counter!(LOGIN_FAILURES, "Logins refused for a wrong e-mail or password");
     metrics::describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
     metrics::gauge!(GRPC_STREAMS).increment(0.0);
-    for name in [MESSAGES_LOGGED, NATS_PUBLISH_ERRORS, EVENTS_WITHDRAWN, PASSWORD_HASHES_SHED, LOGIN_FAILURES] {
+    for name in [MESSAGES_LOGGED, EVENTS_WITHDRAWN, PASSWORD_HASHES_SHED, LOGIN_FAILURES] {
         metrics::counter!(name).increment(0);
     }
     for reason in ["timeout", "refused"] {

@@ -8,7 +8,9 @@ use axum::{
     serve::{ListenerExt, TapIo},
 };
 use service_kit::{
+    live,
     metrics::{DELIVERIES, MESSAGES_RECEIVED, WS},
+    presence::Presence,
     telemetry,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -57,6 +59,9 @@ impl Application {
         if tokio::time::timeout(Duration::from_secs(3), connected).await.is_err() {
             tracing::warn!("NATS is not reachable yet; live messages wait for it");
         }
+        let live = live::Publisher { nats: nats.clone(), subject_prefix: config.nats_subject_prefix.clone() };
+        let lease = Duration::from_secs(config.presence_lease_secs);
+        let presence = Presence::new(&config.redis_url, &config.redis_key_prefix, lease, live);
         let sockets = Sockets {
             users: Arc::new(UserHub::users(
                 nats.clone(),
@@ -66,6 +71,7 @@ impl Application {
                 WS,
             )),
             hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event, WS)),
+            presence,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             deliveries: metrics::counter!(DELIVERIES, "transport" => WS),
@@ -112,6 +118,8 @@ impl Application {
         axum::serve(accept_nodelay(self.listener), service).with_graceful_shutdown(shutdown).await?;
         self.sockets.tracker.close();
         self.sockets.tracker.wait().await;
+        // The sockets' members go offline now, not when the lease runs out.
+        self.sockets.presence.flush().await;
         tracing::info!("gateway stopped");
         Ok(())
     }

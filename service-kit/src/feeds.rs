@@ -3,7 +3,9 @@
 //! decoded and turned into `E` (a ready-to-write frame, say) once; every
 //! listener then gets a clone of it from a bounded broadcast queue, and one
 //! that falls too far behind learns so from
-//! [`broadcast::error::RecvError::Lagged`].
+//! [`broadcast::error::RecvError::Lagged`]. Presence and typing go on the
+//! feed's [`Board`] instead, each member's latest for every listener to read
+//! when it can (presence held to one change per member per second first).
 //!
 //! Each event received is one span, `receive <prefix>.room.{id}` (the
 //! subject's template: one name for every room), continuing the trace of
@@ -13,18 +15,23 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, Weak},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
-use chat_proto::events::v1::{Event, event::Kind};
+use chat_proto::events::v1::{Event, Presence, event::Kind};
 use futures::StreamExt;
 use prost::Message as _;
-use tokio::{sync::broadcast, task::AbortHandle};
+use tokio::{
+    sync::broadcast,
+    task::AbortHandle,
+    time::{Duration, Instant, sleep_until},
+};
 
 use metrics::Gauge;
 
 use crate::{
-    metrics::{BROADCAST_LATENCY, ROOM_FEEDS},
+    live::{self, About, Board, Cursor, Throttle},
+    metrics::{BROADCAST_LATENCY, NATS_PUBLISH_ERRORS, ROOM_FEEDS},
     telemetry,
 };
 
@@ -47,6 +54,39 @@ pub fn room_subject_template(prefix: &str) -> String {
 /// What every user's subject looks like.
 pub fn user_subject_template(prefix: &str) -> String {
     format!("{prefix}.user.{{uid}}")
+}
+
+/// Publishes `payload` on `subject`, in a span of its own whose trace goes
+/// on in the message's headers, to every listener. The span is named by the
+/// subject's `template` (`publish chat.room.{id}`), not the subject: one
+/// span name, not one per room. At most once, as NATS is.
+pub async fn publish(
+    nats: &async_nats::Client,
+    subject: String,
+    template: &str,
+    payload: Vec<u8>,
+) -> Result<(), async_nats::PublishError> {
+    let span = tracing::info_span!(
+        "nats.publish",
+        otel.name = format!("publish {template}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = subject.as_str(),
+        messaging.destination.template = template,
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    for (key, value) in &telemetry::context_of(&span) {
+        headers.insert(key.as_str(), value.as_str());
+    }
+    let published = nats.publish_with_headers(subject, headers, payload.into()).await;
+    if published.is_err() {
+        metrics::counter!(NATS_PUBLISH_ERRORS).increment(1);
+        span.record("otel.status_code", "ERROR");
+    }
+    published
 }
 
 /// What a listener gets of an event; `None` for one it does not show.
@@ -91,14 +131,21 @@ pub struct Feed<E> {
     /// The room's (or user's) id.
     id: i64,
     sender: broadcast::Sender<E>,
+    board: Arc<Board<E>>,
     task: AbortHandle,
     feeds: Feeds<E>,
     open: Option<Gauge>,
 }
 
-impl<E> Feed<E> {
+impl<E: Clone> Feed<E> {
     pub fn subscribe(&self) -> broadcast::Receiver<E> {
         self.sender.subscribe()
+    }
+
+    /// The presence and typing of the room's members from now on, for a
+    /// listener of `uid`'s: never their own.
+    pub fn live(&self, uid: i64) -> Cursor<E> {
+        self.board.cursor(uid)
     }
 }
 
@@ -165,43 +212,60 @@ impl<E: Clone + Send + 'static> Hub<E> {
         // The server has the subscription once it answers a ping after it.
         self.nats.flush().await?;
         let (sender, _) = broadcast::channel(self.queue);
-        let to_listeners = sender.clone();
-        let listen = self.listen;
+        let board = Arc::new(Board::default());
+        let mut fanout = Fanout {
+            id,
+            listen: self.listen,
+            to_listeners: sender.clone(),
+            board: board.clone(),
+            throttle: Throttle::default(),
+        };
         let (template, name) = (self.template.clone(), format!("receive {}", self.template));
         let latency = metrics::histogram!(BROADCAST_LATENCY, "transport" => self.transport);
         let task = tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
-                let span = tracing::info_span!(
-                    "nats.receive",
-                    otel.name = name.as_str(),
-                    otel.kind = "consumer",
-                    messaging.system = "nats",
-                    messaging.operation.type = "receive",
-                    messaging.operation.name = "receive",
-                    messaging.destination.name = subject.as_str(),
-                    messaging.destination.template = template.as_str(),
-                    chat.room.id = tracing::field::Empty,
-                    chat.fanout.listeners = tracing::field::Empty,
-                );
-                let carried = telemetry::fields_from(|field| Some(message.headers.as_ref()?.get(field)?.as_str()));
-                telemetry::continue_trace(&span, &carried);
-                let _in_span = span.enter();
-                match Event::decode(message.payload) {
-                    Ok(event) => {
-                        span.record("chat.room.id", event.room_id);
-                        let at = event.timestamp.and_then(|at| {
-                            let since_epoch = Duration::new(at.seconds.try_into().ok()?, at.nanos.try_into().ok()?);
-                            Some(SystemTime::UNIX_EPOCH + since_epoch)
-                        });
-                        // No receivers only means every listener just left.
-                        let listeners = listen(event).map_or(0, |shown| to_listeners.send(shown).unwrap_or(0));
-                        // As i64: OpenTelemetry has no unsigned integers.
-                        span.record("chat.fanout.listeners", listeners as i64);
-                        if let Some(waited) = at.and_then(|at| at.elapsed().ok()) {
-                            latency.record(waited.as_secs_f64());
+            loop {
+                // Far off when nothing is held back; the branch is off then.
+                let held = fanout.throttle.next_end();
+                let release = sleep_until(held.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
+                tokio::select! {
+                    message = subscriber.next() => {
+                        let Some(message) = message else { return };
+                        let span = tracing::info_span!(
+                            "nats.receive",
+                            otel.name = name.as_str(),
+                            otel.kind = "consumer",
+                            messaging.system = "nats",
+                            messaging.operation.type = "receive",
+                            messaging.operation.name = "receive",
+                            messaging.destination.name = subject.as_str(),
+                            messaging.destination.template = template.as_str(),
+                            chat.room.id = tracing::field::Empty,
+                            chat.fanout.listeners = tracing::field::Empty,
+                        );
+                        let carried =
+                            telemetry::fields_from(|field| Some(message.headers.as_ref()?.get(field)?.as_str()));
+                        telemetry::continue_trace(&span, &carried);
+                        let _in_span = span.enter();
+                        match Event::decode(message.payload) {
+                            Ok(event) => {
+                                span.record("chat.room.id", event.room_id);
+                                let at = event.timestamp.and_then(|at| {
+                                    let since = Duration::new(at.seconds.try_into().ok()?, at.nanos.try_into().ok()?);
+                                    Some(SystemTime::UNIX_EPOCH + since)
+                                });
+                                // Presence and typing go on the board, for listeners to read when they can.
+                                if let Some(listeners) = fanout.pass(event) {
+                                    // As i64: OpenTelemetry has no unsigned integers.
+                                    span.record("chat.fanout.listeners", listeners as i64);
+                                    if let Some(waited) = at.and_then(|at| at.elapsed().ok()) {
+                                        latency.record(waited.as_secs_f64());
+                                    }
+                                }
+                            }
+                            Err(error) => tracing::error!(%error, subject = subject.as_str(), "undecodable live event"),
                         }
                     }
-                    Err(error) => tracing::error!(%error, subject = subject.as_str(), "undecodable live event"),
+                    () = release, if held.is_some() => fanout.release(),
                 }
             }
         })
@@ -215,7 +279,7 @@ impl<E: Clone + Send + 'static> Hub<E> {
         if let Some(open) = &self.open {
             open.increment(1.0);
         }
-        let feed = Arc::new(Feed { id, sender, task, feeds: self.feeds.clone(), open: self.open.clone() });
+        let feed = Arc::new(Feed { id, sender, board, task, feeds: self.feeds.clone(), open: self.open.clone() });
         feeds.insert(id, Arc::downgrade(&feed));
         Ok(feed)
     }
@@ -227,5 +291,50 @@ impl<E: Clone + Send + 'static> Hub<E> {
 
     pub fn nats_connected(&self) -> bool {
         self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// A feed's task: each event from NATS to the listeners.
+struct Fanout<E> {
+    id: i64,
+    listen: Listen<E>,
+    to_listeners: broadcast::Sender<E>,
+    board: Arc<Board<E>>,
+    throttle: Throttle,
+}
+
+impl<E: Clone> Fanout<E> {
+    /// Passes an event on: how many listeners it went to, or `None` for
+    /// one put on the board.
+    fn pass(&mut self, event: Event) -> Option<usize> {
+        match &event.kind {
+            Some(Kind::Presence(presence)) => {
+                if self.throttle.offer(event.uid, presence.online, Instant::now()) {
+                    self.show(About::Presence(event.uid), event);
+                }
+                None
+            }
+            Some(Kind::Typing(_)) => {
+                self.show(About::Typing(event.uid), event);
+                None
+            }
+            // No receivers only means every listener just left.
+            _ => Some((self.listen)(event).map_or(0, |shown| self.to_listeners.send(shown).unwrap_or(0))),
+        }
+    }
+
+    /// The presence changes held back whose second is over.
+    fn release(&mut self) {
+        for (uid, online) in self.throttle.due(Instant::now()) {
+            let event =
+                Event { room_id: self.id, uid, kind: Some(Kind::Presence(Presence { online })), ..live::event() };
+            self.show(About::Presence(uid), event);
+        }
+    }
+
+    fn show(&self, about: About, event: Event) {
+        if let Some(shown) = (self.listen)(event) {
+            self.board.put(about, shown);
+        }
     }
 }

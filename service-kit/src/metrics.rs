@@ -20,6 +20,8 @@ pub const DELIVERIES: &str = "chat_deliveries_total";
 /// Messages clients sent, by `transport`.
 pub const MESSAGES_RECEIVED: &str = "chat_messages_received_total";
 pub const NATS_RECONNECTS: &str = "chat_nats_reconnects_total";
+/// Live publications that failed.
+pub const NATS_PUBLISH_ERRORS: &str = "chat_nats_publish_errors_total";
 /// The archiver's records per stored batch: the one histogram of counts,
 /// not seconds (its buckets are set where the recorder is made, in `ops`).
 pub const ARCHIVER_BATCH_SIZE: &str = "chat_archiver_batch_size_messages";
@@ -41,11 +43,13 @@ pub fn describe(transport: Option<&'static str>) {
     metrics::describe_counter!(DELIVERIES, "Events written to sockets or streams");
     metrics::describe_counter!(MESSAGES_RECEIVED, "Messages clients sent");
     metrics::describe_counter!(NATS_RECONNECTS, "Reconnections of the NATS client");
+    metrics::describe_counter!(NATS_PUBLISH_ERRORS, "Live publications that failed");
     metrics::describe_counter!(crate::export::SPANS_DROPPED, "Spans the export queue had no room for");
     metrics::counter!(crate::export::SPANS_DROPPED).increment(0);
     if let Some(transport) = transport {
         metrics::gauge!(ROOM_FEEDS).increment(0.0);
         metrics::counter!(NATS_RECONNECTS).increment(0);
+        metrics::counter!(NATS_PUBLISH_ERRORS).increment(0);
         metrics::counter!(DELIVERIES, "transport" => transport).increment(0);
         metrics::counter!(MESSAGES_RECEIVED, "transport" => transport).increment(0);
     }

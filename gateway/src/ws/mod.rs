@@ -13,6 +13,7 @@ use axum::{
 };
 use chat_proto::v1::GetProfileRequest;
 use metrics::Counter;
+use service_kit::presence::Presence;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{core_client::CoreClient, error::ApiError, extract::Token};
@@ -41,13 +42,14 @@ pub type UserHub = service_kit::feeds::Hub<service_kit::feeds::Removal>;
 /// How many removals a user's feed may fall behind: they are rare.
 pub const USER_FEED_QUEUE: usize = 16;
 
-/// What every connection shares: the room and user feeds, the signal and
-/// the tracker that let shutdown close every socket and wait for it, and
-/// the counters of every frame (made once, not looked up per frame).
+/// What every connection shares: the room and user feeds, presence, the
+/// signal and the tracker that let shutdown close every socket and wait for
+/// it, and the counters of every frame (made once, not looked up per frame).
 #[derive(Clone)]
 pub struct Sockets {
     pub hub: Arc<Hub>,
     pub users: Arc<UserHub>,
+    pub presence: Presence,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub deliveries: Counter,

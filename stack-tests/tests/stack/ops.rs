@@ -64,6 +64,9 @@ async fn readyz_is_503_naming_core_svc_when_it_is_unreachable() {
         core_grpc_addr: "http://127.0.0.1:1".into(),
         nats_url: testkit::nats_url(),
         nats_subject_prefix: testkit::unique_prefix(),
+        redis_url: testkit::redis_url(),
+        redis_key_prefix: format!("{}:", testkit::unique_prefix()),
+        presence_lease_secs: 30,
         ws_queue_frames: 16,
         trust_forwarded_for: false,
     })
