@@ -24,6 +24,8 @@ import requests
 import websockets
 import yaml
 
+from conftest import recv
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RULES = ROOT / "helm/chat/files/alerts.yaml"
 DASHBOARDS = ROOT / "helm/chat/files/dashboards"
@@ -120,15 +122,15 @@ def traffic(stack, chat):
 
     async def socket():
         async with websockets.connect(f"{stack.ws}?token={token}") as ws:
-            await asyncio.wait_for(ws.recv(), 10)
+            await recv(ws)
             await ws.send(json.dumps({"Type": "enter", "RoomID": room}))
-            await asyncio.wait_for(ws.recv(), 10)
+            await recv(ws)
             await ws.send(json.dumps({"Type": "message", "Text": "over the socket"}))
-            frames = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+            frames = [await recv(ws), await recv(ws)]
             assert {f["Type"] for f in frames} == {"sent", "message"}, frames
             # One sent over gRPC, delivered to this socket too.
             messages.Send(pb.SendRequest(room_id=room, text="over gRPC"), metadata=metadata)
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["Type"] == "message"
+            assert (await recv(ws))["Type"] == "message"
 
     asyncio.run(socket())
     assert [next(stream).text for _ in range(2)] == ["over the socket", "over gRPC"]

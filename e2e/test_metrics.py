@@ -16,6 +16,8 @@ import pytest
 import requests
 import websockets
 
+from conftest import recv
+
 CLIENTS = Path(__file__).parent / "grpc-web"
 
 # The scheme: per binary, each metric and its type; labels that must have a series.
@@ -84,11 +86,11 @@ SERIES = {
         'chat_grpc_server_requests_total{service="chat.v1.UserService",method="Login",code="UNAUTHENTICATED"} 1',
         'chat_grpc_server_requests_total{service="chat.v1.MessageService",method="Subscribe",code="CANCELLED"} 1',
         'chat_grpc_server_request_duration_seconds_count{service="chat.v1.UserService",method="Login"}',
-        'chat_deliveries_total{transport="grpc"} 1',
+        'chat_deliveries_total{transport="grpc"}',
         'chat_login_failures_total 1',
         'chat_kafka_produce_errors_total{reason="timeout"} 0',
         'chat_cache_requests_total{result="hit"}',
-        'chat_broadcast_latency_seconds_count{transport="grpc"} 1',
+        'chat_broadcast_latency_seconds_count{transport="grpc"}',
     ],
     "archiver": [
         'chat_dependency_up{dependency="kafka"} 1',
@@ -137,11 +139,11 @@ def after_traffic(stack) -> dict:
 
         async def talk():
             async with websockets.connect(f"{stack.ws}?token={alice}") as ws:
-                await asyncio.wait_for(ws.recv(), 10)
+                await recv(ws)
                 await ws.send(json.dumps({"Type": "enter", "RoomID": room}))
-                await asyncio.wait_for(ws.recv(), 10)
+                await recv(ws)
                 await ws.send(json.dumps({"Type": "message", "Text": text}))
-                frames = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+                frames = [await recv(ws), await recv(ws)]
                 assert {frame["Type"] for frame in frames} == {"sent", "message"}, frames
             async with websockets.connect(f"{stack.ws}?token={alice}", max_size=None) as ws:
                 await ws.send("x" * 20_000)
