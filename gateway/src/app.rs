@@ -53,13 +53,14 @@ impl Application {
         if tokio::time::timeout(Duration::from_secs(3), connected).await.is_err() {
             tracing::warn!("NATS is not reachable yet; live messages wait for it");
         }
+        let core = CoreClient::new(config.mesh());
         let sockets = Sockets {
             hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event)),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
         let state = AppState {
-            core: CoreClient::connect_lazy(&config.core_grpc_addr).context("CORE_GRPC_ADDR")?,
+            core,
             sockets: sockets.clone(),
             trust_forwarded_for: TrustForwardedFor(config.trust_forwarded_for),
         };
