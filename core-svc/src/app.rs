@@ -31,6 +31,7 @@ use crate::{
     messages::{self, Feeds, Messages, SendLimit},
     password::Hasher,
     rooms::Rooms,
+    shed::ShedLayer,
     token::TokenKeys,
     users::{LoginLimit, LoginLimits, Users},
 };
@@ -53,9 +54,9 @@ pub struct Application {
     streams_shutdown: CancellationToken,
 }
 
-/// What every call passes through before its service: CORS, then the
-/// grpc-web translation.
-type Layers = Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>;
+/// What every call passes through before its service: CORS, the grpc-web
+/// translation, then load shedding.
+type Layers = Stack<ShedLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>;
 
 /// What a browser's grpc-web call sends and may read back.
 const GRPC_WEB_REQUEST_HEADERS: [&str; 5] =
@@ -69,7 +70,7 @@ impl Application {
         let secret = config.jwt_secret()?;
         let db = PgPoolOptions::new()
             .max_connections(config.database_max_connections)
-            .acquire_timeout(Duration::from_secs(3))
+            .acquire_timeout(Duration::from_millis(config.database_acquire_timeout_ms))
             .connect(&config.database_url)
             .await
             .context("connecting to PostgreSQL (DATABASE_URL)")?;
@@ -182,6 +183,7 @@ impl Application {
         // grpc-web arrives over HTTP/1.1 as well as HTTP/2, on the same port.
         let router = Server::builder()
             .accept_http1(true)
+            .timeout(Duration::from_millis(config.grpc_call_timeout_ms))
             .trace_fn(|request| {
                 let span = tracing::info_span!("grpc", path = %request.uri().path());
                 let headers = request.headers();
@@ -190,6 +192,7 @@ impl Application {
             })
             .layer(cors)
             .layer(GrpcWebLayer::new())
+            .layer(ShedLayer::new(config.grpc_max_in_flight))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
