@@ -53,7 +53,7 @@ impl Application {
         if tokio::time::timeout(Duration::from_secs(3), connected).await.is_err() {
             tracing::warn!("NATS is not reachable yet; live messages wait for it");
         }
-        let core = CoreClient::new(config.mesh());
+        let core = CoreClient::new(config.mesh()).await;
         let sockets = Sockets {
             hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event)),
             shutdown: CancellationToken::new(),

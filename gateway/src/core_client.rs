@@ -40,10 +40,10 @@ pub struct CoreClient {
 }
 
 impl CoreClient {
-    /// Starts finding replicas and returns at once: the gateway starts (and
-    /// reports itself not ready) while core-svc is still starting.
-    pub fn new(settings: mesh::Settings) -> Self {
-        let mesh = mesh::build(settings);
+    /// Finds the replicas that answer; the gateway starts (and reports
+    /// itself not ready) while none does.
+    pub async fn new(settings: mesh::Settings) -> Self {
+        let mesh = mesh::build(settings).await;
         Self {
             users: UserServiceClient::with_interceptor(mesh.clone(), PropagateTrace),
             rooms: RoomServiceClient::with_interceptor(mesh.clone(), PropagateTrace),

@@ -100,6 +100,9 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         metrics_listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: shared.database_url.clone(),
         database_max_connections: 5,
+        database_acquire_timeout_ms: 3000,
+        grpc_max_in_flight: 1024,
+        grpc_call_timeout_ms: 30_000,
         redis_url: settings.redis_url.clone(),
         redis_key_prefix: shared.redis_prefix.clone(),
         jwt_secret: Some(JWT_SECRET.into()),
@@ -132,16 +135,31 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
     (addr, stop)
 }
 
+/// A gateway's settings on a free port, with the mesh's defaults.
+pub fn gateway_config(core_grpc_addr: String, nats_subject_prefix: String, ws_queue_frames: usize) -> gateway::Config {
+    gateway::Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        core_grpc_addr,
+        core_resolve_interval_ms: 5000,
+        core_probe_interval_ms: 1000,
+        core_deadline_ms: 10_000,
+        core_max_in_flight: 1024,
+        core_max_in_flight_per_replica: 256,
+        core_retry_percent: 20,
+        nats_url: testkit::nats_url(),
+        nats_subject_prefix,
+        ws_queue_frames,
+        trust_forwarded_for: false,
+    }
+}
+
 /// Starts a gateway in this process in front of the core-svc at `core`.
 pub async fn spawn_gateway(shared: &Shared, settings: &Settings, core: SocketAddr) -> (String, oneshot::Sender<()>) {
-    let gateway = gateway::Application::build(gateway::Config {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        core_grpc_addr: format!("http://{core}"),
-        nats_url: testkit::nats_url(),
-        nats_subject_prefix: shared.nats_prefix.clone(),
-        ws_queue_frames: settings.ws_queue_frames,
-        trust_forwarded_for: false,
-    })
+    let gateway = gateway::Application::build(gateway_config(
+        format!("http://{core}"),
+        shared.nats_prefix.clone(),
+        settings.ws_queue_frames,
+    ))
     .await
     .expect("gateway starts");
     let base = format!("http://{}", gateway.local_addr());

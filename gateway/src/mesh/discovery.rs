@@ -89,41 +89,59 @@ struct Replica {
     next_probe: Instant,
 }
 
-/// Starts resolving and probing; runs until the balancer is dropped.
-pub fn spawn(targets: Vec<Target>, timing: Timing) -> Discovery {
+/// Resolves and probes once (so that the first calls find the replicas that
+/// answer), then goes on in a task until the balancer is dropped.
+pub async fn spawn(targets: Vec<Target>, timing: Timing) -> Discovery {
     let (changes, changes_rx) = mpsc::channel(64);
     let (unreachable, mut unreachable_rx) = mpsc::channel(64);
     let in_balancer = Arc::new(AtomicUsize::new(0));
-    let count = in_balancer.clone();
+    let mut state = State { targets, timing, replicas: HashMap::new(), changes, in_balancer: in_balancer.clone() };
+    state.round(true).await;
     tokio::spawn(async move {
-        let mut replicas: HashMap<SocketAddr, Replica> = HashMap::new();
-        let mut resolve_at = Instant::now();
+        let mut resolve_at = Instant::now() + timing.resolve_every;
         let mut tick = tokio::time::interval(timing.probe_every.min(Duration::from_millis(250)));
         loop {
-            if Instant::now() >= resolve_at {
-                resolve(&targets, &mut replicas, &changes).await;
-                resolve_at = Instant::now() + timing.resolve_every;
-            }
-            probe_due(&mut replicas, &changes, timing).await;
-            let taking_calls = replicas.values().filter(|r| r.in_balancer).count();
-            count.store(taking_calls, Ordering::Relaxed);
-            #[allow(clippy::cast_precision_loss)] // a handful of replicas
-            metrics::gauge!(crate::metrics::CORE_REPLICAS).set(taking_calls as f64);
-            if changes.is_closed() {
-                return;
-            }
             tokio::select! {
                 _ = tick.tick() => {}
                 Some(addr) = unreachable_rx.recv() => {
-                    if let Some(replica) = replicas.get_mut(&addr) {
-                        eject(addr, replica, &changes, timing.probe_every).await;
+                    if let Some(replica) = state.replicas.get_mut(&addr) {
+                        eject(addr, replica, &state.changes, timing.probe_every).await;
                     }
                     resolve_at = Instant::now();
                 }
             }
+            if state.changes.is_closed() {
+                return;
+            }
+            let resolve_now = Instant::now() >= resolve_at;
+            if resolve_now {
+                resolve_at = Instant::now() + timing.resolve_every;
+            }
+            state.round(resolve_now).await;
         }
     });
     Discovery { changes: ReceiverStream::new(changes_rx), unreachable, in_balancer }
+}
+
+struct State {
+    targets: Vec<Target>,
+    timing: Timing,
+    replicas: HashMap<SocketAddr, Replica>,
+    changes: ChangeTx,
+    in_balancer: Arc<AtomicUsize>,
+}
+
+impl State {
+    async fn round(&mut self, resolve_now: bool) {
+        if resolve_now {
+            resolve(&self.targets, &mut self.replicas, &self.changes).await;
+        }
+        probe_due(&mut self.replicas, &self.changes, self.timing).await;
+        let taking_calls = self.replicas.values().filter(|r| r.in_balancer).count();
+        self.in_balancer.store(taking_calls, Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)] // a handful of replicas
+        metrics::gauge!(crate::metrics::CORE_REPLICAS).set(taking_calls as f64);
+    }
 }
 
 type ChangeTx = mpsc::Sender<Result<Change<SocketAddr, Channel>, Infallible>>;

@@ -44,9 +44,9 @@ pub struct Settings {
     pub retry_percent: f32,
 }
 
-/// Builds the stack and starts discovery; must run inside the runtime.
-pub fn build(settings: Settings) -> Mesh {
-    let discovery = discovery::spawn(settings.targets, settings.timing);
+/// Starts discovery (waiting for its first round of probes) and builds the stack.
+pub async fn build(settings: Settings) -> Mesh {
+    let discovery = discovery::spawn(settings.targets, settings.timing).await;
     let replicas = discovery.in_balancer.clone();
     let unreachable = discovery.unreachable;
     let per_replica = settings.max_in_flight_per_replica;
