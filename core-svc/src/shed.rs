@@ -3,6 +3,9 @@
 //! `OVERLOADED`, `retry-after: 1`), which a gateway retries on another
 //! replica when the call is safe to repeat. Health checks are never refused:
 //! a busy replica is still alive.
+//!
+//! Calls taken are counted (`core_calls_total`), refused ones too
+//! (`core_calls_shed_total`): how a balancer spreads the load shows there.
 
 use std::{
     sync::Arc,
@@ -64,6 +67,7 @@ where
             status.metadata_mut().insert("retry-after", 1.into());
             return futures::future::ready(Ok(status.into_http())).boxed();
         };
+        metrics::counter!("core_calls_total").increment(1);
         let call = self.inner.call(request);
         async move {
             let answer = call.await;
