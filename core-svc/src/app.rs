@@ -88,7 +88,9 @@ impl Application {
             async move { lease.renew_forever(&ids).await }
         })
         .abort_handle();
-        let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (NATS_URL)")?;
+        let nats = async_nats::connect(service_kit::settings::nats_servers(&config.nats_url))
+            .await
+            .context("connecting to NATS (NATS_URL)")?;
         let feeds = Arc::new(Feeds::rooms(
             nats.clone(),
             config.nats_subject_prefix.clone(),

@@ -42,7 +42,7 @@ impl Application {
         // /readyz says so), but gives it a moment to connect first.
         let nats = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
-            .connect(&config.nats_url)
+            .connect(service_kit::settings::nats_servers(&config.nats_url))
             .await
             .context("NATS_URL")?;
         let connected = async {

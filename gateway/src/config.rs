@@ -141,7 +141,8 @@ mod tests {
             .unwrap();
         assert_refused(Config { core_retry_percent: 101, ..defaults() }.validate(), "CORE_RETRY_PERCENT");
         assert_refused(Config { core_max_in_flight: 0, ..defaults() }.validate(), "CORE_MAX_IN_FLIGHT");
-        for bad in ["", "http://nats:4222"] {
+        Config { nats_url: "nats://127.0.0.1:4222, nats://127.0.0.1:4223".into(), ..defaults() }.validate().unwrap();
+        for bad in ["", "http://nats:4222", "nats://a:4222,", "nats://a:4222,http://b:4222"] {
             assert_refused(Config { nats_url: bad.into(), ..defaults() }.validate(), "NATS_URL");
         }
         for bad in ["", "chat.", ".chat", "chat..x", "chat.*", "chat.>", "my chat"] {
