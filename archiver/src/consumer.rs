@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use crate::{
     archive::{self, Carried, Record},
     config::Config,
-    store::{self, Row},
+    store::{self, Stored},
 };
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -271,9 +271,10 @@ impl Batch {
             (Some(id), _) => Carried::Withdrawal(id),
             (None, Some(payload)) => match Event::decode(payload)
                 .map_err(|error| error.to_string())
-                .and_then(|event| Row::new(event, record.timestamp().to_millis()))
+                .and_then(|event| Stored::new(event, record.timestamp().to_millis()))
             {
-                Ok(row) => Carried::Message(row),
+                Ok(Stored::Entry(row)) => Carried::Entry(row),
+                Ok(Stored::Change(change)) => Carried::Change(change),
                 Err(error) => Carried::Unstorable(error),
             },
             (None, None) => Carried::Unstorable("no payload".to_owned()),

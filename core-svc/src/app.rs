@@ -26,11 +26,13 @@ use crate::{
     config::Config,
     events::{Events, KafkaSettings},
     health,
+    history::HistoryStore,
     ids::{IdGenerator, NodeLease},
     limits::RateLimit,
-    messages::{self, Feeds, Messages, SendLimit},
+    messages::{self, Feeds, MessageParts, Messages, SendLimit, UserFeeds},
     password::Hasher,
     rooms::Rooms,
+    send_keys::SendKeys,
     shed::ShedLayer,
     token::TokenKeys,
     users::{LoginLimit, LoginLimits, Users},
@@ -53,6 +55,9 @@ pub struct Application {
     /// Ends the live streams, which would otherwise hold shutdown up forever.
     streams_shutdown: CancellationToken,
 }
+
+/// How many removals a stream's user feed may fall behind: they are rare.
+const USER_FEED_QUEUE: usize = 16;
 
 /// What every call passes through before its service: CORS, the grpc-web
 /// translation, then load shedding.
@@ -96,6 +101,12 @@ impl Application {
             config.nats_subject_prefix.clone(),
             config.subscribe_queue_messages,
             messages::streamed,
+        ));
+        let user_feeds = Arc::new(UserFeeds::users(
+            nats.clone(),
+            config.nats_subject_prefix.clone(),
+            USER_FEED_QUEUE,
+            service_kit::feeds::removal,
         ));
         let kafka = KafkaSettings {
             brokers: &config.kafka_brokers,
@@ -163,13 +174,22 @@ impl Application {
         .await?;
         let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone()));
         let streams_shutdown = CancellationToken::new();
-        let messages = Messages::new(
-            db.clone(),
-            cache,
-            archive,
-            rooms.clone(),
-            events.clone(),
+        let keys = SendKeys::new(db.clone());
+        tokio::spawn({
+            let keys = SendKeys::new(db.clone());
+            async move { keys.forget_expired_forever().await }
+        });
+        let parts = MessageParts {
+            history: HistoryStore::new(db.clone(), cache.clone(), events.clone(), archive),
+            rooms: rooms.clone(),
+            events: events.clone(),
+            keys,
             feeds,
+            user_feeds,
+        };
+        let messages = Messages::new(
+            parts,
+            cache,
             SendLimit { per_second: config.send_rate_per_second, burst: config.send_burst },
             streams_shutdown.clone(),
         );

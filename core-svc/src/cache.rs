@@ -3,10 +3,15 @@
 //! write path deletes the keys it affects after the database commit.
 //!
 //! The recent history of a room is the one place where Redis holds what
-//! PostgreSQL may not have yet: messages the archiver has not stored. Its
-//! entries carry their offset in the message log, and an entry leaves only
-//! once the archiver has stored it, so the reader can tell when the cache
-//! and PostgreSQL together cannot answer (see `messages`).
+//! PostgreSQL may not have yet: events the archiver has not stored. It is
+//! two sorted sets of the same members (each an event with its offset in
+//! the message log): every event by id (entries and changes to them, as
+//! resuming replays them), and the changes alone by the entry they change
+//! (so that an entry's latest state is its stored state and its cached
+//! changes). An event leaves only once the archiver has stored it, so the
+//! reader can tell when the cache and PostgreSQL together cannot answer
+//! (see `history`); and a change stays as long as its entry does, so an
+//! entry read from the cache has all its changes beside it.
 
 use std::{
     collections::HashSet,
@@ -21,12 +26,13 @@ use tokio::sync::OnceCell;
 /// How long a cached value lives at most; a bound on the damage of a
 /// stale entry left behind by a write that raced a read.
 const TTL_SECS: u64 = 600;
-/// How many of a room's newest messages the recent-history cache keeps,
+/// How many of a room's newest events the recent-history cache keeps,
 /// besides those the archiver has not stored yet.
-pub const RECENT_MESSAGES: usize = 200;
+pub const RECENT_EVENTS: usize = 200;
 /// The most a room's recent history holds even when the archiver is
 /// behind: beyond this, the oldest go, and readers that would need them are
-/// told to retry instead of getting a short page.
+/// told to retry instead of getting a short page. Beyond this many cached
+/// changes, the room's recent history goes whole.
 pub const RECENT_MAX: usize = 10_000;
 /// A quiet room's recent history leaves the cache after this long.
 const RECENT_TTL_SECS: i64 = 3600;
@@ -45,18 +51,58 @@ pub struct Recent {
     pub encoded: Vec<u8>,
 }
 
+/// The byte after a member's offset: whether it is an entry of history or
+/// a change to one (the scripts tell them apart by it).
+const ENTRY: u8 = 0;
+const CHANGE: u8 = 1;
+
 impl Recent {
-    /// A cached member: its 8-byte big-endian offset, then the message.
+    /// A cached member: its 8-byte big-endian offset, a byte saying whether
+    /// it is a change ([`CHANGE`]) or not, then the event.
+    fn member(offset: i64, change: bool, encoded: &[u8]) -> Vec<u8> {
+        let kind = if change { CHANGE } else { ENTRY };
+        [&offset.to_be_bytes()[..], &[kind], encoded].concat()
+    }
+
     fn decode(member: Vec<u8>) -> Option<Self> {
-        let (offset, encoded) = member.split_first_chunk::<8>()?;
+        let (offset, rest) = member.split_first_chunk::<8>()?;
+        let (_, encoded) = rest.split_first()?;
         Some(Self { offset: i64::from_be_bytes(*offset), encoded: encoded.to_vec() })
     }
+
+    fn decode_all(members: Vec<Vec<u8>>) -> Vec<Self> {
+        members.into_iter().filter_map(Self::decode).collect()
+    }
+}
+
+/// The room's oldest cached event, its id and offset, from a `ZRANGE 0 0
+/// WITHSCORES`.
+fn oldest_of(first: Vec<(Vec<u8>, f64)>) -> Option<(i64, i64)> {
+    first.into_iter().next().and_then(|(member, id)| Some((id as i64, Recent::decode(member)?.offset)))
 }
 
 /// What the recent history holds of a range, and where it begins.
 pub struct RecentPage {
     pub entries: Vec<Recent>,
-    /// The room's oldest cached message: its id and offset.
+    /// The room's oldest cached event: its id and offset.
+    pub oldest: Option<(i64, i64)>,
+}
+
+/// What the recent history holds of a room's newest entries up to an id.
+pub struct RecentEntries {
+    /// Newest first; at most the number asked for.
+    pub entries: Vec<Recent>,
+    /// Every cached change to an entry up to that id.
+    pub changes: Vec<Recent>,
+    /// The room's oldest cached event: its id and offset.
+    pub oldest: Option<(i64, i64)>,
+}
+
+/// What the recent history holds of one entry.
+pub struct RecentEntry {
+    /// The event with its id, if cached (it may be no entry).
+    pub event: Option<Recent>,
+    pub changes: Vec<Recent>,
     pub oldest: Option<(i64, i64)>,
 }
 
@@ -77,6 +123,7 @@ pub struct Cache {
     /// Rooms whose recent history lost an entry and is being deleted.
     forgetting: Mutex<HashSet<i64>>,
     push_recent: redis::Script,
+    recent_entries: redis::Script,
     take_token: redis::Script,
 }
 
@@ -97,25 +144,63 @@ redis.call('SET', key, string.format('%d', tat), 'PX', math.ceil((tat - now) / 1
 return 0
 ";
 
-/// Adds a member to a room's recent history, then trims it: of what lies
-/// beyond the newest KEEP, only what the archiver has stored (offset below
-/// ARCHIVED) goes; beyond MAX the oldest go regardless. A member starts
-/// with its 8-byte big-endian offset.
+/// Adds a member (an event) to a room's recent history, then trims it.
+/// KEYS are the room's events and its changes; a change (TARGET, the entry
+/// it changes, not empty) goes into both. Of the events beyond the newest
+/// KEEP, only what the archiver has stored (offset below ARCHIVED) goes;
+/// beyond MAX the oldest go regardless. A change goes once stored, unless
+/// its entry is still among the cached events. Beyond MAX changes, the
+/// room's recent history goes whole. A member starts with its 8-byte
+/// big-endian offset.
 const PUSH_RECENT: &str = r"
-local key, member, id = KEYS[1], ARGV[1], ARGV[2]
-local keep, archived, max, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-redis.call('ZADD', key, id, member)
-local extra = redis.call('ZCARD', key) - keep
-if extra > 0 then
-  for _, old in ipairs(redis.call('ZRANGE', key, 0, extra - 1)) do
-    local offset = 0
-    for i = 1, 8 do offset = offset * 256 + string.byte(old, i) end
-    if offset < archived then redis.call('ZREM', key, old) end
-  end
-  local over = redis.call('ZCARD', key) - max
-  if over > 0 then redis.call('ZREMRANGEBYRANK', key, 0, over - 1) end
+local events, changes = KEYS[1], KEYS[2]
+local member, id, target = ARGV[1], ARGV[2], ARGV[3]
+local keep, archived, max, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local function offset_of(m)
+  local offset = 0
+  for i = 1, 8 do offset = offset * 256 + string.byte(m, i) end
+  return offset
 end
-redis.call('EXPIRE', key, ttl)
+redis.call('ZADD', events, id, member)
+if target ~= '' then redis.call('ZADD', changes, target, member) end
+local extra = redis.call('ZCARD', events) - keep
+if extra > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', events, 0, extra - 1)) do
+    if offset_of(old) < archived then redis.call('ZREM', events, old) end
+  end
+  local over = redis.call('ZCARD', events) - max
+  if over > 0 then redis.call('ZREMRANGEBYRANK', events, 0, over - 1) end
+end
+local oldest = redis.call('ZRANGE', events, 0, 0, 'WITHSCORES')[2]
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', changes, '-inf', '(' .. oldest)) do
+  if offset_of(old) < archived then redis.call('ZREM', changes, old) end
+end
+if redis.call('ZCARD', changes) > max then
+  redis.call('DEL', events, changes)
+  return
+end
+redis.call('EXPIRE', events, ttl)
+redis.call('EXPIRE', changes, ttl)
+";
+
+/// A room's newest cached entries with ids up to MAX, LIMIT at most,
+/// skipping the changes among the events (the byte after a member's
+/// offset says which it is); every cached change to an entry up to MAX;
+/// and the oldest cached event. One script, so that what it reads is one
+/// moment's state: an entry with all its changes.
+const RECENT_ENTRIES: &str = r"
+local events, changes = KEYS[1], KEYS[2]
+local max, limit = ARGV[1], tonumber(ARGV[2])
+local entries, skip = {}, 0
+while #entries < limit do
+  local chunk = redis.call('ZREVRANGEBYSCORE', events, max, '-inf', 'LIMIT', skip, limit)
+  for _, member in ipairs(chunk) do
+    if string.byte(member, 9) == 0 and #entries < limit then table.insert(entries, member) end
+  end
+  if #chunk < limit then break end
+  skip = skip + #chunk
+end
+return {entries, redis.call('ZRANGEBYSCORE', changes, '-inf', max), redis.call('ZRANGE', events, 0, 0, 'WITHSCORES')}
 ";
 
 /// The keys, in one place, so writers delete exactly what readers fill.
@@ -133,9 +218,14 @@ pub mod key {
         format!("member:{room_id}:{uid}")
     }
     /// v2: members carry their log offset. v3: the events are
-    /// `chat.events.v1.Event`s, no longer `chat.v1.Message`s.
+    /// `chat.events.v1.Event`s, no longer `chat.v1.Message`s. v4: a byte
+    /// after the offset tells changes from entries.
     pub fn recent(room_id: i64) -> String {
-        format!("recent-v3:{room_id}")
+        format!("recent-v4:{room_id}")
+    }
+    /// The cached changes of a room, by the entry they change.
+    pub fn recent_changes(room_id: i64) -> String {
+        format!("recent-changes-v4:{room_id}")
     }
     pub fn login_failures(email: &str) -> String {
         format!("login-failures:{email}")
@@ -157,6 +247,7 @@ impl Cache {
             last_failure: Mutex::new(None),
             forgetting: Mutex::new(HashSet::new()),
             push_recent: redis::Script::new(PUSH_RECENT),
+            recent_entries: redis::Script::new(RECENT_ENTRIES),
             take_token: redis::Script::new(TAKE_TOKEN),
         }
     }
@@ -248,20 +339,32 @@ impl Cache {
         Some((count?, ttl.max(1) as u64))
     }
 
-    /// Adds a message, at `offset` in the log, to its room's recent history,
-    /// a sorted set scored by id. Adding the same message again changes
+    /// Adds an event, at `offset` in the log, to its room's recent history,
+    /// sorted sets scored by id (and, for a change, by the entry it
+    /// changes: `changed_entry`). Adding the same member again changes
     /// nothing. `archived` is an offset below which the archiver is known to
     /// have stored everything (a stale value only keeps more). False when
     /// Redis did not take it.
-    pub async fn push_recent(&self, room_id: i64, id: i64, offset: i64, encoded: &[u8], archived: i64) -> bool {
-        let key = self.key(&key::recent(room_id));
-        let member = [&offset.to_be_bytes()[..], encoded].concat(); // as `Recent::decode` reads it
+    pub async fn push_recent(
+        &self,
+        room_id: i64,
+        id: i64,
+        offset: i64,
+        encoded: &[u8],
+        changed_entry: Option<i64>,
+        archived: i64,
+    ) -> bool {
+        let (events, changes) = (self.key(&key::recent(room_id)), self.key(&key::recent_changes(room_id)));
+        let member = Recent::member(offset, changed_entry.is_some(), encoded);
+        let target = changed_entry.map(|id| id.to_string()).unwrap_or_default();
         self.run(async |mut c| {
             self.push_recent
-                .key(&key)
+                .key(&events)
+                .key(&changes)
                 .arg(member)
                 .arg(id)
-                .arg(RECENT_MESSAGES)
+                .arg(target)
+                .arg(RECENT_EVENTS)
                 .arg(archived)
                 .arg(RECENT_MAX)
                 .arg(RECENT_TTL_SECS)
@@ -272,7 +375,7 @@ impl Cache {
         .is_some()
     }
 
-    /// Deletes a room's recent history after an entry could not be added:
+    /// Deletes a room's recent history after an event could not be added:
     /// with a hole in it, it would answer for a range it does not hold.
     /// Retries in the background until Redis takes it or the entries would
     /// have expired anyway.
@@ -282,17 +385,17 @@ impl Cache {
         }
         let cache = self.clone();
         tokio::spawn(async move {
-            let key = cache.key(&key::recent(room_id));
+            let keys = [cache.key(&key::recent(room_id)), cache.key(&key::recent_changes(room_id))];
             let give_up = Instant::now() + Duration::from_secs(RECENT_TTL_SECS as u64);
-            while cache.run(async |mut c| c.del::<_, ()>(&key).await).await.is_none() && Instant::now() < give_up {
+            while cache.run(async |mut c| c.del::<_, ()>(&keys).await).await.is_none() && Instant::now() < give_up {
                 tokio::time::sleep(RECONNECT_BACKOFF / 4).await;
             }
             cache.forgetting.lock().expect("lock poisoned").remove(&room_id);
         });
     }
 
-    /// Up to `limit` cached messages of a room in `range`; `None` when Redis
-    /// cannot say.
+    /// Up to `limit` cached events of a room in `range`, of every kind;
+    /// `None` when Redis cannot say.
     pub async fn recent(&self, room_id: i64, range: RecentRange, limit: usize) -> Option<RecentPage> {
         let key = self.key(&key::recent(room_id));
         type Members = Vec<Vec<u8>>;
@@ -308,10 +411,48 @@ impl Cache {
                 pipe.zrange_withscores(&key, 0, 0).query_async(&mut c).await
             })
             .await?;
-        let entries = members.into_iter().filter_map(Recent::decode).collect();
-        let oldest =
-            oldest.into_iter().next().and_then(|(member, id)| Some((id as i64, Recent::decode(member)?.offset)));
-        Some(RecentPage { entries, oldest })
+        Some(RecentPage { entries: Recent::decode_all(members), oldest: oldest_of(oldest) })
+    }
+
+    /// Up to `limit` of a room's newest cached entries with ids up to
+    /// `max_id`, with every cached change to them; `None` when Redis cannot
+    /// say.
+    pub async fn recent_entries(&self, room_id: i64, max_id: i64, limit: usize) -> Option<RecentEntries> {
+        let (events, changes) = (self.key(&key::recent(room_id)), self.key(&key::recent_changes(room_id)));
+        type Read = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<(Vec<u8>, f64)>);
+        let (entries, found, oldest): Read = self
+            .run(async |mut c| {
+                self.recent_entries.key(&events).key(&changes).arg(max_id).arg(limit).invoke_async(&mut c).await
+            })
+            .await?;
+        Some(RecentEntries {
+            entries: Recent::decode_all(entries),
+            changes: Recent::decode_all(found),
+            oldest: oldest_of(oldest),
+        })
+    }
+
+    /// The cached event with this id, if any, and the cached changes to the
+    /// entry with it, read at one moment; `None` when Redis cannot say.
+    pub async fn recent_entry(&self, room_id: i64, id: i64) -> Option<RecentEntry> {
+        let (events, changes) = (self.key(&key::recent(room_id)), self.key(&key::recent_changes(room_id)));
+        type Read = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<(Vec<u8>, f64)>);
+        let (event, found, oldest): Read = self
+            .run(async |mut c| {
+                redis::pipe()
+                    .atomic()
+                    .zrangebyscore(&events, id, id)
+                    .zrangebyscore(&changes, id, id)
+                    .zrange_withscores(&events, 0, 0)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Some(RecentEntry {
+            event: Recent::decode_all(event).into_iter().next(),
+            changes: Recent::decode_all(found),
+            oldest: oldest_of(oldest),
+        })
     }
 
     /// One call against a rate of one per `interval` with bursts of

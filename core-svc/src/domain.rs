@@ -155,6 +155,45 @@ impl MessageText {
     }
 }
 
+/// A client's idempotency key for a send: at most 64 characters. An empty
+/// key is no key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendKey(String);
+text_newtype!(SendKey);
+
+impl SendKey {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(input: String) -> Result<Option<Self>, crate::error::Error> {
+        match input.chars().count() {
+            0 => Ok(None),
+            1..=Self::MAX_CHARS => Ok(Some(Self(input))),
+            _ => Err(crate::error::Error::InvalidKey),
+        }
+    }
+}
+
+/// A reaction: 1 to 32 bytes of UTF-8, no control characters, not only
+/// white space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emoji(String);
+text_newtype!(Emoji);
+
+impl Emoji {
+    pub const MAX_BYTES: usize = 32;
+
+    pub fn parse(input: String) -> Result<Self, String> {
+        if input.trim().is_empty() || input.len() > Self::MAX_BYTES || input.chars().any(char::is_control) {
+            return Err(format!("emoji must be 1 to {} bytes, no control characters", Self::MAX_BYTES));
+        }
+        Ok(Self(input))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
 /// What to search for: 1–200 characters, not only white space, no control
 /// characters but newline and tab. It is only ever handed to PostgreSQL as
 /// plain words (`plainto_tsquery`), never as query syntax.
@@ -259,6 +298,24 @@ mod tests {
         assert_eq!(MessageText::parse(" \n\t ".into()), Err(TextProblem::Empty));
         for bad in ["nul\u{0}byte", "bell\u{7}", "carriage\rreturn", "escape\u{1b}[2J", "del\u{7f}", "c1\u{85}"] {
             assert_eq!(MessageText::parse(bad.into()), Err(TextProblem::InvalidCharacters), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn send_keys() {
+        assert_eq!(SendKey::parse(String::new()).unwrap(), None);
+        assert_eq!(SendKey::parse("k".repeat(64)).unwrap().unwrap().as_ref(), "k".repeat(64));
+        assert_eq!(SendKey::parse("é".repeat(64)).unwrap().unwrap().as_ref().chars().count(), 64);
+        assert!(matches!(SendKey::parse("k".repeat(65)), Err(crate::error::Error::InvalidKey)));
+    }
+
+    #[test]
+    fn emoji_are_counted_in_bytes() {
+        assert!(Emoji::parse("👍".into()).is_ok());
+        assert!(Emoji::parse("👍".repeat(8)).is_ok(), "32 bytes");
+        assert!(Emoji::parse("👍".repeat(9)).is_err(), "36 bytes");
+        for bad in ["", "  ", "a\u{0}", "\n"] {
+            assert!(Emoji::parse(bad.into()).is_err(), "{bad:?}");
         }
     }
 

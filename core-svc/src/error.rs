@@ -14,14 +14,27 @@ pub enum Error {
     /// A message's text that cannot be sent, with a reason of its own.
     #[error(transparent)]
     InvalidText(#[from] TextProblem),
+    /// A reply to what is no entry of the room.
+    #[error("invalid reply")]
+    InvalidReply,
+    /// An idempotency key over its limit.
+    #[error("key must be at most {} characters", crate::domain::SendKey::MAX_CHARS)]
+    InvalidKey,
     #[error("{0}")]
     Unauthenticated(&'static str),
     #[error("{0}")]
     PermissionDenied(&'static str),
+    /// The caller is no longer a member of the room.
+    #[error("removed from room")]
+    Removed,
     #[error("{0}")]
     NotFound(&'static str),
     #[error("{0}")]
     AlreadyExists(&'static str),
+    /// Not in the state the call needs, though the caller may know it:
+    /// leaving a room one is not in, one reaction too many.
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
     /// Too many attempts of `what` (a message for the client).
     #[error("{what}")]
     RateLimited { retry_after_secs: u64, what: &'static str },
@@ -69,10 +82,14 @@ impl From<Error> for Status {
         let (code, reason) = match &error {
             Error::Invalid(_) => (Code::InvalidArgument, reason::INVALID_ARGUMENT),
             Error::InvalidText(problem) => (Code::InvalidArgument, problem.reason()),
+            Error::InvalidReply => (Code::InvalidArgument, reason::INVALID_REPLY),
+            Error::InvalidKey => (Code::InvalidArgument, reason::INVALID_KEY),
             Error::Unauthenticated(_) => (Code::Unauthenticated, reason::UNAUTHENTICATED),
             Error::PermissionDenied(_) => (Code::PermissionDenied, reason::PERMISSION_DENIED),
+            Error::Removed => (Code::PermissionDenied, reason::REMOVED_FROM_ROOM),
             Error::NotFound(_) => (Code::NotFound, reason::NOT_FOUND),
             Error::AlreadyExists(_) => (Code::AlreadyExists, reason::ALREADY_EXISTS),
+            Error::FailedPrecondition(_) => (Code::FailedPrecondition, reason::FAILED_PRECONDITION),
             Error::RateLimited { .. } => (Code::ResourceExhausted, reason::RATE_LIMITED),
             Error::Overloaded(_) => (Code::ResourceExhausted, reason::OVERLOADED),
             Error::Unavailable(_) => (Code::Unavailable, reason::UNAVAILABLE),
@@ -126,6 +143,9 @@ mod tests {
             (Error::PermissionDenied("no"), Code::PermissionDenied),
             (Error::NotFound("no"), Code::NotFound),
             (Error::AlreadyExists("no"), Code::AlreadyExists),
+            (Error::FailedPrecondition("no"), Code::FailedPrecondition),
+            (Error::Removed, Code::PermissionDenied),
+            (Error::InvalidReply, Code::InvalidArgument),
             (Error::RateLimited { retry_after_secs: 3, what: "slow down" }, Code::ResourceExhausted),
             (Error::Overloaded("busy"), Code::ResourceExhausted),
             (Error::Unavailable("down"), Code::Unavailable),
@@ -143,6 +163,9 @@ mod tests {
             (Error::from(TextProblem::Empty), reason::EMPTY_MESSAGE),
             (Error::from(TextProblem::TooLong), reason::MESSAGE_TOO_LONG),
             (Error::from(TextProblem::InvalidCharacters), reason::INVALID_CHARACTERS),
+            (Error::InvalidReply, reason::INVALID_REPLY),
+            (Error::InvalidKey, reason::INVALID_KEY),
+            (Error::Removed, reason::REMOVED_FROM_ROOM),
             (Error::RateLimited { retry_after_secs: 3, what: "slow down" }, reason::RATE_LIMITED),
             (Error::Overloaded("busy"), reason::OVERLOADED),
             (Error::Internal(anyhow::anyhow!("boom")), reason::INTERNAL),

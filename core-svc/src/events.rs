@@ -10,6 +10,7 @@
 //! which partition's archiving to ask about.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -26,7 +27,10 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
 };
-use service_kit::{feeds::room_subject, message_log, telemetry};
+use service_kit::{
+    feeds::{room_subject, user_subject},
+    message_log, telemetry,
+};
 
 use crate::{
     archive::ArchiveProgress,
@@ -38,7 +42,26 @@ use crate::{
 
 /// How long a send may wait for the message log before it is refused as
 /// "temporarily unavailable"; nothing is stored then.
-const PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An event the message log acknowledged: where it is, and what the rest
+/// of its path carries.
+pub struct Logged {
+    partition: i32,
+    offset: i64,
+    payload: Vec<u8>,
+    trace: HashMap<String, String>,
+}
+
+/// Whether an event goes down the path for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    First,
+    /// Logged again (a send retried after its first attempt was cut short,
+    /// see `send_keys`): the room's recent history, which may lack it or
+    /// hold it below its newest, is dropped rather than given an old id.
+    Again,
+}
 
 pub struct KafkaSettings<'a> {
     pub brokers: &'a str,
@@ -105,10 +128,39 @@ impl Events {
     }
 
     /// Gives the event by `uid` in `room_id` an id and a time, and sends it
-    /// down the path; the event as logged.
+    /// down the path; the event as logged. An entry the log refused is
+    /// withdrawn ([`Events::withdraw`]). A change is not: a change sets a
+    /// state (a text, a deletion, one user's reaction), so one the log takes
+    /// after all, late, only sets what the client asked for, and never over
+    /// a newer change (the archiver applies the one with the highest id).
     pub async fn publish(&self, room_id: i64, uid: i64, kind: Kind) -> Result<Event> {
+        let event = self.prepare(room_id, uid, kind)?;
+        match self.log(&event).await {
+            Ok(logged) => {
+                self.spread(&event, logged, Spread::First).await;
+                Ok(event)
+            }
+            Err(refused) => {
+                if event.is_entry() {
+                    self.withdraw(room_id, event.id);
+                }
+                Err(refused)
+            }
+        }
+    }
+
+    /// The event by `uid` in `room_id`, with its id and time, not sent yet.
+    pub fn prepare(&self, room_id: i64, uid: i64, kind: Kind) -> Result<Event> {
         let id = self.ids.next().ok_or(Error::Unavailable("temporarily unavailable"))?;
-        let event = Event { id, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) };
+        Ok(Event { id, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) })
+    }
+
+    /// Writes the event to the message log and waits for its
+    /// acknowledgement: from then on it will reach history. Refused as
+    /// "temporarily unavailable" when the log does not take it in time;
+    /// the caller decides whether to withdraw it.
+    pub async fn log(&self, event: &Event) -> Result<Logged> {
+        let (room_id, id) = (event.room_id, event.id);
         let payload = event.encode_to_vec();
         let key = room_id.to_string();
         // The trace goes on through the log (to the archiver) and the live
@@ -124,36 +176,64 @@ impl Events {
         // librdkafka's own timeout was seen to answer only after twice its
         // value when the broker had just died: the caller waits no longer
         // than PRODUCE_TIMEOUT whatever librdkafka does.
-        let offset = match tokio::time::timeout(PRODUCE_TIMEOUT, producer.send(record, PRODUCE_TIMEOUT)).await {
-            Ok(Ok(delivery)) => delivery.offset,
+        match tokio::time::timeout(PRODUCE_TIMEOUT, producer.send(record, PRODUCE_TIMEOUT)).await {
+            Ok(Ok(delivery)) => Ok(Logged { partition, offset: delivery.offset, payload, trace }),
             Ok(Err((error, _))) => {
                 tracing::warn!(%error, room_id, id, "the message log refused an event");
                 if producer_is_done(&producer, &error) {
                     self.replace(&producer);
                 }
-                self.withdraw(partition, &key, id);
-                return Err(Error::Unavailable("temporarily unavailable"));
+                Err(Error::Unavailable("temporarily unavailable"))
             }
             Err(_) => {
                 tracing::warn!(room_id, id, "the message log did not acknowledge an event in time");
-                self.withdraw(partition, &key, id);
-                return Err(Error::Unavailable("temporarily unavailable"));
+                Err(Error::Unavailable("temporarily unavailable"))
             }
-        };
-        let archived = self.archive.known_stored_below(partition);
-        if !self.cache.push_recent(room_id, id, offset, &payload, archived).await {
-            self.cache.forget_recent(room_id);
         }
-        let subject = room_subject(&self.subject_prefix, room_id);
-        let mut nats_headers = async_nats::HeaderMap::new();
-        for (key, value) in &trace {
-            nats_headers.insert(key.as_str(), value.as_str());
+    }
+
+    /// After the log's acknowledgement: the event into the room's recent
+    /// history, then out on the room's live subject.
+    pub async fn spread(&self, event: &Event, logged: Logged, spread: Spread) {
+        let Logged { partition, offset, payload, trace } = logged;
+        let (room_id, id) = (event.room_id, event.id);
+        match spread {
+            Spread::First => {
+                let archived = self.archive.known_stored_below(partition);
+                if !self.cache.push_recent(room_id, id, offset, &payload, event.changed_entry(), archived).await {
+                    self.cache.forget_recent(room_id);
+                }
+            }
+            Spread::Again => self.cache.forget_recent(room_id),
         }
-        if let Err(error) = self.nats.publish_with_headers(subject, nats_headers, payload.into()).await {
+        if let Err(error) = self.send_live(room_subject(&self.subject_prefix, room_id), payload, &trace).await {
             // Durable already; live clients catch up from history.
             tracing::warn!(%error, room_id, id, "cannot publish a live event");
         }
-        Ok(event)
+    }
+
+    /// Tells one user, wherever their sockets and streams are, a live event
+    /// (`Removed`): on `<prefix>.user.<uid>`, never through the log.
+    pub async fn notify_user(&self, uid: i64, event: &Event) {
+        let trace = telemetry::context_of(&tracing::Span::current());
+        let subject = user_subject(&self.subject_prefix, uid);
+        if let Err(error) = self.send_live(subject, event.encode_to_vec(), &trace).await {
+            tracing::warn!(%error, uid, room_id = event.room_id, "cannot tell a user a live event");
+        }
+    }
+
+    /// A live event out on `subject`, with the trace it belongs to.
+    async fn send_live(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+        trace: &HashMap<String, String>,
+    ) -> Result<(), async_nats::PublishError> {
+        let mut headers = async_nats::HeaderMap::new();
+        for (key, value) in trace {
+            headers.insert(key.as_str(), value.as_str());
+        }
+        self.nats.publish_with_headers(subject, headers, payload.into()).await
     }
 
     /// Publishes a live-only event by `uid` (a read mark) straight on its
@@ -162,25 +242,22 @@ impl Events {
     /// not retried, and what it tells stays true where it is stored.
     pub async fn publish_live(&self, room_id: i64, uid: i64, kind: Kind) {
         let event = Event { id: 0, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) };
-        let mut headers = async_nats::HeaderMap::new();
-        for (key, value) in telemetry::context_of(&tracing::Span::current()) {
-            headers.insert(key.as_str(), value.as_str());
-        }
+        let trace = telemetry::context_of(&tracing::Span::current());
         let subject = room_subject(&self.subject_prefix, room_id);
-        if let Err(error) = self.nats.publish_with_headers(subject, headers, event.encode_to_vec().into()).await {
+        if let Err(error) = self.send_live(subject, event.encode_to_vec(), &trace).await {
             tracing::warn!(%error, room_id, uid, "cannot publish a live-only event");
         }
     }
 
-    /// The client is told that a refused event was not stored; but a broker
+    /// The client is told that a refused entry was not stored; but a broker
     /// that hung may still take the record it had been sent. A withdrawal
     /// behind it, in the same partition, tells the archiver to keep it out
     /// of history. It was never in the cache nor live: those come after the
     /// log's acknowledgement.
-    fn withdraw(&self, partition: i32, key: &str, id: i64) {
+    pub fn withdraw(&self, room_id: i64, id: i64) {
         metrics::counter!("core_events_withdrawn_total").increment(1);
         let withdrawals = self.withdrawals.clone();
-        let (topic, key) = (self.topic.clone(), key.to_owned());
+        let (topic, key, partition) = (self.topic.clone(), room_id.to_string(), self.partition_of(room_id));
         tokio::spawn(async move {
             let id = id.to_string();
             let header = Header { key: message_log::WITHDRAWN, value: Some(id.as_str()) };

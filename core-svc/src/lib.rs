@@ -5,8 +5,12 @@
 //! - [`app`]: wires everything together and serves it ([`Application`]).
 //! - [`users`], [`rooms`], [`messages`]: the gRPC services, one module per
 //!   resource.
-//! - [`events`]: the path of every message: Kafka, then the recent-history
-//!   cache, then NATS.
+//! - [`events`]: the path of every event of a room's history: Kafka, then
+//!   the recent-history cache, then NATS; and live events to one user.
+//! - [`history`]: a room's history as readers see it (entries in their
+//!   latest state, or every event after an id), from the cache and
+//!   PostgreSQL.
+//! - [`send_keys`]: idempotent sends, by a key every replica sees.
 //! - [`ids`]: message ids (53-bit Snowflakes) and the node leases behind them.
 //! - [`domain`]: the input types, parsed and validated at the edge.
 //! - [`auth`]: who the caller is, from the bearer token in the metadata.
@@ -28,11 +32,13 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod history;
 pub mod ids;
 pub mod limits;
 pub mod messages;
 pub mod password;
 pub mod rooms;
+pub mod send_keys;
 pub mod shed;
 pub mod token;
 pub mod users;

@@ -1,4 +1,5 @@
-//! `chat.v1.MessageService`: sending, history and live room streams.
+//! `chat.v1.MessageService`: sending, changing (edit, delete, react),
+//! history and live room streams.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -10,18 +11,16 @@ use std::{
 
 use chat_proto::{
     envelope,
-    events::v1::{Event, Posted, event::Kind},
+    events::v1::{Deleted, Edited, Event, Posted, Reacted, event::Kind},
     v1::{
         DeleteRequest, DeleteResponse, EditRequest, EditResponse, HistoryRequest, HistoryResponse, Message,
-        ReactRequest, ReactResponse, SearchRequest, SearchResponse, SendRequest, SendResponse, SubscribeRequest,
-        TypingRequest, TypingResponse, message_service_server::MessageService,
+        MessageKind, ReactRequest, ReactResponse, SearchRequest, SearchResponse, SendRequest, SendResponse,
+        SubscribeRequest, TypingRequest, TypingResponse, message_service_server::MessageService,
     },
 };
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::Stream;
-use prost::Message as _;
-use service_kit::feeds::{Feed, Hub};
-use sqlx::PgPool;
+use service_kit::feeds::{Feed, Hub, Removal};
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     time::Sleep,
@@ -30,21 +29,28 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    archive::ArchiveProgress,
     auth,
-    cache::{Cache, RecentRange},
-    domain::{MessageText, SearchQuery, parse_id, timestamp},
+    cache::Cache,
+    domain::{Emoji, MessageText, SearchQuery, SendKey, parse_id},
     error::{Error, Result},
     events::Events,
+    history::{HistoryStore, MAX_PAGE},
     limits::RateLimit,
-    rooms::Rooms,
+    rooms::{RoomRow, Rooms},
+    send_keys::SendKeys,
 };
 
-pub const MAX_PAGE: u32 = 100;
+/// How many distinct emoji one entry may carry.
+pub const MAX_REACTIONS: usize = 20;
+
+const NO_SUCH_MESSAGE: Error = Error::NotFound("no such message");
 
 /// core-svc's room feeds, shared by every `Subscribe` stream. An event is
 /// shared between streams, not copied.
 pub type Feeds = Hub<Arc<Message>>;
+
+/// core-svc's user feeds: a stream's caller removed from its room.
+pub type UserFeeds = Hub<Removal>;
 
 /// A live event as a stream shows it.
 pub fn streamed(event: Event) -> Option<Arc<Message>> {
@@ -55,45 +61,14 @@ pub struct Messages {
     history: HistoryStore,
     rooms: Arc<Rooms>,
     events: Arc<Events>,
+    keys: SendKeys,
     feeds: Arc<Feeds>,
-    /// Per user, shared by every replica.
+    user_feeds: Arc<UserFeeds>,
+    /// Per user, shared by every replica: every write to a room's log
+    /// (sends, edits, deletions, reactions) counts.
     send_limit: RateLimit,
     /// Cancelled when the server starts to shut down; ends every stream.
     shutdown: CancellationToken,
-}
-
-/// Where history is read from: the recent-history cache, then PostgreSQL,
-/// which is asked only for what the archiver is known to have stored.
-#[derive(Clone)]
-struct HistoryStore {
-    db: PgPool,
-    cache: Arc<Cache>,
-    events: Arc<Events>,
-    archive: Arc<ArchiveProgress>,
-}
-
-#[derive(sqlx::FromRow)]
-struct MessageRow {
-    id: i64,
-    room_id: i64,
-    user_id: i64,
-    kind: i16,
-    text: String,
-    created_at: DateTime<Utc>,
-}
-
-impl From<MessageRow> for Message {
-    fn from(row: MessageRow) -> Self {
-        Message {
-            id: row.id,
-            room_id: row.room_id,
-            uid: row.user_id,
-            kind: row.kind.into(),
-            text: row.text,
-            timestamp: Some(timestamp(row.created_at)),
-            ..Message::default()
-        }
-    }
 }
 
 /// How fast one user may send: `per_second` sustained, `burst` at once.
@@ -102,186 +77,48 @@ pub struct SendLimit {
     pub burst: NonZeroU32,
 }
 
+/// What `Messages` reads and writes through.
+pub struct MessageParts {
+    pub history: HistoryStore,
+    pub rooms: Arc<Rooms>,
+    pub events: Arc<Events>,
+    pub keys: SendKeys,
+    pub feeds: Arc<Feeds>,
+    pub user_feeds: Arc<UserFeeds>,
+}
+
 impl Messages {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        db: PgPool,
-        cache: Arc<Cache>,
-        archive: Arc<ArchiveProgress>,
-        rooms: Arc<Rooms>,
-        events: Arc<Events>,
-        feeds: Arc<Feeds>,
-        limit: SendLimit,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let send_limit = RateLimit::new(
-            "send",
-            "too many messages",
-            cache.clone(),
-            limit.per_second,
-            Duration::from_secs(1),
-            limit.burst,
-        );
-        let history = HistoryStore { db, cache, events: events.clone(), archive };
-        Self { history, rooms, events, feeds, send_limit, shutdown }
+    pub fn new(parts: MessageParts, cache: Arc<Cache>, limit: SendLimit, shutdown: CancellationToken) -> Self {
+        let send_limit =
+            RateLimit::new("send", "too many messages", cache, limit.per_second, Duration::from_secs(1), limit.burst);
+        let MessageParts { history, rooms, events, keys, feeds, user_feeds } = parts;
+        Self { history, rooms, events, keys, feeds, user_feeds, send_limit, shutdown }
     }
 
     /// The caller's room, once it is known that they may read it.
-    async fn readable_room(&self, request_room_id: i64, uid: i64) -> Result<i64> {
+    async fn readable_room(&self, request_room_id: i64, uid: i64) -> Result<RoomRow> {
         let room_id = parse_id(request_room_id, "room").map_err(Error::invalid)?;
-        self.rooms.visible(room_id, Some(uid)).await?;
+        let room = self.rooms.visible(room_id, Some(uid)).await?;
         if !self.rooms.is_member(room_id, uid).await? {
             return Err(Error::PermissionDenied("not room member"));
         }
-        Ok(room_id)
+        Ok(room)
     }
-}
 
-/// How long a read waits for the archiver to store what it needs before
-/// answering "temporarily unavailable". It is normally milliseconds behind.
-const ARCHIVE_WAIT: Duration = Duration::from_secs(2);
-const ARCHIVE_POLL: Duration = Duration::from_millis(50);
-
-impl HistoryStore {
-    /// A page of history: the recent-history cache first, PostgreSQL for
-    /// what the cache does not hold. The cache holds a contiguous run of
-    /// each room's newest messages and every message not yet archived, so
-    /// what it lacks is older than what it has, and is in PostgreSQL once
-    /// the archiver has passed the oldest entry's place in the log. When it
-    /// has not (or Redis cannot say), the read waits a little for it, then
-    /// fails rather than skip a message.
-    async fn page(&self, room_id: i64, request: &HistoryRequest) -> Result<Vec<Message>> {
-        let limit = match request.limit {
-            0 => MAX_PAGE,
-            limit @ 1..=MAX_PAGE => limit,
-            _ => return Err(Error::invalid(format!("limit must be 1 to {MAX_PAGE}"))),
-        } as usize;
-        let range = match request.after_id {
-            Some(after) => RecentRange::After(after),
-            None if request.last_id > 0 => RecentRange::AtMost(request.last_id),
-            None if request.last_id == 0 => RecentRange::AtMost(i64::MAX),
-            None => return Err(Error::invalid("invalid last id")),
-        };
-        let recent = self.cache.recent(room_id, range, limit).await;
-        // Below the cache's oldest entry, PostgreSQL must answer.
-        let oldest = recent.as_ref().and_then(|page| page.oldest);
-        let cached: Vec<Message> = recent
-            .map(|page| page.entries)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|entry| Event::decode(entry.encoded.as_slice()).ok().and_then(envelope::public))
-            .collect();
-        let oldest_offset = oldest.map(|(_, offset)| offset);
-        let oldest_cached = cached.iter().map(|m| m.id).min().unwrap_or(i64::MAX);
-        let cached = cached.into_iter();
-        match range {
-            RecentRange::AtMost(_) if cached.len() == limit => Ok(cached.collect()),
-            RecentRange::After(after) if oldest.is_some_and(|(id, _)| id <= after) => Ok(cached.collect()),
-            RecentRange::AtMost(max_id) => {
-                self.archived_before(room_id, oldest_offset).await?;
-                let below = max_id.min(oldest_cached.saturating_sub(1));
-                let older = self.stored(room_id, i64::MIN, below, limit - cached.len(), true).await?;
-                Ok(cached.chain(older).collect())
-            }
-            // Catching up: what lies between `after` and the cache can only
-            // be in PostgreSQL.
-            RecentRange::After(after) => {
-                self.archived_before(room_id, oldest_offset).await?;
-                let mut page = self.stored(room_id, after + 1, oldest_cached - 1, limit, false).await?;
-                page.extend(cached.take(limit - page.len()));
-                Ok(page)
-            }
+    /// A message of the room that is not deleted: what an edit, a deletion
+    /// or a reaction may change.
+    async fn live_message(&self, room_id: i64, request_message_id: i64) -> Result<Message> {
+        let message_id = parse_id(request_message_id, "message").map_err(Error::invalid)?;
+        match self.history.entry(room_id, message_id).await? {
+            Some(entry) if entry.kind() == MessageKind::Message && !entry.deleted => Ok(entry),
+            _ => Err(NO_SUCH_MESSAGE),
         }
     }
 
-    /// Waits until PostgreSQL holds every message of the room logged before
-    /// `offset`, or (with `None`) before the log's end as of now.
-    async fn archived_before(&self, room_id: i64, offset: Option<i64>) -> Result<()> {
-        let partition = self.events.partition_of(room_id);
-        let needed = match offset {
-            Some(offset) => offset,
-            None => self.events.log_end(partition).await?,
-        };
-        let deadline = tokio::time::Instant::now() + ARCHIVE_WAIT;
-        loop {
-            let stored = self.archive.stored_below(partition).await?;
-            if stored >= needed {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(room_id, partition, stored, needed, "history not archived yet; read refused");
-                return Err(Error::Unavailable("temporarily unavailable"));
-            }
-            tokio::time::sleep(ARCHIVE_POLL).await;
-        }
-    }
-
-    async fn stored(
-        &self,
-        room_id: i64,
-        min_id: i64,
-        max_id: i64,
-        limit: usize,
-        newest_first: bool,
-    ) -> Result<Vec<Message>> {
-        if limit == 0 || min_id > max_id {
-            return Ok(Vec::new());
-        }
-        let order = if newest_first { "DESC" } else { "ASC" };
-        let rows: Vec<MessageRow> = sqlx::query_as(&format!(
-            "SELECT id, room_id, user_id, kind, text, created_at FROM messages
-              WHERE room_id = $1 AND id BETWEEN $2 AND $3 ORDER BY id {order} LIMIT $4"
-        ))
-        .bind(room_id)
-        .bind(min_id)
-        .bind(max_id)
-        .bind(limit as i64)
-        .fetch_all(&self.db)
-        .await?;
-        Ok(rows.into_iter().map(Message::from).collect())
-    }
-}
-
-impl HistoryStore {
-    /// The `message` entries matching every word of `query`, newest first,
-    /// at most `limit` with ids up to `last_id` (0: from the newest): of the
-    /// one room (which `uid` may read) or of every room of `uid`'s. Only
-    /// PostgreSQL is searched: an entry the archiver has not stored yet
-    /// (normally milliseconds) is found once it has, with its latest text
-    /// (the archiver applies edits and deletions to the row).
-    ///
-    /// Planned afresh for each query's words (not a prepared statement,
-    /// whose generic plan would take every word for equally rare): through
-    /// `messages_search_idx` for a rare word, by reading the newest entries
-    /// for a common one (see migration 0012).
-    async fn search(
-        &self,
-        uid: i64,
-        query: &SearchQuery,
-        room_id: i64,
-        last_id: i64,
-        limit: u32,
-    ) -> Result<Vec<Message>> {
-        // Membership is PostgreSQL's word here, also for the one room the
-        // caller was found to be a member of (through the cache): a member
-        // removed since finds nothing.
-        let rows: Vec<MessageRow> = sqlx::query_as(
-            "SELECT id, room_id, user_id, kind, text, created_at FROM messages
-              WHERE to_tsvector('simple', text) @@ plainto_tsquery('simple', $1)
-                AND kind = 1 AND NOT deleted
-                AND room_id IN (SELECT room_id FROM room_members WHERE user_id = $2) AND ($3 = 0 OR room_id = $3)
-                AND id <= $4
-              ORDER BY id DESC LIMIT $5",
-        )
-        .bind(query.as_ref())
-        .bind(uid)
-        .bind(room_id)
-        .bind(if last_id == 0 { i64::MAX } else { last_id })
-        .bind(i64::from(limit))
-        .persistent(false)
-        .fetch_all(&self.db)
-        .await?;
-        Ok(rows.into_iter().map(Message::from).collect())
+    /// Logs a change to an entry by `uid`; its event id.
+    async fn change(&self, room_id: i64, uid: i64, kind: Kind) -> Result<i64> {
+        self.send_limit.check(&uid.to_string()).await?;
+        Ok(self.events.publish(room_id, uid, kind).await?.id)
     }
 }
 
@@ -294,6 +131,9 @@ struct Subscription {
     history: HistoryStore,
     live: Receiver<Arc<Message>>,
     _feed: Arc<Feed<Arc<Message>>>,
+    /// The caller's removals from rooms: one from this room ends the stream.
+    removals: Receiver<Removal>,
+    _user_feed: Arc<Feed<Removal>>,
     /// The id the replay has reached, while it lasts.
     replay_after: Option<i64>,
     replay_page: VecDeque<Message>,
@@ -329,6 +169,9 @@ impl Subscription {
 
     async fn step(&mut self) -> Result<Message, Status> {
         loop {
+            while let Ok(removal) = self.removals.try_recv() {
+                self.check(removal)?;
+            }
             if let Some(message) = self.replay_page.pop_front() {
                 return Ok(message);
             }
@@ -347,6 +190,14 @@ impl Subscription {
                         ),
                         RecvError::Closed => Status::unavailable("the room feed ended; subscribe again with after_id"),
                     })?,
+                    removal = self.removals.recv() => {
+                        // A user feed that lagged or ended has only lost
+                        // removals: the room's feed goes on.
+                        if let Ok(removal) = removal {
+                            self.check(removal)?;
+                        }
+                        continue;
+                    }
                     () = &mut self.shutting_down => continue,
                     () = &mut self.expiry => {
                         return Err(Status::unauthenticated("token expired; subscribe again with a new token and after_id"));
@@ -360,6 +211,14 @@ impl Subscription {
                 return Ok(Message::clone(&event));
             }
         }
+    }
+
+    /// Ends the stream if the caller was removed from its room.
+    fn check(&self, removal: Removal) -> Result<(), Status> {
+        if removal.room_id == self.room_id {
+            return Err(Error::Removed.into());
+        }
+        Ok(())
     }
 
     async fn next_replay_page(&mut self, after: i64) -> Result<(), Status> {
@@ -391,21 +250,40 @@ impl MessageService for Messages {
 
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let uid = auth::required(&request)?;
-        let SendRequest { room_id, text, .. } = request.into_inner();
+        let SendRequest { room_id, text, reply_to, key } = request.into_inner();
         let room_id = parse_id(room_id, "room").map_err(Error::invalid)?;
         let text = MessageText::parse(text).map_err(Error::from)?;
+        let key = SendKey::parse(key)?;
         if !self.rooms.is_member(room_id, uid).await? {
             return Err(Error::PermissionDenied("not room member").into());
         }
-        self.send_limit.check(&uid.to_string()).await?;
-        let posted = Posted { text: text.into_inner(), ..Posted::default() };
-        let event = self.events.publish(room_id, uid, Kind::Posted(posted)).await?;
+        if reply_to != 0 && (reply_to < 0 || self.history.entry(room_id, reply_to).await?.is_none()) {
+            return Err(Error::InvalidReply.into());
+        }
+        let posted = Posted {
+            text: text.into_inner(),
+            reply_to,
+            key: key.as_ref().map(ToString::to_string).unwrap_or_default(),
+        };
+        let event = match &key {
+            None => {
+                self.send_limit.check(&uid.to_string()).await?;
+                self.events.publish(room_id, uid, Kind::Posted(posted)).await?
+            }
+            Some(key) => {
+                let fresh = async || {
+                    self.send_limit.check(&uid.to_string()).await?;
+                    self.events.prepare(room_id, uid, Kind::Posted(posted))
+                };
+                self.keys.send(&self.events, uid, key, fresh).await?
+            }
+        };
         Ok(Response::new(SendResponse { message_id: event.id, timestamp: event.timestamp }))
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
         let uid = auth::required(&request)?;
-        let room_id = self.readable_room(request.get_ref().room_id, uid).await?;
+        let room_id = self.readable_room(request.get_ref().room_id, uid).await?.id;
         let messages = self.history.page(room_id, request.get_ref()).await?;
         Ok(Response::new(HistoryResponse { messages }))
     }
@@ -417,7 +295,14 @@ impl MessageService for Messages {
         if after_id.is_some_and(|id| id < 0) {
             return Err(Error::invalid("invalid after id").into());
         }
-        let room_id = self.readable_room(room_id, uid).await?;
+        // Subscribed before membership is checked: a removal after the check
+        // reaches the stream.
+        let user_feed = self.user_feeds.feed(uid).await.map_err(|error| {
+            tracing::warn!(%error, uid, "cannot subscribe to a user feed");
+            Error::Unavailable("temporarily unavailable")
+        })?;
+        let removals = user_feed.subscribe();
+        let room_id = self.readable_room(room_id, uid).await?.id;
         // Subscribed before the replay is read, so nothing falls between them.
         let feed = self.feeds.feed(room_id).await.map_err(|error| {
             tracing::warn!(%error, room_id, "cannot subscribe to a room feed");
@@ -429,6 +314,8 @@ impl MessageService for Messages {
             history: self.history.clone(),
             live: feed.subscribe(),
             _feed: feed,
+            removals,
+            _user_feed: user_feed,
             replay_after: after_id,
             replay_page: VecDeque::new(),
             replayed: HashSet::new(),
@@ -441,16 +328,46 @@ impl MessageService for Messages {
         Ok(Response::new(subscription.into_stream()))
     }
 
-    async fn edit(&self, _: Request<EditRequest>) -> Result<Response<EditResponse>, Status> {
-        Err(Status::unimplemented("edit"))
+    async fn edit(&self, request: Request<EditRequest>) -> Result<Response<EditResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let EditRequest { room_id, message_id, text } = request.into_inner();
+        let text = MessageText::parse(text).map_err(Error::from)?;
+        let room = self.readable_room(room_id, uid).await?;
+        let message = self.live_message(room.id, message_id).await?;
+        if message.uid != uid {
+            return Err(Error::PermissionDenied("not author").into());
+        }
+        let edited = Edited { message_id: message.id, text: text.into_inner() };
+        let event_id = self.change(room.id, uid, Kind::Edited(edited)).await?;
+        Ok(Response::new(EditResponse { event_id }))
     }
 
-    async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        Err(Status::unimplemented("delete"))
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let DeleteRequest { room_id, message_id } = request.into_inner();
+        let room = self.readable_room(room_id, uid).await?;
+        let message = self.live_message(room.id, message_id).await?;
+        if message.uid != uid && room.creator_id != uid {
+            return Err(Error::PermissionDenied("not author").into());
+        }
+        let event_id = self.change(room.id, uid, Kind::Deleted(Deleted { message_id: message.id })).await?;
+        Ok(Response::new(DeleteResponse { event_id }))
     }
 
-    async fn react(&self, _: Request<ReactRequest>) -> Result<Response<ReactResponse>, Status> {
-        Err(Status::unimplemented("react"))
+    async fn react(&self, request: Request<ReactRequest>) -> Result<Response<ReactResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let ReactRequest { room_id, message_id, emoji, added } = request.into_inner();
+        let emoji = Emoji::parse(emoji).map_err(Error::invalid)?;
+        let room = self.readable_room(room_id, uid).await?;
+        let message = self.live_message(room.id, message_id).await?;
+        // Two first reactions with new emoji at once may both pass: the
+        // limit bounds an entry's reactions, it is no exact count.
+        if added && !message.reactions.contains_key(emoji.as_ref()) && message.reactions.len() >= MAX_REACTIONS {
+            return Err(Error::FailedPrecondition("too many reactions").into());
+        }
+        let reacted = Reacted { message_id: message.id, emoji: emoji.into_inner(), added };
+        let event_id = self.change(room.id, uid, Kind::Reacted(reacted)).await?;
+        Ok(Response::new(ReactResponse { event_id }))
     }
 
     async fn typing(&self, _: Request<TypingRequest>) -> Result<Response<TypingResponse>, Status> {

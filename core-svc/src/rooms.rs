@@ -1,10 +1,10 @@
 //! `chat.v1.RoomService`: rooms and their members, direct rooms, and how
 //! far each member has read.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use chat_proto::{
-    events::v1::{Joined, Read, event::Kind},
+    events::v1::{Event, Joined, Left, Read, Removed, event::Kind},
     v1::{
         CheckMembershipRequest, CheckMembershipResponse, CreateRoomRequest, CreateRoomResponse, GetRoomRequest,
         InviteRequest, InviteResponse, JoinRoomRequest, JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse,
@@ -27,6 +27,11 @@ use crate::{
 };
 
 const ROOM_NOT_FOUND: Error = Error::NotFound("room not found");
+const NOT_A_MEMBER: Error = Error::FailedPrecondition("not room member");
+/// When a membership's cache entries are deleted a second time after it
+/// ends: a read that found it in PostgreSQL just before, and writes it to
+/// the cache just after the first delete, is undone.
+const FORGET_AGAIN_AFTER: Duration = Duration::from_secs(1);
 /// `rooms.kind` (migration 0008).
 const GROUP: i16 = 1;
 const DIRECT: i16 = 2;
@@ -152,6 +157,41 @@ impl Rooms {
 
     async fn forget_membership(&self, room_id: i64, uid: i64) {
         self.cache.delete(&[key::member(room_id, uid), key::user_rooms(uid)]).await;
+    }
+
+    /// Ends `uid`'s membership (`removed_by` the creator, or 0 when they
+    /// leave): the cache entries go, their sockets and streams on the room
+    /// end (on the user's live subject), and a `leave` entry goes through the
+    /// log. The membership is committed first: if the log is down the entry
+    /// is lost, not the leave.
+    async fn end_membership(&self, room_id: i64, uid: i64, removed_by: i64) -> Result<()> {
+        let ended = sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(uid)
+            .execute(&self.db)
+            .await?
+            .rows_affected();
+        if ended == 0 {
+            return Err(NOT_A_MEMBER);
+        }
+        self.forget_membership(room_id, uid).await;
+        let cache = self.cache.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FORGET_AGAIN_AFTER).await;
+            cache.delete(&[key::member(room_id, uid), key::user_rooms(uid)]).await;
+        });
+        let removed = Event {
+            id: 0,
+            room_id,
+            uid,
+            timestamp: Some(timestamp(Utc::now())),
+            kind: Some(Kind::Removed(Removed { removed_by })),
+        };
+        self.events.notify_user(uid, &removed).await;
+        if let Err(error) = self.events.publish(room_id, uid, Kind::Left(Left { removed_by })).await {
+            tracing::warn!(%error, room_id, uid, "leave not announced");
+        }
+        Ok(())
     }
 
     /// The direct room of two users, if it exists.
@@ -356,12 +396,38 @@ impl RoomService for Rooms {
         Ok(Response::new(OpenDirectResponse { room_id }))
     }
 
-    async fn leave_room(&self, _: Request<LeaveRoomRequest>) -> Result<Response<LeaveRoomResponse>, Status> {
-        Err(Status::unimplemented("leave_room"))
+    async fn leave_room(&self, request: Request<LeaveRoomRequest>) -> Result<Response<LeaveRoomResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let room_id = room_id(request.get_ref().room_id)?;
+        let room = self.visible(room_id, Some(uid)).await?;
+        if room.kind() == RoomKind::Direct {
+            return Err(Error::PermissionDenied("cannot leave a direct room").into());
+        }
+        self.end_membership(room_id, uid, 0).await?;
+        tracing::info!(uid, room_id, "left");
+        Ok(Response::new(LeaveRoomResponse {}))
     }
 
-    async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
-        Err(Status::unimplemented("remove_member"))
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
+        let caller = auth::required(&request)?;
+        let RemoveMemberRequest { room_id, uid } = *request.get_ref();
+        let (room_id, uid) = two_ids((room_id, "room"), (uid, "user"))?;
+        let room = self.visible(room_id, Some(caller)).await?;
+        if room.creator_id != caller {
+            return Err(Error::PermissionDenied("only the room's creator can remove members").into());
+        }
+        if room.kind() == RoomKind::Direct {
+            return Err(Error::PermissionDenied("cannot remove a member of a direct room").into());
+        }
+        if uid == caller {
+            return Err(Error::invalid("the creator cannot remove themselves; leave the room instead").into());
+        }
+        self.end_membership(room_id, uid, caller).await?;
+        tracing::info!(caller, uid, room_id, "removed");
+        Ok(Response::new(RemoveMemberResponse {}))
     }
 
     async fn list_online(&self, _: Request<ListOnlineRequest>) -> Result<Response<ListOnlineResponse>, Status> {

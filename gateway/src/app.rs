@@ -21,7 +21,7 @@ use crate::{
     core_client::CoreClient,
     extract::{BODY_LIMIT, TrustForwardedFor},
     routes::{self, AppState},
-    ws::{Hub, Sockets, frames::Frame},
+    ws::{Hub, Sockets, USER_FEED_QUEUE, UserHub, frames::Frame},
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -55,6 +55,12 @@ impl Application {
         }
         let core = CoreClient::new(config.mesh()).await;
         let sockets = Sockets {
+            users: Arc::new(UserHub::users(
+                nats.clone(),
+                config.nats_subject_prefix.clone(),
+                USER_FEED_QUEUE,
+                service_kit::feeds::removal,
+            )),
             hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event)),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

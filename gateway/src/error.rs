@@ -42,7 +42,9 @@ impl ApiError {
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let http = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            // Not in the state the call needs: not a member, too many reactions.
+            Code::FailedPrecondition => StatusCode::CONFLICT,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
@@ -89,6 +91,7 @@ mod tests {
             (Code::PermissionDenied, 403),
             (Code::NotFound, 404),
             (Code::AlreadyExists, 409),
+            (Code::FailedPrecondition, 409),
             (Code::ResourceExhausted, 429),
             (Code::Unavailable, 503),
             (Code::DeadlineExceeded, 503),

@@ -15,8 +15,17 @@ pub const EMPTY_MESSAGE: &str = "EMPTY_MESSAGE";
 pub const MESSAGE_TOO_LONG: &str = "MESSAGE_TOO_LONG";
 /// A text holds a control character it may not.
 pub const INVALID_CHARACTERS: &str = "INVALID_CHARACTERS";
+/// A send's `reply_to` is no entry of its room.
+pub const INVALID_REPLY: &str = "INVALID_REPLY";
+/// A send's idempotency key is over 64 characters.
+pub const INVALID_KEY: &str = "INVALID_KEY";
 pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
+/// The caller was removed from the room: a stream on it ends with this.
+pub const REMOVED_FROM_ROOM: &str = "REMOVED_FROM_ROOM";
+/// The room or entry is not in the state the call needs (not a member,
+/// too many distinct reactions).
+pub const FAILED_PRECONDITION: &str = "FAILED_PRECONDITION";
 pub const NOT_FOUND: &str = "NOT_FOUND";
 pub const ALREADY_EXISTS: &str = "ALREADY_EXISTS";
 /// The caller went over a rate limit; `retry-after` says when to try again.

@@ -10,7 +10,7 @@ use std::{
     sync::{Arc, Mutex, Weak},
 };
 
-use chat_proto::events::v1::Event;
+use chat_proto::events::v1::{Event, event::Kind};
 use futures::StreamExt;
 use prost::Message as _;
 use tokio::{sync::broadcast, task::AbortHandle};
@@ -29,6 +29,22 @@ pub fn user_subject(prefix: &str, uid: i64) -> String {
 
 /// What a listener gets of an event; `None` for one it does not show.
 pub type Listen<E> = fn(Event) -> Option<E>;
+
+/// A user's event saying they are no longer a member of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    pub room_id: i64,
+    /// Who removed them; 0 when they left.
+    pub removed_by: i64,
+}
+
+/// The [`Listen`] of a user's feed: their removals from rooms.
+pub fn removal(event: Event) -> Option<Removal> {
+    match event.kind {
+        Some(Kind::Removed(removed)) => Some(Removal { room_id: event.room_id, removed_by: removed.removed_by }),
+        _ => None,
+    }
+}
 
 type Feeds<E> = Arc<Mutex<HashMap<i64, Weak<Feed<E>>>>>;
 

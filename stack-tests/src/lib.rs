@@ -5,6 +5,8 @@
 //! - [`spawn_core`], [`spawn_gateway`], [`spawn_archiver`] (and
 //!   [`spawn_archiver_in`], in another consumer group): one service each.
 //! - [`TestApp`]: the whole stack, and a REST client of its gateway.
+//! - [`Pair`]: two gateways, each before a core-svc replica of its own.
+//! - [`TwoInARoom`]: two users in a room, each with a socket in it.
 //! - [`Ws`]: a WebSocket client of a gateway.
 //! - [`Grpc`]: gRPC clients of core-svc.
 
@@ -184,6 +186,21 @@ pub fn archiver_group(shared: &Shared) -> String {
 /// Starts an archiver in the consumer group `group`: in a group of its own,
 /// it reads the test's whole log again.
 pub async fn spawn_archiver_in(shared: &Shared, group: &str) -> oneshot::Sender<()> {
+    let (stop, _) = start_archiver(shared, group).await;
+    stop
+}
+
+/// Starts an archiver in the test's consumer group that can be killed: its
+/// task aborted wherever it is, in the middle of a batch say, as a process
+/// killed with SIGKILL would stop.
+pub async fn spawn_killable_archiver(shared: &Shared) -> tokio::task::AbortHandle {
+    let (stop, task) = start_archiver(shared, &archiver_group(shared)).await;
+    // Dropping the sender would stop it cleanly.
+    std::mem::forget(stop);
+    task
+}
+
+async fn start_archiver(shared: &Shared, group: &str) -> (oneshot::Sender<()>, tokio::task::AbortHandle) {
     let archiver = archiver::Archiver::build(archiver::Config {
         http_listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: shared.database_url.clone(),
@@ -197,7 +214,7 @@ pub async fn spawn_archiver_in(shared: &Shared, group: &str) -> oneshot::Sender<
     .await
     .expect("archiver starts");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let stopped = async move {
             let _ = stopped.await;
         };
@@ -206,7 +223,7 @@ pub async fn spawn_archiver_in(shared: &Shared, group: &str) -> oneshot::Sender<
             eprintln!("the archiver stopped with an error: {error:#}");
         }
     });
-    stop
+    (stop, task.abort_handle())
 }
 
 /// core-svc, a gateway and an archiver, started in this process on free
@@ -219,6 +236,60 @@ pub struct TestApp {
     client: reqwest::Client,
     /// Dropped in order: the gateway, the archiver, core-svc.
     stops: Vec<oneshot::Sender<()>>,
+}
+
+/// Two gateways, each in front of a core-svc replica of its own, and an
+/// archiver, on one test's engines: what a client sees through either.
+/// They stop when this is dropped.
+pub struct Pair {
+    pub a: TestApp,
+    pub b: TestApp,
+    _stops: Vec<oneshot::Sender<()>>,
+}
+
+impl Pair {
+    pub async fn spawn() -> Self {
+        let shared = Shared::new().await;
+        let settings = Settings::default();
+        let (core_a, stop_core_a) = spawn_core(&shared, &settings).await;
+        let (core_b, stop_core_b) = spawn_core(&shared, &settings).await;
+        let (gateway_a, stop_a) = spawn_gateway(&shared, &settings, core_a).await;
+        let (gateway_b, stop_b) = spawn_gateway(&shared, &settings, core_b).await;
+        let stop_archiver = spawn_archiver(&shared).await;
+        Self {
+            a: TestApp::at(gateway_a, core_a, &shared),
+            b: TestApp::at(gateway_b, core_b, &shared),
+            _stops: vec![stop_a, stop_b, stop_archiver, stop_core_a, stop_core_b],
+        }
+    }
+}
+
+/// Alice created a public room, Bob joined it, and both are in it over
+/// WebSockets.
+pub struct TwoInARoom {
+    pub app: TestApp,
+    pub alice: User,
+    pub bob: User,
+    pub room: i64,
+    pub a: Ws,
+    pub b: Ws,
+}
+
+pub async fn two_in_a_room() -> TwoInARoom {
+    two_in_a_room_with(Settings::default()).await
+}
+
+pub async fn two_in_a_room_with(settings: Settings) -> TwoInARoom {
+    let app = TestApp::spawn_with(settings).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut a = Ws::connect(&app.base, &alice.token).await;
+    let mut b = Ws::connect(&app.base, &bob.token).await;
+    a.enter(room).await;
+    b.enter(room).await;
+    TwoInARoom { app, alice, bob, room, a, b }
 }
 
 /// A registered, logged-in user.
@@ -308,6 +379,14 @@ impl TestApp {
         self.call(Method::POST, path, auth, Some(&body.to_string())).await
     }
 
+    pub async fn patch(&self, path: &str, auth: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, auth, Some(&body.to_string())).await
+    }
+
+    pub async fn delete(&self, path: &str, auth: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, auth, None).await
+    }
+
     pub async fn register(&self, name: &str) -> User {
         let email = format!("{name}@example.com");
         let (status, body) =
@@ -345,6 +424,17 @@ impl TestApp {
             redis::AsyncCommands::keys(&mut self.redis().await, format!("{}*:{key}", self.redis_prefix)).await.unwrap();
         assert_eq!(keys.len(), 1, "one cache entry for {key}: {keys:?}");
         keys.into_iter().next().unwrap()
+    }
+
+    /// Deletes every room's recent history from the cache, so that history
+    /// is read from PostgreSQL.
+    pub async fn forget_recent_history(&self) {
+        let mut redis = self.redis().await;
+        let keys: Vec<String> =
+            redis::AsyncCommands::keys(&mut redis, format!("{}*:recent*", self.redis_prefix)).await.unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::AsyncCommands::del(&mut redis, keys).await.unwrap();
+        }
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {

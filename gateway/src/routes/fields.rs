@@ -62,3 +62,32 @@ pub fn room_name() -> Object {
         )))
         .build()
 }
+
+/// What `MessageText::parse` accepts: 1–2000 characters, not only white
+/// space (the lookahead finds one that is not), no control characters but
+/// newline and tab.
+pub fn message_text() -> Object {
+    string("1–2000 characters, not only white space, no control characters other than newline and tab.")
+        .min_length(Some(1))
+        .max_length(Some(2000))
+        .pattern(Some(concat!(
+            r"^(?=[^\x00-\x08\x0B-\x1F\x7F-\x9F]*",
+            r"[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000])",
+            r"[^\x00-\x08\x0B-\x1F\x7F-\x9F]{1,2000}$",
+        )))
+        .build()
+}
+
+/// At most 32 bytes of UTF-8, which no JSON Schema length states: 32
+/// characters bound it from above, and the server counts the bytes.
+pub fn emoji() -> Object {
+    string("An emoji (any text): 1 to 32 bytes of UTF-8, not only white space, no control characters.")
+        .min_length(Some(1))
+        .max_length(Some(32))
+        .pattern(Some(concat!(
+            r"^(?=[^\x00-\x1F\x7F-\x9F]*",
+            r"[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000])",
+            r"[^\x00-\x1F\x7F-\x9F]{1,32}$",
+        )))
+        .build()
+}

@@ -101,10 +101,22 @@ pub(crate) fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
 /// API's JSON error rather than axum's plain-text rejection.
 type PathParam = Result<Path<String>, PathRejection>;
 
+/// Two path parameters (a room's id and an entry's), as they came.
+type EntryPath = Result<Path<(String, String)>, PathRejection>;
+
 /// A positive id from the path; anything else is 400.
 fn parse_path_id(raw: PathParam, what: &str) -> Result<i64, ApiError> {
-    raw.ok()
-        .and_then(|Path(raw)| raw.parse::<i64>().ok())
+    positive_id(raw.ok().map(|Path(raw)| raw), what)
+}
+
+/// A room's id and one of its entries' from the path.
+fn parse_entry_path(raw: EntryPath) -> Result<(i64, i64), ApiError> {
+    let (room, entry) = raw.ok().map(|Path(ids)| ids).unzip();
+    Ok((positive_id(room, "room")?, positive_id(entry, "message")?))
+}
+
+fn positive_id(raw: Option<String>, what: &str) -> Result<i64, ApiError> {
+    raw.and_then(|raw| raw.parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
 }

@@ -1,9 +1,10 @@
-//! Rooms and members: create, join, invite, list mine, details, and the
-//! direct room of two users.
+//! Rooms and members: create, join, invite, leave, remove a member, list
+//! mine, details, and the direct room of two users.
 
 use axum::{Json, extract::State, http::StatusCode};
 use chat_proto::v1::{
-    CreateRoomRequest, GetRoomRequest, InviteRequest, JoinRoomRequest, ListMyRoomsRequest, OpenDirectRequest, RoomKind,
+    CreateRoomRequest, GetRoomRequest, InviteRequest, JoinRoomRequest, LeaveRoomRequest, ListMyRoomsRequest,
+    OpenDirectRequest, RemoveMemberRequest, RoomKind,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -21,6 +22,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_room))
         .routes(routes!(join))
         .routes(routes!(invite))
+        .routes(routes!(leave))
+        .routes(routes!(remove_member))
         .routes(routes!(my_rooms))
         .routes(routes!(room))
         .routes(routes!(direct))
@@ -94,7 +97,7 @@ struct InviteBody {
     #[serde(default)]
     #[schema(rename = "RoomID", required, minimum = 1)]
     roomid: i64,
-    /// The user to add.
+    /// The user to add (invite), or to remove (remove-member).
     #[serde(default)]
     #[schema(rename = "UID", required, minimum = 1)]
     uid: i64,
@@ -117,6 +120,48 @@ async fn invite(
 ) -> Result<Json<StatusBody>, ApiError> {
     core.rooms.invite(token.request(InviteRequest { room_id: body.roomid, uid: body.uid })).await?;
     Ok(Json(StatusBody { status: "invited" }))
+}
+
+/// Leave a room; a `leave` entry is written, and the caller's sockets and
+/// streams on the room stop receiving it.
+#[utoipa::path(put, path = "/leave", tag = "rooms", security(("token" = [])), request_body = JoinBody, responses(
+    (status = 200, body = StatusBody, example = json!({"status": "left"})),
+    (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody),
+    (status = 403, description = "a direct room cannot be left", body = ErrorBody),
+    (status = 404, description = "no such room (a private one is unknown to non-members)", body = ErrorBody),
+    (status = 409, description = "not a member", body = ErrorBody),
+    (status = 413, body = ErrorBody),
+))]
+async fn leave(
+    State(mut core): State<CoreClient>,
+    token: Token,
+    JsonBody(body): JsonBody<JoinBody>,
+) -> Result<Json<StatusBody>, ApiError> {
+    core.rooms.leave_room(token.request(LeaveRoomRequest { room_id: body.roomid })).await?;
+    Ok(Json(StatusBody { status: "left" }))
+}
+
+/// Remove a member from a room; only the room's creator may. A `leave`
+/// entry is written; the member's sockets in the room are sent
+/// `{"Type":"enter","RoomID":0}` then `{"Type":"error","Error":"removed from room"}`,
+/// and their streams on it end with PERMISSION_DENIED.
+#[utoipa::path(put, path = "/remove-member", tag = "rooms", security(("token" = [])), request_body = InviteBody, responses(
+    (status = 200, body = StatusBody, example = json!({"status": "removed"})),
+    (status = 400, description = "an invalid id, or the creator removing themselves", body = ErrorBody),
+    (status = 401, body = ErrorBody),
+    (status = 403, description = "the caller is not the room's creator, or the room is a direct one", body = ErrorBody),
+    (status = 404, description = "no such room", body = ErrorBody),
+    (status = 409, description = "the user is not a member", body = ErrorBody),
+    (status = 413, body = ErrorBody),
+))]
+async fn remove_member(
+    State(mut core): State<CoreClient>,
+    token: Token,
+    JsonBody(body): JsonBody<InviteBody>,
+) -> Result<Json<StatusBody>, ApiError> {
+    core.rooms.remove_member(token.request(RemoveMemberRequest { room_id: body.roomid, uid: body.uid })).await?;
+    Ok(Json(StatusBody { status: "removed" }))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -14,7 +14,7 @@ use chat_proto::{
     reason,
     v1::{CheckMembershipRequest, HistoryRequest, MarkReadRequest, Message, SendRequest, SendResponse},
 };
-use service_kit::feeds::Feed;
+use service_kit::feeds::{Feed, Removal};
 use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     time::{Instant, MissedTickBehavior, interval, timeout},
@@ -56,6 +56,18 @@ pub struct Connection {
     core: CoreClient,
     sockets: Sockets,
     room: Option<InRoom>,
+    /// The user's removals from rooms, heard from their first enter on.
+    removals: Option<Removals>,
+    /// The rooms the user was removed from while an enter was on its way:
+    /// that enter, if into one of them, is undone once it succeeds.
+    removed_meanwhile: Vec<i64>,
+}
+
+/// The user's feed of removals from rooms (on any gateway's or replica's
+/// doing), held while the socket lives.
+struct Removals {
+    queue: Receiver<Removal>,
+    _feed: Arc<Feed<Removal>>,
 }
 
 struct InRoom {
@@ -131,6 +143,9 @@ enum Done {
 /// subscribed, and when resuming, the replay's first page read.
 struct Entered {
     room_id: i64,
+    /// The user's removals, subscribed before membership was checked, if
+    /// the socket had none yet.
+    removals: Option<Removals>,
     feed: Arc<Feed<Frame>>,
     frames: Receiver<Frame>,
     replay: Option<(Replay, Vec<Message>)>,
@@ -138,7 +153,7 @@ struct Entered {
 
 impl Connection {
     pub fn new(uid: i64, token: Token, core: CoreClient, sockets: Sockets) -> Self {
-        Self { uid, token, core, sockets, room: None }
+        Self { uid, token, core, sockets, room: None, removals: None, removed_meanwhile: Vec::new() }
     }
 
     pub async fn run(mut self, mut socket: WebSocket) {
@@ -198,6 +213,12 @@ impl Connection {
                     Ok(frame) => self.send(socket, WsMessage::Text(frame.json)).await?,
                     Err(error) => return Err(feed_error(error)),
                 },
+                removal = next_removal(&mut self.removals) => match removal {
+                    Ok(removal) => self.on_removal(socket, removal, in_flight.is_some()).await?,
+                    // Only removals were lost; rare enough to pass over.
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => self.removals = None,
+                },
                 _ = ping.tick() => {
                     if in_flight.is_none() && last_heard.elapsed() > SILENCE_LIMIT {
                         return Err(End::Close(close_code::AWAY, "no answer to pings"));
@@ -235,7 +256,7 @@ impl Connection {
         let reference = frame.reference.as_deref();
         match frame.kind.as_str() {
             "enter" => self.enter(socket, &frame).await,
-            "message" => self.message(socket, frame.text.as_deref(), reference).await,
+            "message" => self.message(socket, &frame, reference).await,
             "read" => self.read(socket, frame.messageid, reference).await,
             _ => self.error(socket, "invalid operation", reference).await.map(|()| None),
         }
@@ -274,6 +295,7 @@ impl Connection {
             return self.write(socket, ServerFrame::Enter { room_id, reference }).await.map(|()| None);
         }
         let span = tracing::info_span!(parent: None, "ws.enter", uid = self.uid, room_id);
+        self.removed_meanwhile.clear();
         let entering = self.entering(room_id, frame.lastid);
         let step = Box::pin(async move { Done::Entered(entering.await) }.instrument(span));
         Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
@@ -290,25 +312,25 @@ impl Connection {
         let mut rooms = self.core.rooms.clone();
         let membership = self.token.request(CheckMembershipRequest { room_id });
         let hub = self.sockets.hub.clone();
+        let users = self.removals.is_none().then(|| (self.sockets.users.clone(), self.uid));
         let first_page = last_id.map(|after| (after, self.page_after(room_id, after)));
         async move {
+            // Before membership is checked: a removal after the check is heard.
+            let removals = match users {
+                Some((users, uid)) => Some(
+                    subscribed(users.feed(uid), "a user")
+                        .await
+                        .map(|feed| Removals { queue: feed.subscribe(), _feed: feed })?,
+                ),
+                None => None,
+            };
             if !call(rooms.check_membership(membership)).await?.member {
                 return Err("not room member");
             }
-            let feed = match timeout(CALL_TIMEOUT, hub.feed(room_id)).await {
-                Ok(Ok(feed)) => feed,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, room_id, "cannot subscribe to a room feed");
-                    return Err("temporarily unavailable");
-                }
-                Err(_) => {
-                    tracing::warn!(room_id, "subscribing to a room feed timed out");
-                    return Err("temporarily unavailable");
-                }
-            };
+            let feed = subscribed(hub.feed(room_id), "a room").await?;
             let mut frames = feed.subscribe();
             let Some((last_id, read)) = first_page else {
-                return Ok(Entered { room_id, feed, frames, replay: None });
+                return Ok(Entered { room_id, removals, feed, frames, replay: None });
             };
             let mut replay = Replay::new(last_id, hub.queue());
             let mut read = std::pin::pin!(read);
@@ -324,7 +346,7 @@ impl Connection {
                     },
                 }
             };
-            Ok(Entered { room_id, feed, frames, replay: Some((replay, page)) })
+            Ok(Entered { room_id, removals, feed, frames, replay: Some((replay, page)) })
         }
     }
 
@@ -335,7 +357,10 @@ impl Connection {
         entered: Entered,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
-        let Entered { room_id, feed, frames, replay } = entered;
+        let Entered { room_id, removals, feed, frames, replay } = entered;
+        if removals.is_some() {
+            self.removals = removals;
+        }
         let (replay, page) = replay.unzip();
         self.room = Some(InRoom {
             id: room_id,
@@ -348,6 +373,10 @@ impl Connection {
             _feed: feed,
         });
         self.write(socket, ServerFrame::Enter { room_id, reference: reference.as_deref() }).await?;
+        if let Some(&removed) = self.removed_meanwhile.iter().find(|removed| **removed == room_id) {
+            tracing::debug!(uid = self.uid, room_id = removed, "removed from the room while entering it");
+            return self.leave(socket, "removed from room", None).await;
+        }
         match page {
             Some(page) => self.on_page(socket, page, reference).await,
             None => Ok(None),
@@ -362,7 +391,10 @@ impl Connection {
         mut page: Vec<Message>,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
-        let room = self.room.as_mut().expect("a replay is in a room");
+        // The socket may have left the room meanwhile (removed from it).
+        let Some(room) = self.room.as_mut() else {
+            return Ok(None);
+        };
         if let Err(problem) = room.take_page(&mut page) {
             tracing::warn!(room_id = room.id, "history lacks a live event; the replay stops");
             return self.leave(socket, problem, reference).await;
@@ -379,6 +411,20 @@ impl Connection {
         let read = self.page_after(room_id, after);
         let step = Box::pin(async move { Done::Page(read.await) });
         Ok(Some(InFlight { step, reference, finish_at_shutdown: false }))
+    }
+
+    /// A removal of the user from a room: if it is the socket's room, the
+    /// socket leaves it, as a failed replay does; if an enter is on its
+    /// way, it is remembered for when the enter succeeds.
+    async fn on_removal(&mut self, socket: &mut WebSocket, removal: Removal, entering: bool) -> Step {
+        if self.room.as_ref().is_some_and(|room| room.id == removal.room_id) {
+            tracing::debug!(uid = self.uid, room_id = removal.room_id, "removed from the room");
+            let problem = if removal.removed_by == 0 { "not room member" } else { "removed from room" };
+            self.leave(socket, problem, None).await?;
+        } else if entering {
+            self.removed_meanwhile.push(removal.room_id);
+        }
+        Ok(())
     }
 
     /// A replay that fails leaves the room, rather than leave the client in
@@ -409,17 +455,22 @@ impl Connection {
     async fn message(
         &mut self,
         socket: &mut WebSocket,
-        text: Option<&str>,
+        frame: &ClientFrame,
         reference: Option<&str>,
     ) -> Result<Option<InFlight>, End> {
         let Some(room_id) = self.room.as_ref().map(|room| room.id) else {
             return self.error(socket, "not in room", reference).await.map(|()| None);
         };
         // core-svc alone judges the text (empty, too long, control
-        // characters): one set of rules, answered with a reason each.
-        let text = text.unwrap_or_default();
+        // characters), the reply and the key: one set of rules, answered
+        // with a reason each.
         let mut messages = self.core.messages.clone();
-        let request = self.token.request(SendRequest { room_id, text: text.to_owned(), ..SendRequest::default() });
+        let request = self.token.request(SendRequest {
+            room_id,
+            text: frame.text.clone().unwrap_or_default(),
+            reply_to: frame.replyto.unwrap_or_default(),
+            key: frame.key.clone().unwrap_or_default(),
+        });
         // Each message starts a trace of its own, carried to core-svc and on.
         let span = tracing::info_span!(parent: None, "ws.message", uid = self.uid, room_id);
         let send = async move { Done::Sent(messages.send(request).await.map(|sent| sent.into_inner())) };
@@ -627,6 +678,32 @@ impl Replay {
     }
 }
 
+/// A feed an enter subscribes to (`what`: "a room", "a user"), within
+/// [`CALL_TIMEOUT`].
+async fn subscribed<E>(
+    feed: impl Future<Output = Result<Arc<Feed<E>>, async_nats::Error>>,
+    what: &str,
+) -> Result<Arc<Feed<E>>, &'static str> {
+    match timeout(CALL_TIMEOUT, feed).await {
+        Ok(Ok(feed)) => Ok(feed),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot subscribe to {what} feed");
+            Err("temporarily unavailable")
+        }
+        Err(_) => {
+            tracing::warn!("subscribing to {what} feed timed out");
+            Err("temporarily unavailable")
+        }
+    }
+}
+
+async fn next_removal(removals: &mut Option<Removals>) -> Result<Removal, RecvError> {
+    match removals {
+        Some(removals) => removals.queue.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A core-svc call an enter makes, within [`CALL_TIMEOUT`]; the contract's
 /// error text if it fails.
 async fn call<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, &'static str> {
@@ -669,6 +746,8 @@ fn status_text(status: &tonic::Status) -> &'static str {
             Some(reason::EMPTY_MESSAGE) => "empty message",
             Some(reason::MESSAGE_TOO_LONG) => "message too long",
             Some(reason::INVALID_CHARACTERS) => "invalid characters",
+            Some(reason::INVALID_REPLY) => "invalid reply",
+            Some(reason::INVALID_KEY) => "invalid key",
             _ => "invalid room id",
         },
         Code::Unavailable | Code::DeadlineExceeded => "temporarily unavailable",

@@ -19,6 +19,10 @@ pub struct ClientFrame {
     pub roomid: Option<i64>,
     pub lastid: Option<i64>,
     pub text: Option<String>,
+    /// The entry a message answers.
+    pub replyto: Option<i64>,
+    /// A message's idempotency key.
+    pub key: Option<String>,
     pub messageid: Option<i64>,
     #[serde(rename = "ref")]
     pub reference: Option<String>,
@@ -102,6 +106,8 @@ mod tests {
         assert_eq!((resume.lastid, resume.reference.as_deref()), (Some(40), Some("r1")));
         let message = ClientFrame::parse(r#"{"Type":"message","Text":"hello","Extra":1}"#).unwrap();
         assert_eq!(message.text.as_deref(), Some("hello"));
+        let reply = ClientFrame::parse(r#"{"Type":"message","Text":"re","ReplyTo":40,"key":"c1-000017"}"#).unwrap();
+        assert_eq!((reply.replyto, reply.key.as_deref()), (Some(40), Some("c1-000017")));
         let read = ClientFrame::parse(r#"{"type":"read","messageID":52}"#).unwrap();
         assert_eq!((read.kind.as_str(), read.messageid), ("read", Some(52)));
     }

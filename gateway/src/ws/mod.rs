@@ -33,11 +33,19 @@ const READ_BUFFER: usize = 1024;
 /// in it, each event serialised once.
 pub type Hub = service_kit::feeds::Hub<frames::Frame>;
 
-/// What every connection shares: the room feeds, and the signal and the
-/// tracker that let shutdown close every socket and wait for it.
+/// This gateway's user feeds: one NATS subscription per user with a socket
+/// that has entered a room, for their removals from rooms.
+pub type UserHub = service_kit::feeds::Hub<service_kit::feeds::Removal>;
+
+/// How many removals a user's feed may fall behind: they are rare.
+pub const USER_FEED_QUEUE: usize = 16;
+
+/// What every connection shares: the room and user feeds, and the signal
+/// and the tracker that let shutdown close every socket and wait for it.
 #[derive(Clone)]
 pub struct Sockets {
     pub hub: Arc<Hub>,
+    pub users: Arc<UserHub>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }

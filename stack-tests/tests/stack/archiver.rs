@@ -2,11 +2,15 @@
 //! (one that can never be stored is set aside as a dead letter, and so is a
 //! different message with an id already stored), offsets are committed
 //! only after the insert, and storing what is already stored changes
-//! nothing.
+//! nothing. Changes to entries end in the same state whatever their order,
+//! however often they are read, and however often the archiver dies.
 
 use std::{sync::Arc, time::Duration};
 
-use chat_proto::events::v1::{Event, Posted, event::Kind};
+use chat_proto::{
+    events::v1::{Deleted, Edited, Event, Posted, Reacted, event::Kind},
+    v1::{EditRequest, HistoryRequest, ReactRequest},
+};
 use chrono::{DateTime, Utc};
 use prost::Message as _;
 use rdkafka::{
@@ -18,7 +22,8 @@ use rdkafka::{
 use service_kit::message_log;
 use sqlx::{Connection, PgConnection};
 use stack_tests::{
-    Grpc, Settings, Shared, User, archiver_group, eventually, spawn_archiver, spawn_archiver_in, spawn_core,
+    Grpc, Settings, Shared, User, archiver_group, authed, eventually, spawn_archiver, spawn_archiver_in, spawn_core,
+    spawn_killable_archiver,
 };
 use testkit::Proxy;
 
@@ -340,4 +345,127 @@ async fn a_withdrawn_message_never_stays_in_history_whichever_record_comes_first
     log.withdraw(room.id, 13).await;
     eventually("the message leaves history", async || archived(&shared.database_url, &[13]).await == 0).await;
     assert_eq!(dead_letters(&shared.database_url, &shared.topic).await, vec![], "a withdrawal is no dead letter");
+}
+
+/// A change's record, as core-svc would write it, by user 5.
+fn change(id: i64, room_id: i64, kind: Kind) -> Vec<u8> {
+    let timestamp = Some(prost_types::Timestamp { seconds: 1_800_000_000 + id, nanos: 0 });
+    Event { id, room_id, uid: 5, timestamp, kind: Some(kind) }.encode_to_vec()
+}
+
+fn edit(id: i64, room_id: i64, message_id: i64, text: &str) -> Vec<u8> {
+    change(id, room_id, Kind::Edited(Edited { message_id, text: text.into() }))
+}
+
+fn react(id: i64, room_id: i64, message_id: i64, added: bool) -> Vec<u8> {
+    change(id, room_id, Kind::Reacted(Reacted { message_id, emoji: "👍".into(), added }))
+}
+
+/// An entry's stored state: text, the edit it comes from, deleted, and the
+/// users whose reaction stands.
+async fn state(database_url: &str, id: i64) -> (String, i64, bool, Vec<i64>) {
+    let mut db = PgConnection::connect(database_url).await.expect("the test database");
+    let (text, edit_id, deleted): (String, i64, bool) =
+        sqlx::query_as("SELECT text, edit_id, deleted FROM messages WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let reactors =
+        sqlx::query_scalar("SELECT user_id FROM message_reactions WHERE message_id = $1 AND added ORDER BY user_id")
+            .bind(id)
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    (text, edit_id, deleted, reactors)
+}
+
+#[tokio::test]
+async fn changes_read_twice_out_of_order_or_before_their_entry_end_in_the_same_state() {
+    let mut room = Room::open().await;
+    let shared = room.shared.clone();
+    let log = Producer::to(&shared);
+    let room_id = room.id;
+    // Changes before their entries, an older one after a newer, copies.
+    log.write(room_id, &edit(20, room_id, 10, "second")).await;
+    log.write(room_id, &react(22, room_id, 10, true)).await;
+    log.write(room_id, &react(21, room_id, 10, false)).await;
+    log.write(room_id, &change(30, room_id, Kind::Deleted(Deleted { message_id: 11 }))).await;
+    log.write(room_id, &message(10, room_id, "first")).await;
+    log.write(room_id, &message(11, room_id, "doomed")).await;
+    log.write(room_id, &edit(25, room_id, 10, "third")).await;
+    log.write(room_id, &edit(20, room_id, 10, "second")).await;
+    log.write(room_id, &react(23, room_id, 11, true)).await;
+    let stop_first = spawn_archiver(&shared).await;
+    let group = GroupOffsets::of(&shared, &archiver_group(&shared));
+    eventually("the archiver stores and commits the log", async || group.caught_up().await).await;
+    // Then more, each in a batch of its own: an older edit, a copy.
+    log.write(room_id, &edit(24, room_id, 10, "older than third")).await;
+    eventually("the archiver stores it", async || group.caught_up().await).await;
+    log.write(room_id, &react(22, room_id, 10, true)).await;
+    log.write(room_id, &edit(31, room_id, 11, "a deleted one stays deleted")).await;
+    let sent = room.send(1).await;
+    eventually("the archiver stores the rest", async || archived(&shared.database_url, &sent).await == 1).await;
+
+    let expected = [(10, ("third".to_owned(), 25, false, vec![5])), (11, (String::new(), 0, true, vec![]))];
+    for (id, state_of) in &expected {
+        assert_eq!(&state(&shared.database_url, *id).await, state_of, "entry {id}");
+    }
+    // Read by a user, as history shows it.
+    let request = authed(&room.alice, HistoryRequest { room_id, ..HistoryRequest::default() });
+    let page = room.grpc.messages.history(request).await.unwrap().into_inner().messages;
+    let shown = |id: i64| page.iter().find(|entry| entry.id == id).unwrap().clone();
+    assert_eq!((shown(10).text.as_str(), shown(10).reactions["👍"].uids.clone()), ("third", vec![5]));
+    assert_eq!(shown(10).edited_at.unwrap().seconds, 1_800_000_025);
+    assert!(shown(11).deleted && shown(11).text.is_empty() && shown(11).reactions.is_empty());
+
+    // The whole log once more, in the same group rewound: the same state.
+    let _ = stop_first.send(());
+    eventually("the stopped archiver's group is rewound", async || group.rewind().await).await;
+    let _stop_again = spawn_archiver(&shared).await;
+    eventually("the group stores and commits the log again", async || group.caught_up().await).await;
+    for (id, state_of) in &expected {
+        assert_eq!(&state(&shared.database_url, *id).await, state_of, "entry {id}, read again");
+    }
+    assert_eq!(dead_letters(&shared.database_url, &shared.topic).await, vec![], "no change is a dead letter");
+}
+
+#[tokio::test]
+async fn an_archiver_killed_again_and_again_in_a_stream_of_edits_ends_in_the_right_state() {
+    let mut room = Room::open().await;
+    let shared = room.shared.clone();
+    let id = room.send(1).await[0];
+    let mut archiver = spawn_killable_archiver(&shared).await;
+    let (mut grpc, alice, room_id) = (room.grpc.clone(), room.alice.clone(), room.id);
+    let edits = tokio::spawn(async move {
+        let mut last = (0, 0);
+        for n in 0..300 {
+            let edit = EditRequest { room_id, message_id: id, text: format!("edit {n}") };
+            last.0 = grpc.messages.edit(authed(&alice, edit)).await.expect("edited").into_inner().event_id;
+            let react = ReactRequest { room_id, message_id: id, emoji: "👍".into(), added: n % 2 == 0 };
+            last.1 = grpc.messages.react(authed(&alice, react)).await.expect("reacted").into_inner().event_id;
+        }
+        last
+    });
+    // Killed (its task dropped wherever it is, mid-batch or not) and
+    // started again, while the edits go on.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        archiver.abort();
+        archiver = spawn_killable_archiver(&shared).await;
+    }
+    let (last_edit, _) = edits.await.unwrap();
+    eventually("the archiver reaches the last edit", async || state(&shared.database_url, id).await.1 == last_edit)
+        .await;
+    // The last reaction (n = 299) took it back.
+    assert_eq!(state(&shared.database_url, id).await, ("edit 299".to_owned(), last_edit, false, vec![]));
+    let mut db = PgConnection::connect(&shared.database_url).await.unwrap();
+    let changes: i64 = sqlx::query_scalar("SELECT count(*) FROM message_changes WHERE message_id = $1")
+        .bind(id)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(changes, 600, "every change stored once");
+    assert_eq!(dead_letters(&shared.database_url, &shared.topic).await, vec![]);
+    archiver.abort();
 }

@@ -101,7 +101,7 @@ async fn history_never_skips_a_message_the_archiver_has_not_stored() {
     assert_eq!(stream.message().await.unwrap().map(|m| m.id), Some(sent[0]), "a resume gets the newest");
 
     // Redis loses the room's recent history before the archiver stored it.
-    let key = app.cache_key(&format!("recent-v3:{room}")).await;
+    let key = app.cache_key(&format!("recent-v4:{room}")).await;
     let _: () = app.redis().await.del(key).await.unwrap();
     assert_error(app.get(&format!("/messages/{room}"), Some(&alice.token)).await, StatusCode::SERVICE_UNAVAILABLE, "");
     let mut ws = Ws::connect(&app.base, &alice.token).await;

@@ -5,6 +5,7 @@
 
 mod archiver;
 mod cache;
+mod changes;
 mod cross;
 mod direct;
 mod grpc_messages;
@@ -13,6 +14,7 @@ mod grpc_stream;
 mod grpc_users;
 mod hostile;
 mod ids;
+mod leaving;
 mod limits;
 mod messages;
 mod ops;
@@ -20,6 +22,7 @@ mod outages;
 mod read_state;
 mod rooms;
 mod search;
+mod sends;
 mod trace_context;
 mod users;
 mod ws;
