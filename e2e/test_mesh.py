@@ -21,7 +21,7 @@ import pytest
 import requests
 import websockets
 
-from conftest import PSQL, free_port
+from conftest import PSQL, free_port, run_env
 from test_live import recv, user
 
 # The deadline of every call to core-svc in this module: a call held by a
@@ -39,16 +39,7 @@ class Mesh:
         self.cores = [(free_port(), free_port()) for _ in range(3)]
         self.gateways = [free_port() for _ in range(2)]
         self.env = {
-            **os.environ,
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{self.database}",
-            "REDIS_KEY_PREFIX": f"e2e-{run_id}:",
-            "JWT_SECRET": "end-to-end-test-secret-0123456789abcdef",
-            "KAFKA_TOPIC": f"e2e-{run_id}.messages",
-            "KAFKA_GROUP": f"e2e-{run_id}-archiver",
-            "NATS_SUBJECT_PREFIX": f"e2e-{run_id}",
-            "SEND_RATE_PER_SECOND": "100000",
-            "SEND_BURST": "100000",
-            "LOG_FORMAT": "json",
+            **run_env(run_id, self.database),
             "CORE_GRPC_ADDR": ",".join(f"http://127.0.0.1:{grpc}" for grpc, _ in self.cores),
             "CORE_PROBE_INTERVAL_MS": "300",
             "CORE_DEADLINE_MS": str(DEADLINE_MS),
