@@ -5,6 +5,10 @@
 //! Retries draw on a budget that every finished call fills, so that they add
 //! at most `retry_percent` to the load core-svc sees.
 //!
+//! Sends are retried when they carry an idempotency key (the client's, or
+//! the one the gateway gives every socket's send): core-svc answers a
+//! repeated key with the message the first attempt stored.
+//!
 //! A request is retried from a copy of its encoded body, which [`collect`]
 //! reads whole first; the gateway's calls are unary or server-streaming,
 //! so a body is always one message.
@@ -12,8 +16,10 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use chat_proto::v1::SendRequest;
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use prost::Message as _;
 use tonic::{Status, body::Body};
 use tower::{
     BoxError, Service, ServiceExt,
@@ -38,6 +44,16 @@ const IDEMPOTENT: [&str; 9] = [
     "/chat.v1.MessageService/Search",
     "/grpc.health.v1.Health/Check",
 ];
+
+const SEND: &str = "/chat.v1.MessageService/Send";
+
+/// Whether an encoded `SendRequest` (one uncompressed gRPC frame: a flag
+/// byte, four of length, the message) carries a key.
+fn send_with_key(body: &Bytes) -> bool {
+    body.get(5..).is_some_and(|message| {
+        body[0] == 0 && SendRequest::decode(message).is_ok_and(|request| !request.key.is_empty())
+    })
+}
 
 /// The retry policy: idempotent calls only, within a shared budget.
 #[derive(Clone)]
@@ -81,7 +97,8 @@ impl<B> Policy<Request<Bytes>, Response<B>, BoxError> for Idempotent {
     }
 
     fn clone_request(&mut self, request: &Request<Bytes>) -> Option<Request<Bytes>> {
-        if !IDEMPOTENT.contains(&request.uri().path()) {
+        let path = request.uri().path();
+        if !(IDEMPOTENT.contains(&path) || path == SEND && send_with_key(request.body())) {
             return None;
         }
         let mut copy = Request::new(request.body().clone());
@@ -154,6 +171,27 @@ mod tests {
         assert_eq!(read.headers()["authorization"], "Bearer x");
         assert!(copy(&mut policy, "/chat.v1.MessageService/Send").is_none());
         assert!(copy(&mut policy, "/chat.v1.RoomService/JoinRoom").is_none());
+    }
+
+    fn encoded_send(key: &str) -> Bytes {
+        let message =
+            SendRequest { room_id: 1, text: "hi".into(), key: key.into(), ..SendRequest::default() }.encode_to_vec();
+        let mut frame = vec![0];
+        frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&message);
+        frame.into()
+    }
+
+    #[test]
+    fn a_send_is_copied_for_a_retry_only_with_a_key() {
+        let mut policy = Idempotent::new(20.0);
+        let mut send = request(SEND);
+        *send.body_mut() = encoded_send("gw-1");
+        assert!(Policy::<_, Response<()>, BoxError>::clone_request(&mut policy, &send).is_some());
+        *send.body_mut() = encoded_send("");
+        assert!(Policy::<_, Response<()>, BoxError>::clone_request(&mut policy, &send).is_none());
+        *send.body_mut() = Bytes::from_static(b"\x00");
+        assert!(Policy::<_, Response<()>, BoxError>::clone_request(&mut policy, &send).is_none());
     }
 
     #[test]

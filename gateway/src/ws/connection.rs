@@ -469,7 +469,10 @@ impl Connection {
             room_id,
             text: frame.text.clone().unwrap_or_default(),
             reply_to: frame.replyto.unwrap_or_default(),
-            key: frame.key.clone().unwrap_or_default(),
+            // A send without the client's key gets one of the gateway's, so
+            // that the mesh may retry it on another replica without storing
+            // it twice.
+            key: frame.key.clone().filter(|key| !key.is_empty()).unwrap_or_else(gateway_key),
         });
         // Each message starts a trace of its own, carried to core-svc and on.
         let span = tracing::info_span!(parent: None, "ws.message", uid = self.uid, room_id);
@@ -706,6 +709,11 @@ async fn next_removal(removals: &mut Option<Removals>) -> Result<Removal, RecvEr
 
 /// A core-svc call an enter makes, within [`CALL_TIMEOUT`]; the contract's
 /// error text if it fails.
+/// An idempotency key no client chooses by chance: `gw-` and 32 hex digits.
+fn gateway_key() -> String {
+    format!("gw-{}", uuid::Uuid::new_v4().simple())
+}
+
 async fn call<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, &'static str> {
     match timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
