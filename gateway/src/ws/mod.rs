@@ -46,6 +46,8 @@ pub const USER_FEED_QUEUE: usize = 16;
 pub struct Sockets {
     pub hub: Arc<Hub>,
     pub users: Arc<UserHub>,
+    /// Changes each time this gateway's NATS connection comes back.
+    pub nats_reconnects: tokio::sync::watch::Receiver<u64>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
