@@ -3,15 +3,19 @@
 the real binaries given the three nodes: one node killed mid-stream, then
 the whole cluster killed and started again. NATS is at most once; every
 member socket still gets every acknowledged message exactly once, the
-gateway refilling from history what was published while it was away."""
+gateway refilling from history what was published while it was away;
+and so does a gRPC Subscribe stream of core-svc's."""
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
+import grpc
 import pytest
 import requests
 import websockets
@@ -55,6 +59,29 @@ class Cluster:
         self.nodes[i].wait()
 
 
+class SecondCore:
+    def __init__(self, stack):
+        grpc_port, ops_port = free_port(), free_port()
+        self.grpc = f"127.0.0.1:{grpc_port}"
+        env = {**stack.env, "GRPC_LISTEN_ADDR": self.grpc, "METRICS_LISTEN_ADDR": f"127.0.0.1:{ops_port}"}
+        log = open(stack.log_dir / "core-svc-2.log", "a")
+        binary = os.path.join(os.environ["BIN_DIR"], "core-svc")
+        self.process = subprocess.Popen([binary], env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{ops_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"the second core-svc did not start; logs in {stack.log_dir}"
+            time.sleep(0.1)
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(timeout=15) == 0
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     cluster = Cluster(tmp_path_factory.mktemp("nats"))
@@ -77,7 +104,10 @@ def stack(cluster):
             yield stack
 
 
-def test_every_acknowledged_message_reaches_every_socket_once_through_a_node_kill_and_a_cluster_restart(stack, cluster):
+def test_every_acknowledged_message_reaches_every_socket_and_stream_once_through_a_node_kill_and_a_cluster_restart(
+    stack, cluster, chat
+):
+    pb, rpc = chat
     tokens = [user(stack, f"natsuser{i}") for i in range(RECEIVERS + 1)]
     room = requests.post(f"{stack.base}/create-room", headers={"Authorization": tokens[0]}, json={"Name": "nats"}).json()[
         "RoomID"
@@ -85,6 +115,26 @@ def test_every_acknowledged_message_reaches_every_socket_once_through_a_node_kil
     for token in tokens[1:]:
         assert requests.put(f"{stack.base}/join", headers={"Authorization": token}, json={"RoomID": room}).status_code == 200
     acknowledged, received = [], [[] for _ in range(RECEIVERS)]
+    # The stream is served by a second replica: its NATS connection, not the
+    # sending replica's, is the one that misses what is published meanwhile.
+    second = SecondCore(stack)
+    channel = grpc.insecure_channel(second.grpc)
+    stream = rpc.MessageServiceStub(channel).Subscribe(
+        pb.SubscribeRequest(room_id=room), metadata=[("authorization", f"Bearer {tokens[1]}")], timeout=120
+    )
+    stream.initial_metadata()
+    streamed = []
+
+    def read_stream():
+        try:
+            for message in stream:
+                if message.kind == pb.MESSAGE_KIND_MESSAGE:
+                    streamed.append(message.id)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.CANCELLED, error
+
+    reader = threading.Thread(target=read_stream)
+    reader.start()
 
     async def receive(i, ws, done):
         while not (done.is_set() and set(acknowledged) <= set(received[i])):
@@ -132,8 +182,18 @@ def test_every_acknowledged_message_reaches_every_socket_once_through_a_node_kil
                 await ws.close()
 
     asyncio.run(session())
+    deadline = time.monotonic() + 30
+    while not set(acknowledged) <= set(streamed) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stream.cancel()
+    reader.join()
+    channel.close()
+    second.stop()
     assert len(acknowledged) > 250, f"only {len(acknowledged)} of 300 acknowledged"
     for i, ids in enumerate(received):
         missing = set(acknowledged) - set(ids)
         doubled = sorted({m for m in ids if ids.count(m) > 1})
         assert not missing and not doubled, f"socket {i}: {len(missing)} missing, doubled {doubled}"
+    missing = set(acknowledged) - set(streamed)
+    doubled = sorted({m for m in streamed if streamed.count(m) > 1})
+    assert not missing and not doubled, f"stream: {len(missing)} missing, doubled {doubled}"

@@ -93,7 +93,9 @@ impl Application {
             async move { lease.renew_forever(&ids).await }
         })
         .abort_handle();
-        let nats = async_nats::connect(service_kit::settings::nats_servers(&config.nats_url))
+        let (nats_options, nats_reconnects) = service_kit::feeds::counting_connects();
+        let nats = nats_options
+            .connect(service_kit::settings::nats_servers(&config.nats_url))
             .await
             .context("connecting to NATS (NATS_URL)")?;
         let feeds = Arc::new(Feeds::rooms(
@@ -186,6 +188,7 @@ impl Application {
             keys,
             feeds,
             user_feeds,
+            nats_reconnects,
         };
         let messages = Messages::new(
             parts,

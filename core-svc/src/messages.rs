@@ -22,7 +22,10 @@ use chrono::Utc;
 use futures::Stream;
 use service_kit::feeds::{Feed, Hub, Removal};
 use tokio::{
-    sync::broadcast::{Receiver, error::RecvError},
+    sync::{
+        broadcast::{Receiver, error::RecvError},
+        watch,
+    },
     time::Sleep,
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -64,6 +67,7 @@ pub struct Messages {
     keys: SendKeys,
     feeds: Arc<Feeds>,
     user_feeds: Arc<UserFeeds>,
+    nats_reconnects: watch::Receiver<u64>,
     /// Per user, shared by every replica: every write to a room's log
     /// (sends, edits, deletions, reactions) counts.
     send_limit: RateLimit,
@@ -85,14 +89,16 @@ pub struct MessageParts {
     pub keys: SendKeys,
     pub feeds: Arc<Feeds>,
     pub user_feeds: Arc<UserFeeds>,
+    /// Changes each time the NATS connection comes back.
+    pub nats_reconnects: watch::Receiver<u64>,
 }
 
 impl Messages {
     pub fn new(parts: MessageParts, cache: Arc<Cache>, limit: SendLimit, shutdown: CancellationToken) -> Self {
         let send_limit =
             RateLimit::new("send", "too many messages", cache, limit.per_second, Duration::from_secs(1), limit.burst);
-        let MessageParts { history, rooms, events, keys, feeds, user_feeds } = parts;
-        Self { history, rooms, events, keys, feeds, user_feeds, send_limit, shutdown }
+        let MessageParts { history, rooms, events, keys, feeds, user_feeds, nats_reconnects } = parts;
+        Self { history, rooms, events, keys, feeds, user_feeds, nats_reconnects, send_limit, shutdown }
     }
 
     /// The caller's room, once it is known that they may read it.
@@ -138,6 +144,11 @@ struct Subscription {
     replay_after: Option<i64>,
     replay_page: VecDeque<Message>,
     replayed: HashSet<i64>,
+    /// The newest id streamed (or the caller's `after_id`): after NATS
+    /// comes back, which may have dropped events meanwhile (it is at most
+    /// once), the stream replays history from here.
+    last_id: i64,
+    nats_reconnects: watch::Receiver<u64>,
     shutdown: CancellationToken,
     /// Made once: a fresh `cancelled()` per event would register with the
     /// token (one lock shared by every stream) each time.
@@ -164,6 +175,9 @@ impl Subscription {
         let item = self.step().await;
         // A stream ends after its first error.
         self.ended = item.is_err();
+        if let Ok(message) = &item {
+            self.last_id = self.last_id.max(message.id);
+        }
         Some(item)
     }
 
@@ -199,6 +213,12 @@ impl Subscription {
                         continue;
                     }
                     () = &mut self.shutting_down => continue,
+                    Ok(()) = self.nats_reconnects.changed() => {
+                        if self.last_id > 0 {
+                            self.replay_after = Some(self.last_id);
+                        }
+                        continue;
+                    }
                     () = &mut self.expiry => {
                         return Err(Status::unauthenticated("token expired; subscribe again with a new token and after_id"));
                     }
@@ -319,6 +339,12 @@ impl MessageService for Messages {
             replay_after: after_id,
             replay_page: VecDeque::new(),
             replayed: HashSet::new(),
+            last_id: after_id.unwrap_or(0),
+            nats_reconnects: {
+                let mut reconnects = self.nats_reconnects.clone();
+                reconnects.mark_unchanged();
+                reconnects
+            },
             shutdown: self.shutdown.clone(),
             shutting_down: Box::pin(self.shutdown.clone().cancelled_owned()),
             expiry: Box::pin(tokio::time::sleep(until(session.expires_at))),

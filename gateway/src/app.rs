@@ -40,15 +40,9 @@ impl Application {
         crate::metrics::init();
         // Starts even while NATS is down (the client keeps reconnecting and
         // /readyz says so), but gives it a moment to connect first.
-        let (reconnected, nats_reconnects) = tokio::sync::watch::channel(0_u64);
-        let nats = async_nats::ConnectOptions::new()
+        let (options, nats_reconnects) = service_kit::feeds::counting_connects();
+        let nats = options
             .retry_on_initial_connect()
-            .event_callback(move |event| {
-                if matches!(event, async_nats::Event::Connected) {
-                    reconnected.send_modify(|count| *count += 1);
-                }
-                std::future::ready(())
-            })
             .connect(service_kit::settings::nats_servers(&config.nats_url))
             .await
             .context("NATS_URL")?;
