@@ -285,6 +285,7 @@ def test_the_binaries_agree_on_their_shared_settings():
     assert core["APP_ENV"] == "production"
     assert core["NATS_SUBJECT_PREFIX"] == gateway["NATS_SUBJECT_PREFIX"]
     assert core["NATS_URL"] == gateway["NATS_URL"]
+    assert core["REDIS_URL"] == gateway["REDIS_URL"], "presence is kept in core-svc's Redis"
     assert core["KAFKA_TOPIC"] == archiver["KAFKA_TOPIC"] and core["KAFKA_BROKERS"] == archiver["KAFKA_BROKERS"]
     assert core["DATABASE_URL"] == archiver["DATABASE_URL"]
     assert int(core["KAFKA_PARTITIONS"]) >= 1

@@ -168,7 +168,7 @@ def env_names(binary: str) -> set:
 SOURCES = {"helm": helm_workloads, "compose": compose_workloads}
 NEEDED = {
     "core-svc": {"DATABASE_URL", "REDIS_URL", "JWT_SECRET", "KAFKA_BROKERS", "NATS_URL", "APP_ENV"},
-    "gateway": {"CORE_GRPC_ADDR", "NATS_URL"},
+    "gateway": {"CORE_GRPC_ADDR", "NATS_URL", "REDIS_URL"},
     "archiver": {"DATABASE_URL", "KAFKA_BROKERS"},
 }
 
@@ -260,4 +260,4 @@ async def socket_to_history(base: str):
             frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
             if frame["Type"] == "sent":
                 return frame["MessageID"], room
-            assert frame["Type"] == "message", frame
+            assert frame["Type"] in ("online", "message"), frame

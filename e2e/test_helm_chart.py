@@ -40,7 +40,7 @@ REQUIRED = {
     },
     "gateway": {
         "HTTP_LISTEN_ADDR", "CORE_GRPC_ADDR", "NATS_URL", "NATS_SUBJECT_PREFIX", "WS_QUEUE_FRAMES",
-        "TRUST_FORWARDED_FOR", "RUST_LOG", "LOG_FORMAT",
+        "TRUST_FORWARDED_FOR", "REDIS_URL", "REDIS_KEY_PREFIX", "RUST_LOG", "LOG_FORMAT",
     },
     "archiver": {"ARCHIVER_LISTEN_ADDR", "DATABASE_URL", "KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP", "RUST_LOG", "LOG_FORMAT"},
 }
@@ -48,7 +48,7 @@ REQUIRED = {
 # kubelet expands them into a URL (the passwords).
 NOT_IN_README = {
     "core-svc": {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "NATS_PASSWORD"},
-    "gateway": {"NATS_PASSWORD"},
+    "gateway": {"REDIS_PASSWORD", "NATS_PASSWORD"},
     "archiver": {"POSTGRES_PASSWORD"},
 }
 # The standard OpenTelemetry variables, and the ci files' extraEnv.

@@ -18,8 +18,17 @@ def user(stack, name):
     return r.json()["token"]
 
 
+# Frames about who is in the room and typing, which come whenever other
+# members come, go and type; these tests are about messages.
+SIDE = {"online", "presence", "typing"}
+
+
 async def recv(ws):
-    return json.loads(await asyncio.wait_for(ws.recv(), 10))
+    """The next frame that is not a side frame."""
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if frame["Type"] not in SIDE:
+            return frame
 
 
 async def enter(ws, room):

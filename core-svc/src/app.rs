@@ -5,7 +5,7 @@ use chat_proto::v1::{
     message_service_server::MessageServiceServer, room_service_server::RoomServiceServer,
     user_service_server::UserServiceServer,
 };
-use service_kit::{ops::Readiness, telemetry};
+use service_kit::{live, ops::Readiness, presence::Presence, telemetry};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::{net::TcpListener, task::AbortHandle};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ use crate::{
     history::HistoryStore,
     ids::{IdGenerator, NodeLease},
     limits::RateLimit,
-    messages::{self, Feeds, MessageParts, Messages, SendLimit, UserFeeds},
+    messages::{self, Feeds, Live, MessageParts, Messages, SendLimit, UserFeeds},
     password::Hasher,
     rooms::Rooms,
     send_keys::SendKeys,
@@ -54,6 +54,7 @@ pub struct Application {
     renewing: AbortHandle,
     /// Ends the live streams, which would otherwise hold shutdown up forever.
     streams_shutdown: CancellationToken,
+    presence: Presence,
 }
 
 /// How many removals a stream's user feed may fall behind: they are rare.
@@ -104,6 +105,9 @@ impl Application {
             config.subscribe_queue_messages,
             messages::streamed,
         ));
+        let live = live::Publisher { nats: nats.clone(), subject_prefix: config.nats_subject_prefix.clone() };
+        let presence_lease = Duration::from_secs(config.presence_lease_secs);
+        let presence = Presence::new(&config.redis_url, &config.redis_key_prefix, presence_lease, live.clone());
         let user_feeds = Arc::new(UserFeeds::users(
             nats.clone(),
             config.nats_subject_prefix.clone(),
@@ -174,7 +178,7 @@ impl Application {
             hasher,
         )
         .await?;
-        let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone()));
+        let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone(), presence.clone()));
         let streams_shutdown = CancellationToken::new();
         let keys = SendKeys::new(db.clone());
         tokio::spawn({
@@ -188,6 +192,7 @@ impl Application {
             keys,
             feeds,
             user_feeds,
+            live: Live { presence: presence.clone(), publisher: live },
             nats_reconnects,
         };
         let messages = Messages::new(
@@ -230,7 +235,7 @@ impl Application {
         let ops = TcpListener::bind(config.metrics_listen_addr)
             .await
             .with_context(|| format!("binding {} (METRICS_LISTEN_ADDR)", config.metrics_listen_addr))?;
-        Ok(Self { listener, ops, router, db, events, lease, ids, renewing, streams_shutdown })
+        Ok(Self { listener, ops, router, db, events, lease, ids, renewing, streams_shutdown, presence })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -261,6 +266,8 @@ impl Application {
             streams_shutdown.cancel();
         };
         self.router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        // The streams' members go offline now, not when the lease runs out.
+        self.presence.flush().await;
         let _ = ops.await;
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || events.flush()).await?;

@@ -135,6 +135,13 @@ pub struct Config {
     #[arg(long, env = "SUBSCRIBE_QUEUE_MESSAGES", default_value_t = 1024)]
     pub subscribe_queue_messages: usize,
 
+    /// How long, in seconds, this replica's streams keep their members
+    /// online after it stops renewing them (it renews every sixth of this):
+    /// a replica that dies takes its streams' members offline within a
+    /// lease and a sixth. Every gateway and replica should use the same.
+    #[arg(long, env = "PRESENCE_LEASE_SECS", default_value_t = 30)]
+    pub presence_lease_secs: u64,
+
     /// Browser origins allowed to call the API through grpc-web,
     /// comma-separated; `*` allows any. Unset: any in development, none in
     /// production.
@@ -161,9 +168,8 @@ impl Config {
         problems.in_range("DATABASE_ACQUIRE_TIMEOUT_MS", self.database_acquire_timeout_ms, 10..=600_000);
         problems.in_range("GRPC_MAX_IN_FLIGHT", self.grpc_max_in_flight, 1..=1_000_000);
         problems.in_range("GRPC_CALL_TIMEOUT_MS", self.grpc_call_timeout_ms, 10..=3_600_000);
-        problems.check(redis::Client::open(self.redis_url.as_str()).is_ok(), || {
-            format!("REDIS_URL must be a redis:// URL, not {:?}", self.redis_url)
-        });
+        problems.redis_url(&self.redis_url);
+        problems.presence_lease_secs(self.presence_lease_secs);
         problems.in_range("TOKEN_LIFETIME_SECS", self.token_lifetime_secs, 60..=30 * 24 * 3600);
         problems.in_range("LOGIN_MAX_FAILURES", self.login_max_failures, 1..=u32::MAX);
         problems.in_range("LOGIN_LOCKOUT_SECS", self.login_lockout_secs, 1..=24 * 3600);
@@ -305,6 +311,11 @@ mod tests {
         assert_refused(Config { database_max_connections: 0, ..defaults() }.validate(), "DATABASE_MAX_CONNECTIONS");
         assert_refused(Config { database_url: "postgres//nowhere".into(), ..defaults() }.validate(), "DATABASE_URL");
         assert_refused(Config { redis_url: "127.0.0.1:6379".into(), ..defaults() }.validate(), "REDIS_URL");
+        assert_refused(
+            Config { presence_lease_secs: 1, ..defaults() }.validate(),
+            "PRESENCE_LEASE_SECS must be 2 to 45, not 1",
+        );
+        assert_refused(Config { presence_lease_secs: 46, ..defaults() }.validate(), "PRESENCE_LEASE_SECS");
         assert_refused(Config { kafka_brokers: "kafka".into(), ..defaults() }.validate(), "KAFKA_BROKERS");
         assert_refused(Config { token_lifetime_secs: 0, ..defaults() }.validate(), "TOKEN_LIFETIME_SECS");
         let both = Config { kafka_topic: "a topic".into(), nats_subject_prefix: "chat.*".into(), ..defaults() };

@@ -11,7 +11,7 @@ use std::{
 
 use chat_proto::{
     envelope,
-    events::v1::{Deleted, Edited, Event, Posted, Reacted, event::Kind},
+    events::v1::{Deleted, Edited, Event, Posted, Reacted, Typing, event::Kind},
     v1::{
         DeleteRequest, DeleteResponse, EditRequest, EditResponse, HistoryRequest, HistoryResponse, Message,
         MessageKind, ReactRequest, ReactResponse, SearchRequest, SearchResponse, SendRequest, SendResponse,
@@ -20,7 +20,11 @@ use chat_proto::{
 };
 use chrono::Utc;
 use futures::Stream;
-use service_kit::feeds::{Feed, Hub, Removal};
+use service_kit::{
+    feeds::{Feed, Hub, Removal},
+    live::{self, Cursor},
+    presence::{Here, Presence},
+};
 use tokio::{
     sync::{
         broadcast::{Receiver, error::RecvError},
@@ -67,13 +71,26 @@ pub struct Messages {
     keys: SendKeys,
     feeds: Arc<Feeds>,
     user_feeds: Arc<UserFeeds>,
+    live: Live,
     nats_reconnects: watch::Receiver<u64>,
     /// Per user, shared by every replica: every write to a room's log
     /// (sends, edits, deletions, reactions) counts.
     send_limit: RateLimit,
+    /// Per user and room, shared by every replica.
+    typing_limit: RateLimit,
     /// Cancelled when the server starts to shut down; ends every stream.
     shutdown: CancellationToken,
 }
+
+/// What streams and typing need beyond the log: who is online, and the
+/// live-only events.
+pub struct Live {
+    pub presence: Presence,
+    pub publisher: live::Publisher,
+}
+
+/// How often a user's typing in a room is relayed, at most.
+const TYPING_EVERY: Duration = Duration::from_secs(3);
 
 /// How fast one user may send: `per_second` sustained, `burst` at once.
 pub struct SendLimit {
@@ -89,26 +106,38 @@ pub struct MessageParts {
     pub keys: SendKeys,
     pub feeds: Arc<Feeds>,
     pub user_feeds: Arc<UserFeeds>,
+    pub live: Live,
     /// Changes each time the NATS connection comes back.
     pub nats_reconnects: watch::Receiver<u64>,
 }
 
 impl Messages {
     pub fn new(parts: MessageParts, cache: Arc<Cache>, limit: SendLimit, shutdown: CancellationToken) -> Self {
+        // One relayed per user and room every 3 s, across every replica
+        // (or, while Redis is away, per replica); the rest are dropped.
+        let once = NonZeroU32::MIN;
+        let typing_limit = RateLimit::new("typing", "typing too often", cache.clone(), once, TYPING_EVERY, once);
         let send_limit =
             RateLimit::new("send", "too many messages", cache, limit.per_second, Duration::from_secs(1), limit.burst);
-        let MessageParts { history, rooms, events, keys, feeds, user_feeds, nats_reconnects } = parts;
-        Self { history, rooms, events, keys, feeds, user_feeds, nats_reconnects, send_limit, shutdown }
+        let MessageParts { history, rooms, events, keys, feeds, user_feeds, live, nats_reconnects } = parts;
+        Self {
+            history,
+            rooms,
+            events,
+            keys,
+            feeds,
+            user_feeds,
+            live,
+            nats_reconnects,
+            send_limit,
+            typing_limit,
+            shutdown,
+        }
     }
 
     /// The caller's room, once it is known that they may read it.
     async fn readable_room(&self, request_room_id: i64, uid: i64) -> Result<RoomRow> {
-        let room_id = parse_id(request_room_id, "room").map_err(Error::invalid)?;
-        let room = self.rooms.visible(room_id, Some(uid)).await?;
-        if !self.rooms.is_member(room_id, uid).await? {
-            return Err(Error::PermissionDenied("not room member"));
-        }
-        Ok(room)
+        self.rooms.readable(request_room_id, uid).await
     }
 
     /// A message of the room that is not deleted: what an edit, a deletion
@@ -136,6 +165,9 @@ struct Subscription {
     uid: i64,
     history: HistoryStore,
     live: Receiver<Arc<Message>>,
+    /// The other members' presence and typing, as they change.
+    live_only: Cursor<Arc<Message>>,
+    live_page: VecDeque<Arc<Message>>,
     _feed: Arc<Feed<Arc<Message>>>,
     /// The caller's removals from rooms: one from this room ends the stream.
     removals: Receiver<Removal>,
@@ -156,6 +188,8 @@ struct Subscription {
     /// When the caller's token expires; the stream ends with it.
     expiry: Pin<Box<Sleep>>,
     ended: bool,
+    /// Counts the stream in the room's presence while it is open.
+    _here: Here,
 }
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<Message, Status>> + Send>>;
@@ -193,6 +227,9 @@ impl Subscription {
                 self.next_replay_page(after).await?;
                 continue;
             }
+            if let Some(event) = self.live_page.pop_front() {
+                return Ok(Message::clone(&event));
+            }
             let event = if self.shutdown.is_cancelled() {
                 // What is already queued still goes out, then the stream ends.
                 self.live.try_recv().map_err(|_| shutting_down())?
@@ -213,6 +250,10 @@ impl Subscription {
                         continue;
                     }
                     () = &mut self.shutting_down => continue,
+                    shown = self.live_only.next() => {
+                        self.live_page.extend(shown);
+                        continue;
+                    }
                     Ok(()) = self.nats_reconnects.changed() => {
                         if self.last_id > 0 {
                             self.replay_after = Some(self.last_id);
@@ -333,6 +374,8 @@ impl MessageService for Messages {
             uid,
             history: self.history.clone(),
             live: feed.subscribe(),
+            live_only: feed.live(uid),
+            live_page: VecDeque::new(),
             _feed: feed,
             removals,
             _user_feed: user_feed,
@@ -349,6 +392,7 @@ impl MessageService for Messages {
             shutting_down: Box::pin(self.shutdown.clone().cancelled_owned()),
             expiry: Box::pin(tokio::time::sleep(until(session.expires_at))),
             ended: false,
+            _here: self.live.presence.arrive(room_id, uid),
         };
         tracing::debug!(uid, room_id, "stream opened");
         Ok(Response::new(subscription.into_stream()))
@@ -396,8 +440,14 @@ impl MessageService for Messages {
         Ok(Response::new(ReactResponse { event_id }))
     }
 
-    async fn typing(&self, _: Request<TypingRequest>) -> Result<Response<TypingResponse>, Status> {
-        Err(Status::unimplemented("typing"))
+    async fn typing(&self, request: Request<TypingRequest>) -> Result<Response<TypingResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let room_id = self.readable_room(request.get_ref().room_id, uid).await?.id;
+        if self.typing_limit.check(&format!("{room_id}:{uid}")).await.is_ok() {
+            let event = Event { room_id, uid, kind: Some(Kind::Typing(Typing {})), ..live::event() };
+            self.live.publisher.publish(event).await;
+        }
+        Ok(Response::new(TypingResponse {}))
     }
 
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {

@@ -15,6 +15,7 @@ use chat_proto::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use service_kit::presence::Presence;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
@@ -74,11 +75,12 @@ pub struct Rooms {
     db: PgPool,
     cache: Arc<Cache>,
     events: Arc<Events>,
+    presence: Presence,
 }
 
 impl Rooms {
-    pub fn new(db: PgPool, cache: Arc<Cache>, events: Arc<Events>) -> Self {
-        Self { db, cache, events }
+    pub fn new(db: PgPool, cache: Arc<Cache>, events: Arc<Events>, presence: Presence) -> Self {
+        Self { db, cache, events, presence }
     }
 
     /// Tells the room that `uid` joined. The membership is committed already;
@@ -135,6 +137,17 @@ impl Rooms {
             Some(uid) if self.is_member(room_id, uid).await? => Ok(room),
             _ => Err(ROOM_NOT_FOUND),
         }
+    }
+
+    /// The room, once it is known that `uid` may read it: NOT_FOUND when it
+    /// is hidden from them, PERMISSION_DENIED when they are not a member.
+    pub async fn readable(&self, request_room_id: i64, uid: i64) -> Result<RoomRow> {
+        let room_id = room_id(request_room_id)?;
+        let room = self.visible(room_id, Some(uid)).await?;
+        if !self.is_member(room_id, uid).await? {
+            return Err(Error::PermissionDenied("not room member"));
+        }
+        Ok(room)
     }
 
     /// Adds a member; `AlreadyExists` if they were one.
@@ -430,8 +443,14 @@ impl RoomService for Rooms {
         Ok(Response::new(RemoveMemberResponse {}))
     }
 
-    async fn list_online(&self, _: Request<ListOnlineRequest>) -> Result<Response<ListOnlineResponse>, Status> {
-        Err(Status::unimplemented("list_online"))
+    async fn list_online(&self, request: Request<ListOnlineRequest>) -> Result<Response<ListOnlineResponse>, Status> {
+        let uid = auth::required(&request)?;
+        let room_id = self.readable(request.get_ref().room_id, uid).await?.id;
+        let uids = self.presence.online(room_id).await.map_err(|error| {
+            tracing::warn!(%error, room_id, "presence unknown");
+            Error::Unavailable("temporarily unavailable")
+        })?;
+        Ok(Response::new(ListOnlineResponse { uids }))
     }
 
     /// The update moves the mark only forwards, in one statement: of two

@@ -7,7 +7,7 @@ use axum::{
     http::HeaderName,
     serve::{ListenerExt, TapIo},
 };
-use service_kit::telemetry;
+use service_kit::{live, presence::Presence, telemetry};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{
@@ -55,6 +55,9 @@ impl Application {
             tracing::warn!("NATS is not reachable yet; live messages wait for it");
         }
         let core = CoreClient::new(config.mesh()).await;
+        let live = live::Publisher { nats: nats.clone(), subject_prefix: config.nats_subject_prefix.clone() };
+        let lease = Duration::from_secs(config.presence_lease_secs);
+        let presence = Presence::new(&config.redis_url, &config.redis_key_prefix, lease, live);
         let sockets = Sockets {
             users: Arc::new(UserHub::users(
                 nats.clone(),
@@ -63,6 +66,7 @@ impl Application {
                 service_kit::feeds::removal,
             )),
             hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event)),
+            presence,
             nats_reconnects,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -108,6 +112,8 @@ impl Application {
         axum::serve(accept_nodelay(self.listener), service).with_graceful_shutdown(shutdown).await?;
         self.sockets.tracker.close();
         self.sockets.tracker.wait().await;
+        // The sockets' members go offline now, not when the lease runs out.
+        self.sockets.presence.flush().await;
         tracing::info!("gateway stopped");
         Ok(())
     }

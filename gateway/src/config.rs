@@ -57,6 +57,22 @@ pub struct Config {
     #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "chat")]
     pub nats_subject_prefix: String,
 
+    /// Where presence is kept (who has a socket or stream open on each
+    /// room, across every gateway and core-svc replica): core-svc's Redis.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prepended to the presence keys; core-svc's `REDIS_KEY_PREFIX`.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chat:")]
+    pub redis_key_prefix: String,
+
+    /// How long, in seconds, this gateway's sockets keep their members
+    /// online after it stops renewing them (it renews every sixth of this):
+    /// a gateway that dies takes its members offline within a lease and a
+    /// sixth. Every gateway and core-svc replica should use the same.
+    #[arg(long, env = "PRESENCE_LEASE_SECS", default_value_t = 30)]
+    pub presence_lease_secs: u64,
+
     /// Frames a WebSocket may fall behind its room (1 to 65536) before it
     /// is disconnected (close 1008, "too slow").
     #[arg(long, env = "WS_QUEUE_FRAMES", default_value_t = 512)]
@@ -89,6 +105,8 @@ impl Config {
         problems.in_range("CORE_RETRY_PERCENT", self.core_retry_percent, 0..=100);
         problems.nats_url(&self.nats_url);
         problems.nats_subject_prefix(&self.nats_subject_prefix);
+        problems.redis_url(&self.redis_url);
+        problems.presence_lease_secs(self.presence_lease_secs);
         problems.into_result()
     }
 
@@ -149,6 +167,17 @@ mod tests {
             assert_refused(Config { nats_subject_prefix: bad.into(), ..defaults() }.validate(), "NATS_SUBJECT_PREFIX");
         }
         Config { nats_subject_prefix: "test-1.chat".into(), ..defaults() }.validate().unwrap();
+        assert_refused(Config { redis_url: "127.0.0.1:6379".into(), ..defaults() }.validate(), "REDIS_URL");
+    }
+
+    #[test]
+    fn the_presence_lease_keeps_a_dead_gateways_members_online_under_a_minute() {
+        assert_refused(
+            Config { presence_lease_secs: 46, ..defaults() }.validate(),
+            "PRESENCE_LEASE_SECS must be 2 to 45, not 46",
+        );
+        assert_refused(Config { presence_lease_secs: 1, ..defaults() }.validate(), "PRESENCE_LEASE_SECS");
+        Config { presence_lease_secs: 2, ..defaults() }.validate().unwrap();
     }
 
     #[test]

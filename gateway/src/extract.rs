@@ -70,10 +70,10 @@ fn whole_number_as_integer(value: Value) -> Value {
 pub struct Token(AsciiMetadataValue);
 
 impl Token {
-    /// How long until the token expires (its `exp` claim). The signature is
-    /// not checked here: this is only for a token core-svc has accepted, to
-    /// know when to stop serving a socket that lives on it.
-    pub fn lifetime(&self) -> Option<Duration> {
+    /// When the token expires (its `exp` claim), in Unix seconds. The
+    /// signature is not checked here: this is only for a token core-svc has
+    /// accepted, to know when to stop serving a socket that lives on it.
+    pub fn expires_at(&self) -> Option<i64> {
         #[derive(Deserialize)]
         struct Expiry {
             exp: i64,
@@ -84,8 +84,12 @@ impl Token {
         validation.insecure_disable_signature_validation();
         validation.validate_exp = false;
         validation.required_spec_claims.clear();
-        let exp = jsonwebtoken::decode::<Expiry>(jwt, &DecodingKey::from_secret(&[]), &validation).ok()?.claims.exp;
-        let left = exp.saturating_sub(chrono::Utc::now().timestamp());
+        Some(jsonwebtoken::decode::<Expiry>(jwt, &DecodingKey::from_secret(&[]), &validation).ok()?.claims.exp)
+    }
+
+    /// How long until the token expires ([`Token::expires_at`]).
+    pub fn lifetime(&self) -> Option<Duration> {
+        let left = self.expires_at()?.saturating_sub(chrono::Utc::now().timestamp());
         Some(Duration::from_secs(left.max(0).unsigned_abs()))
     }
 

@@ -6,6 +6,9 @@
 //!   delivery's send→receive latency is recorded.
 //! - `idle`: many open sockets doing nothing; the gateway's RSS per socket.
 //! - `ramp`: fanout at rising rates until p99 passes 100 ms.
+//! - `presence`: one room of thousands of sockets, all coming online,
+//!   then members leaving and coming back and typing; the frames
+//!   each socket gets per second and the gateway's CPU.
 //! - `reads`: `GET /unread` and `GET /search` on a million messages
 //!   ([`reads`]).
 
@@ -61,6 +64,25 @@ enum Scenario {
     Idle {
         #[arg(long, default_value_t = 18_000)]
         sockets: usize,
+    },
+    Presence {
+        /// Sockets in the room, one member each.
+        #[arg(long, default_value_t = 5_000)]
+        sockets: usize,
+        /// How many sockets a second enter the room when they all come.
+        /// (All 5,000 in one go make as many membership checks at once,
+        /// which exhaust core-svc's database pool: the first check of each
+        /// member after a join is not cached yet.)
+        #[arg(long, default_value_t = 1_000)]
+        arrivals: u32,
+        /// Members per second who leave the room (each comes back 2 s later).
+        #[arg(long, default_value_t = 5)]
+        churn: u32,
+        /// `typing` frames per second, from members taken in turn.
+        #[arg(long, default_value_t = 20)]
+        typing: u32,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
     },
     Ramp {
         #[arg(long, default_value_t = 20)]
@@ -129,6 +151,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Scenario::Idle { sockets } => gateway.idle(sockets).await?,
+        Scenario::Presence { sockets, arrivals, churn, typing, seconds } => {
+            let load = PresenceLoad { sockets, arrivals, churn, typing, duration: Duration::from_secs(seconds) };
+            gateway.presence(load).await?
+        }
         Scenario::Reads { database_url, messages, users, rooms, members_per_room, seconds, concurrency } => {
             let reads = reads::Reads { database_url, messages, users, rooms, members_per_room, seconds, concurrency };
             reads.run(&gateway).await?;
@@ -166,6 +192,17 @@ impl Gateway {
             .unwrap_or(0)
     }
 
+    /// CPU time the gateway has used so far (user and system, all threads),
+    /// from `/proc` in clock ticks of 1/100 s (Linux's USER_HZ).
+    fn cpu(&self) -> Duration {
+        let ticks = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok().and_then(|stat| {
+            // The fields after the command (which may hold spaces), from the 3rd on.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        });
+        Duration::from_millis(ticks.unwrap_or(0) * 10)
+    }
+
     /// Registers (or logs in) a user; its token.
     async fn user(&self, name: &str) -> anyhow::Result<String> {
         let email = format!("{name}@bench.example.com");
@@ -201,6 +238,32 @@ impl Gateway {
         self.user(&name).await
     }
 
+    /// A public room named `name`, created by the first of `tokens`'
+    /// users, which the others join.
+    async fn room_of(&self, tokens: &[String], name: &str) -> anyhow::Result<i64> {
+        let answer: Value = self
+            .http
+            .post(format!("{}/create-room", self.base))
+            .header("Authorization", &tokens[0])
+            .json(&json!({"Name": name, "IsPrivate": false}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let room = answer["RoomID"].as_i64().with_context(|| format!("create room: {answer}"))?;
+        let joins = tokens[1..].iter().map(|token| {
+            self.http
+                .put(format!("{}/join", self.base))
+                .header("Authorization", token)
+                .json(&json!({"RoomID": room}))
+                .send()
+        });
+        for joined in futures::stream::iter(joins).buffer_unordered(32).collect::<Vec<_>>().await {
+            joined?;
+        }
+        Ok(room)
+    }
+
     async fn connect(&self, token: &str) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
         let url = format!("{}/ws?token={token}", self.base.replacen("http", "ws", 1));
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
@@ -213,28 +276,9 @@ impl Gateway {
         let tag = std::process::id() % 100_000;
         println!("setup: {per_room} users, {rooms} rooms, {} sockets", rooms * per_room);
         let tokens = self.users(per_room, &tag.to_string()).await?;
-        let owner = &tokens[0];
         let mut room_ids = Vec::new();
         for r in 0..rooms {
-            let answer: Value = self
-                .http
-                .post(format!("{}/create-room", self.base))
-                .header("Authorization", owner)
-                .json(&json!({"Name": format!("bench-{tag}-{r}"), "IsPrivate": false}))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let room = answer["RoomID"].as_i64().with_context(|| format!("create room: {answer}"))?;
-            for token in &tokens[1..] {
-                self.http
-                    .put(format!("{}/join", self.base))
-                    .header("Authorization", token)
-                    .json(&json!({"RoomID": room}))
-                    .send()
-                    .await?;
-            }
-            room_ids.push(room);
+            room_ids.push(self.room_of(&tokens, &format!("bench-{tag}-{r}")).await?);
         }
         let received = Arc::new(AtomicU64::new(0));
         let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
@@ -300,6 +344,184 @@ impl Gateway {
             before / 1024,
             after / 1024,
             (after.saturating_sub(before)) as f64 / open.len() as f64
+        );
+        Ok(())
+    }
+}
+
+/// Frames the presence scenario's sockets got, by type.
+#[derive(Default)]
+struct Received {
+    online: AtomicU64,
+    presence: AtomicU64,
+    typing: AtomicU64,
+    error: AtomicU64,
+    other: AtomicU64,
+}
+
+/// The presence scenario's load: see [`Scenario::Presence`].
+struct PresenceLoad {
+    sockets: usize,
+    arrivals: u32,
+    churn: u32,
+    typing: u32,
+    duration: Duration,
+}
+
+impl Received {
+    fn count(&self, text: &str) {
+        // Cheaper than parsing JSON: the load generator shares the cores.
+        let counter = if text.starts_with(r#"{"Type":"presence""#) {
+            &self.presence
+        } else if text.starts_with(r#"{"Type":"typing""#) {
+            &self.typing
+        } else if text.starts_with(r#"{"Type":"online""#) {
+            &self.online
+        } else if text.starts_with(r#"{"Type":"error""#) {
+            &self.error
+        } else {
+            &self.other
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> [u64; 5] {
+        [&self.online, &self.presence, &self.typing, &self.other, &self.error]
+            .map(|counter| counter.load(Ordering::Relaxed))
+    }
+}
+
+impl Gateway {
+    /// One room of `sockets` members. First every socket enters, `arrivals`
+    /// a second (each member's first socket on the room: every other socket
+    /// hears of it); then, for `duration`, `churn` members a second leave
+    /// and come back 2 s later, and `typing` members a second type.
+    async fn presence(&self, load: PresenceLoad) -> anyhow::Result<()> {
+        let PresenceLoad { sockets, arrivals, churn, typing, duration } = load;
+        let tag = format!("p{}", std::process::id() % 100_000);
+        println!("setup: {sockets} users in one room");
+        let tokens = self.users(sockets, &tag).await?;
+        let room = self.room_of(&tokens, &format!("bench-{tag}")).await?;
+        let mut connected = Vec::with_capacity(sockets);
+        for token in &tokens {
+            connected.push(self.connect(token).await?);
+        }
+        let received = Arc::new(Received::default());
+        let closed = Arc::new(AtomicU64::new(0));
+        let mut sinks = Vec::with_capacity(sockets);
+        for ws in connected {
+            let (sink, mut stream) = ws.split();
+            let (received, closed) = (received.clone(), closed.clone());
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = stream.next().await {
+                    if let Message::Text(text) = frame {
+                        received.count(&text);
+                    }
+                }
+                closed.fetch_add(1, Ordering::Relaxed);
+            });
+            sinks.push(sink);
+        }
+        let enter = |room_id: i64| Message::text(json!({"Type": "enter", "RoomID": room_id}).to_string());
+        println!("setup done: {sockets} sockets open in the lobby; gateway RSS {} MiB", self.rss_kib() / 1024);
+
+        // Everyone comes online.
+        let (cpu_before, started) = (self.cpu(), Instant::now());
+        let mut arriving = tokio::time::interval(Duration::from_secs(1) / arrivals.max(1));
+        for sink in &mut sinks {
+            arriving.tick().await;
+            sink.send(enter(room)).await?;
+        }
+        let all_in = loop {
+            let [online, .., errors] = received.snapshot();
+            if errors > 0 {
+                bail!("{errors} sockets were refused (see the gateway's log); {online} entered");
+            }
+            if online as usize >= sockets {
+                break started.elapsed();
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!("only {online} of {sockets} sockets entered within 300 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Until every socket has heard of every later arrival, or it stops.
+        let expected = (sockets * (sockets - 1) / 2) as u64;
+        let mut last = (0, Instant::now());
+        let settled = loop {
+            let [_, presence, ..] = received.snapshot();
+            if presence >= expected || last.1.elapsed() > Duration::from_secs(5) {
+                break last.1.duration_since(started);
+            }
+            if presence != last.0 {
+                last = (presence, Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let cpu = self.cpu() - cpu_before;
+        let [_, presence, ..] = received.snapshot();
+        println!(
+            "presence arrival: {sockets} sockets entered in {:.1}s; {presence} presence frames (about {expected} if \
+             each socket hears of every member who came after it) in {:.1}s, {:.0} per socket; gateway CPU {:.1}s \
+             ({:.0}% of a core); {} sockets closed; RSS {} MiB",
+            all_in.as_secs_f64(),
+            settled.as_secs_f64(),
+            presence as f64 / sockets as f64,
+            cpu.as_secs_f64(),
+            100.0 * cpu.as_secs_f64() / settled.as_secs_f64(),
+            closed.load(Ordering::Relaxed),
+            self.rss_kib() / 1024
+        );
+
+        // Members come and go and type.
+        let before = received.snapshot();
+        let (cpu_before, begin) = (self.cpu(), tokio::time::Instant::now());
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let (mut next_churn, mut next_typist) = (0usize, sockets / 2);
+        let (mut churned, mut typed) = (0u64, 0u64);
+        let mut away = std::collections::VecDeque::new();
+        while begin.elapsed() < duration {
+            tick.tick().await;
+            let due = begin.elapsed().as_secs_f64();
+            while away.front().is_some_and(|(back_at, _)| *back_at <= begin.elapsed()) {
+                let (_, member): (Duration, usize) = away.pop_front().expect("checked");
+                sinks[member].send(enter(room)).await?;
+            }
+            // Members taken in an order that spreads them over the room.
+            while (churned as f64) < due * f64::from(churn) {
+                let member = next_churn * 7919 % sockets;
+                sinks[member].send(enter(0)).await?;
+                away.push_back((begin.elapsed() + Duration::from_secs(2), member));
+                next_churn += 1;
+                churned += 1;
+            }
+            while (typed as f64) < due * f64::from(typing) {
+                let typist = &mut sinks[next_typist * 104_729 % sockets];
+                typist.send(Message::text(r#"{"Type":"typing"}"#)).await?;
+                next_typist += 1;
+                typed += 1;
+            }
+        }
+        let elapsed = begin.elapsed();
+        for (_, member) in away {
+            sinks[member].send(enter(room)).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cpu = self.cpu() - cpu_before;
+        let after = received.snapshot();
+        let per_socket_second = |i: usize| (after[i] - before[i]) as f64 / sockets as f64 / elapsed.as_secs_f64();
+        println!(
+            "presence steady: {churned} members left and came back 2 s later, {typed} typing frames in {:.1}s; \
+             per socket per second: {:.1} presence, {:.1} typing, {:.1} online, {:.1} frames in all; gateway CPU \
+             {:.0}% of a core; {} sockets closed; RSS {} MiB",
+            elapsed.as_secs_f64(),
+            per_socket_second(1),
+            per_socket_second(2),
+            per_socket_second(0),
+            (0..5).map(per_socket_second).sum::<f64>(),
+            100.0 * cpu.as_secs_f64() / (elapsed + Duration::from_secs(2)).as_secs_f64(),
+            closed.load(Ordering::Relaxed),
+            self.rss_kib() / 1024
         );
         Ok(())
     }

@@ -3,19 +3,28 @@
 //! decoded and turned into `E` (a ready-to-write frame, say) once; every
 //! listener then gets a clone of it from a bounded broadcast queue, and one
 //! that falls too far behind learns so from
-//! [`broadcast::error::RecvError::Lagged`].
+//! [`broadcast::error::RecvError::Lagged`]. Presence and typing go on the
+//! feed's [`Board`] instead, each member's latest for every listener to read
+//! when it can (presence held to one change per member per second first).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, Weak},
 };
 
-use chat_proto::events::v1::{Event, event::Kind};
+use chat_proto::events::v1::{Event, Presence, event::Kind};
 use futures::StreamExt;
 use prost::Message as _;
-use tokio::{sync::broadcast, task::AbortHandle};
+use tokio::{
+    sync::broadcast,
+    task::AbortHandle,
+    time::{Duration, Instant, sleep_until},
+};
 
-use crate::telemetry;
+use crate::{
+    live::{self, About, Board, Cursor, Throttle},
+    telemetry,
+};
 
 /// Options for a NATS connection that count its connects: the receiver
 /// changes each time the connection is made again, after which a feed
@@ -77,13 +86,20 @@ pub struct Feed<E> {
     /// The room's (or user's) id.
     id: i64,
     sender: broadcast::Sender<E>,
+    board: Arc<Board<E>>,
     task: AbortHandle,
     feeds: Feeds<E>,
 }
 
-impl<E> Feed<E> {
+impl<E: Clone> Feed<E> {
     pub fn subscribe(&self) -> broadcast::Receiver<E> {
         self.sender.subscribe()
+    }
+
+    /// The presence and typing of the room's members from now on, for a
+    /// listener of `uid`'s: never their own.
+    pub fn live(&self, uid: i64) -> Cursor<E> {
+        self.board.cursor(uid)
     }
 }
 
@@ -123,22 +139,33 @@ impl<E: Clone + Send + 'static> Hub<E> {
         // The server has the subscription once it answers a ping after it.
         self.nats.flush().await?;
         let (sender, _) = broadcast::channel(self.queue);
-        let to_listeners = sender.clone();
-        let listen = self.listen;
+        let board = Arc::new(Board::default());
+        let mut fanout = Fanout {
+            id,
+            listen: self.listen,
+            to_listeners: sender.clone(),
+            board: board.clone(),
+            throttle: Throttle::default(),
+        };
         let task = tokio::spawn(async move {
-            while let Some(event) = subscriber.next().await {
-                let span = tracing::info_span!("feed.fanout", subject = subject.as_str());
-                let carried = telemetry::fields_from(|field| Some(event.headers.as_ref()?.get(field)?.as_str()));
-                telemetry::continue_trace(&span, &carried);
-                let _in_span = span.enter();
-                match Event::decode(event.payload) {
-                    // No receivers only means every listener just left.
-                    Ok(event) => {
-                        if let Some(shown) = listen(event) {
-                            drop(to_listeners.send(shown));
+            loop {
+                // Far off when nothing is held back; the branch is off then.
+                let held = fanout.throttle.next_end();
+                let release = sleep_until(held.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
+                tokio::select! {
+                    event = subscriber.next() => {
+                        let Some(event) = event else { return };
+                        let span = tracing::info_span!("feed.fanout", subject = subject.as_str());
+                        let carried =
+                            telemetry::fields_from(|field| Some(event.headers.as_ref()?.get(field)?.as_str()));
+                        telemetry::continue_trace(&span, &carried);
+                        let _in_span = span.enter();
+                        match Event::decode(event.payload) {
+                            Ok(event) => fanout.pass(event),
+                            Err(error) => tracing::error!(%error, subject = subject.as_str(), "undecodable live event"),
                         }
                     }
-                    Err(error) => tracing::error!(%error, subject = subject.as_str(), "undecodable live event"),
+                    () = release, if held.is_some() => fanout.release(),
                 }
             }
         })
@@ -149,7 +176,7 @@ impl<E: Clone + Send + 'static> Hub<E> {
             task.abort();
             return Ok(existing);
         }
-        let feed = Arc::new(Feed { id, sender, task, feeds: self.feeds.clone() });
+        let feed = Arc::new(Feed { id, sender, board, task, feeds: self.feeds.clone() });
         feeds.insert(id, Arc::downgrade(&feed));
         Ok(feed)
     }
@@ -161,5 +188,48 @@ impl<E: Clone + Send + 'static> Hub<E> {
 
     pub fn nats_connected(&self) -> bool {
         self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// A feed's task: each event from NATS to the listeners.
+struct Fanout<E> {
+    id: i64,
+    listen: Listen<E>,
+    to_listeners: broadcast::Sender<E>,
+    board: Arc<Board<E>>,
+    throttle: Throttle,
+}
+
+impl<E: Clone> Fanout<E> {
+    fn pass(&mut self, event: Event) {
+        match &event.kind {
+            Some(Kind::Presence(presence)) => {
+                if self.throttle.offer(event.uid, presence.online, Instant::now()) {
+                    self.show(About::Presence(event.uid), event);
+                }
+            }
+            Some(Kind::Typing(_)) => self.show(About::Typing(event.uid), event),
+            // No receivers only means every listener just left.
+            _ => {
+                if let Some(shown) = (self.listen)(event) {
+                    drop(self.to_listeners.send(shown));
+                }
+            }
+        }
+    }
+
+    /// The presence changes held back whose second is over.
+    fn release(&mut self) {
+        for (uid, online) in self.throttle.due(Instant::now()) {
+            let event =
+                Event { room_id: self.id, uid, kind: Some(Kind::Presence(Presence { online })), ..live::event() };
+            self.show(About::Presence(uid), event);
+        }
+    }
+
+    fn show(&self, about: About, event: Event) {
+        if let Some(shown) = (self.listen)(event) {
+            self.board.put(about, shown);
+        }
     }
 }

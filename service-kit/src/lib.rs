@@ -5,6 +5,10 @@
 //! - [`shutdown`]: the signal that starts a graceful shutdown.
 //! - [`feeds`]: live room feeds from NATS, shared by a process's listeners
 //!   (the gateway's sockets, core-svc's gRPC streams).
+//! - [`live`]: live-only events (presence, typing), published straight on
+//!   a room's subject, and the throttle of presence frames.
+//! - [`presence`]: who is online in each room, across every process
+//!   (Redis, with leases).
 //! - [`message_log`]: what a record of the message log (Kafka) carries.
 //! - [`settings`]: checks of the settings the binaries share.
 //! - [`cli`]: the command line: settings, and an optional subcommand.
@@ -13,9 +17,11 @@
 
 pub mod cli;
 pub mod feeds;
+pub mod live;
 pub mod logging;
 pub mod message_log;
 pub mod ops;
+pub mod presence;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -36,6 +36,18 @@ impl Problems {
         self.check(ok, || format!("NATS_URL must be NATS server addresses, not {value:?}"));
     }
 
+    pub fn redis_url(&mut self, value: &str) {
+        let ok = redis::Client::open(value).is_ok();
+        self.check(ok, || format!("REDIS_URL must be a redis:// URL, not {value:?}"));
+    }
+
+    /// See [`crate::presence`]: the lease bounds how long a dead process's
+    /// members stay online.
+    pub fn presence_lease_secs(&mut self, value: u64) {
+        let range = crate::presence::MIN_LEASE.as_secs()..=crate::presence::MAX_LEASE.as_secs();
+        self.in_range("PRESENCE_LEASE_SECS", value, range);
+    }
+
     /// Subjects are `<prefix>.room.<id>`: the prefix is one or more tokens,
     /// none empty or a wildcard, with no white space.
     pub fn nats_subject_prefix(&mut self, value: &str) {

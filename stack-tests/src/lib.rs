@@ -18,8 +18,9 @@ use std::{
 };
 
 use chat_proto::v1::{
-    CreateRoomRequest, LoginRequest, RegisterRequest, SendRequest, message_service_client::MessageServiceClient,
-    room_service_client::RoomServiceClient, user_service_client::UserServiceClient,
+    CreateRoomRequest, LoginRequest, Message, RegisterRequest, SendRequest, SubscribeRequest,
+    message_service_client::MessageServiceClient, room_service_client::RoomServiceClient,
+    user_service_client::UserServiceClient,
 };
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tonic::transport::Channel;
+use tonic::{Streaming, transport::Channel};
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 
@@ -74,6 +75,9 @@ pub struct Settings {
     pub password_hash_wait_ms: u64,
     pub ws_queue_frames: usize,
     pub subscribe_queue: usize,
+    /// How long a process's sockets and streams keep their members online
+    /// after it stops renewing them.
+    pub presence_lease_secs: u64,
     /// Whether the archiver starts with the rest ([`TestApp::start_archiver`]
     /// starts it later).
     pub archiver: bool,
@@ -90,6 +94,7 @@ impl Default for Settings {
             password_hash_wait_ms: 10_000,
             ws_queue_frames: 512,
             subscribe_queue: 512,
+            presence_lease_secs: 30,
             archiver: true,
         }
     }
@@ -124,6 +129,7 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         send_rate_per_second: NonZeroU32::new(settings.send_per_second).unwrap(),
         send_burst: NonZeroU32::new(settings.send_per_second).unwrap(),
         subscribe_queue_messages: settings.subscribe_queue,
+        presence_lease_secs: settings.presence_lease_secs,
         cors_allowed_origins: vec![],
         environment: core_svc::config::Environment::Development,
     })
@@ -137,11 +143,21 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
     (addr, stop)
 }
 
-/// A gateway's settings on a free port, with the mesh's defaults.
-pub fn gateway_config(core_grpc_addr: String, nats_subject_prefix: String, ws_queue_frames: usize) -> gateway::Config {
+/// Starts a gateway in this process in front of the core-svc at `core`.
+pub async fn spawn_gateway(shared: &Shared, settings: &Settings, core: SocketAddr) -> (String, oneshot::Sender<()>) {
+    let gateway = gateway::Application::build(gateway_config(shared, settings, core)).await.expect("gateway starts");
+    let base = format!("http://{}", gateway.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(gateway.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    (base, stop)
+}
+
+fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) -> gateway::Config {
     gateway::Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
-        core_grpc_addr,
+        core_grpc_addr: format!("http://{core}"),
         core_resolve_interval_ms: 5000,
         core_probe_interval_ms: 1000,
         core_deadline_ms: 10_000,
@@ -149,27 +165,52 @@ pub fn gateway_config(core_grpc_addr: String, nats_subject_prefix: String, ws_qu
         core_max_in_flight_per_replica: 256,
         core_retry_percent: 20,
         nats_url: testkit::nats_url(),
-        nats_subject_prefix,
-        ws_queue_frames,
+        nats_subject_prefix: shared.nats_prefix.clone(),
+        redis_url: settings.redis_url.clone(),
+        redis_key_prefix: shared.redis_prefix.clone(),
+        presence_lease_secs: settings.presence_lease_secs,
+        ws_queue_frames: settings.ws_queue_frames,
         trust_forwarded_for: false,
     }
 }
 
-/// Starts a gateway in this process in front of the core-svc at `core`.
-pub async fn spawn_gateway(shared: &Shared, settings: &Settings, core: SocketAddr) -> (String, oneshot::Sender<()>) {
-    let gateway = gateway::Application::build(gateway_config(
-        format!("http://{core}"),
-        shared.nats_prefix.clone(),
-        settings.ws_queue_frames,
-    ))
-    .await
-    .expect("gateway starts");
-    let base = format!("http://{}", gateway.local_addr());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(gateway.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    (base, stop)
+/// A gateway on a runtime of its own, which [`DoomedGateway::kill`] ends
+/// as a crash would end its process: every task it runs (its sockets, its
+/// presence renewals, its Redis and NATS connections) stops where it is,
+/// with no shutdown code run, and its connections drop.
+pub struct DoomedGateway {
+    pub base: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl DoomedGateway {
+    pub async fn spawn(shared: &Shared, settings: &Settings, core: SocketAddr) -> Self {
+        let config = gateway_config(shared, settings, core);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the gateway");
+        let gateway = runtime
+            .spawn(async move { gateway::Application::build(config).await.expect("gateway starts") })
+            .await
+            .expect("the gateway is built");
+        let base = format!("http://{}", gateway.local_addr());
+        runtime.spawn(gateway.run_until_stopped(std::future::pending()));
+        Self { base, runtime: Some(runtime) }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for DoomedGateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Starts an archiver in this process, in the test's consumer group
@@ -471,10 +512,24 @@ pub fn assert_error(answer: (StatusCode, Value), status: StatusCode, text: &str)
 }
 
 /// A WebSocket client of the gateway, as a browser or wscat would be.
+///
+/// Frames about who is in the room and typing ([`SIDE_FRAMES`]) come
+/// whenever other members come, go and type: [`Ws::recv`] and the methods
+/// built on it pass over them, for [`Ws::side`] to read.
 pub struct Ws {
     stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    /// Frames read ahead by [`Ws::say`], for [`Ws::recv`] to return first.
+    /// Frames read ahead (by [`Ws::say`], [`Ws::side`]), for [`Ws::recv`]
+    /// to return first.
     pending: VecDeque<Value>,
+    /// Side frames read ahead, for [`Ws::side`] to return first.
+    side: VecDeque<Value>,
+}
+
+/// The `Type`s of the frames [`Ws::side`] reads.
+pub const SIDE_FRAMES: [&str; 3] = ["online", "presence", "typing"];
+
+fn is_side(frame: &Value) -> bool {
+    frame["Type"].as_str().is_some_and(|kind| SIDE_FRAMES.contains(&kind))
 }
 
 const WS_WAIT: Duration = Duration::from_secs(10);
@@ -504,7 +559,7 @@ impl Ws {
     async fn opened(
         stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     ) -> Self {
-        let mut ws = Self { stream, pending: VecDeque::new() };
+        let mut ws = Self { stream, pending: VecDeque::new(), side: VecDeque::new() };
         assert_eq!(ws.recv().await, json!({"Type": "enter", "RoomID": 0}));
         ws
     }
@@ -517,12 +572,49 @@ impl Ws {
         self.stream.send(message).await.expect("the socket is open");
     }
 
-    /// The next text frame, as JSON.
+    /// The next text frame other than a side frame, as JSON.
     pub async fn recv(&mut self) -> Value {
         if let Some(frame) = self.pending.pop_front() {
             return frame;
         }
-        self.read().await
+        self.read_main().await
+    }
+
+    /// The next side frame ([`SIDE_FRAMES`]), as JSON.
+    pub async fn side(&mut self) -> Value {
+        if let Some(frame) = self.side.pop_front() {
+            return frame;
+        }
+        loop {
+            let frame = self.read().await;
+            if is_side(&frame) {
+                return frame;
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
+    /// Asserts that no side frame arrives for a while (other frames are
+    /// kept for [`Ws::recv`]).
+    pub async fn expect_no_side(&mut self, wait: Duration) {
+        if let Some(frame) = self.side.front() {
+            panic!("expected no side frame, got {frame}");
+        }
+        let quiet_until = tokio::time::Instant::now() + wait;
+        while let Ok(frame) = tokio::time::timeout_at(quiet_until, self.read()).await {
+            assert!(!is_side(&frame), "expected no side frame, got {frame}");
+            self.pending.push_back(frame);
+        }
+    }
+
+    async fn read_main(&mut self) -> Value {
+        loop {
+            let frame = self.read().await;
+            if !is_side(&frame) {
+                return frame;
+            }
+            self.side.push_back(frame);
+        }
     }
 
     async fn read(&mut self) -> Value {
@@ -556,7 +648,7 @@ impl Ws {
                 self.pending.extend(copies);
                 return (sent.clone(), copy);
             }
-            let frame = self.read().await;
+            let frame = self.read_main().await;
             match frame["Type"].as_str() {
                 Some("sent") if sent.is_none() => sent = Some(frame),
                 Some("error") => panic!("{text:?} refused: {frame}"),
@@ -565,9 +657,9 @@ impl Ws {
         }
     }
 
-    /// Asserts that nothing arrives for a while, and that the socket is
-    /// still open then: a ping sent after the wait is answered. (A closed
-    /// socket receives nothing either.)
+    /// Asserts that nothing but side frames arrives for a while, and that
+    /// the socket is still open then: a ping sent after the wait is
+    /// answered. (A closed socket receives nothing either.)
     pub async fn expect_silence(&mut self, wait: Duration) {
         if let Some(frame) = self.pending.front() {
             panic!("expected nothing, got {frame}");
@@ -578,6 +670,11 @@ impl Ws {
                 Err(_) => break,
                 // The server's keep-alive.
                 Ok(Some(Ok(WsMessage::Ping(_)))) => continue,
+                Ok(Some(Ok(WsMessage::Text(text)))) => {
+                    let frame: Value = serde_json::from_str(&text).expect("frames are JSON");
+                    assert!(is_side(&frame), "expected nothing, got {frame}");
+                    self.side.push_back(frame);
+                }
                 Ok(other) => panic!("expected nothing, got {other:?}"),
             }
         }
@@ -675,10 +772,28 @@ impl Grpc {
         self.rooms.create_room(request).await.expect("room created").into_inner().room_id
     }
 
+    /// `user`'s live stream of a room.
+    pub async fn subscribe(&mut self, user: &User, room_id: i64) -> Streaming<Message> {
+        let request = authed(user, SubscribeRequest { room_id, after_id: None });
+        self.messages.subscribe(request).await.expect("subscribed").into_inner()
+    }
+
     /// Sends `text` to a room as `user`: the message's id, or why not.
     pub async fn send(&mut self, user: &User, room_id: i64, text: &str) -> Result<i64, tonic::Status> {
         let request = authed(user, SendRequest { room_id, text: text.into(), ..SendRequest::default() });
         self.messages.send(request).await.map(|sent| sent.into_inner().message_id)
+    }
+}
+
+/// The next event of a `Subscribe` stream that `wanted` picks (each within
+/// 10 s), passing over the others.
+pub async fn next_event(stream: &mut Streaming<Message>, wanted: impl Fn(&Message) -> bool) -> Message {
+    loop {
+        let item = tokio::time::timeout(WS_WAIT, stream.message()).await.expect("an event within 10 s");
+        let event = item.expect("the stream goes on").expect("the stream is open");
+        if wanted(&event) {
+            return event;
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use crate::{
 mod fields;
 mod messages;
 mod ops;
+mod presence;
 mod read;
 mod rooms;
 mod search;
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(users::routes())
         .merge(rooms::routes())
+        .merge(presence::routes())
         .merge(messages::routes())
         .merge(read::routes())
         .merge(search::routes())

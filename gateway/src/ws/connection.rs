@@ -12,9 +12,16 @@ use std::{
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, close_code};
 use chat_proto::{
     reason,
-    v1::{CheckMembershipRequest, HistoryRequest, MarkReadRequest, Message, SendRequest, SendResponse},
+    v1::{
+        CheckMembershipRequest, GetProfileRequest, HistoryRequest, MarkReadRequest, Message, SendRequest, SendResponse,
+        TypingRequest, TypingResponse,
+    },
 };
-use service_kit::feeds::{Feed, Removal};
+use service_kit::{
+    feeds::{Feed, Removal},
+    live::Cursor,
+    presence::Here,
+};
 use tokio::{
     sync::{
         broadcast::{Receiver, error::RecvError},
@@ -52,13 +59,22 @@ const REPLAY_PAGE: u32 = 100;
 const REPLAYED_KEPT: usize = 2 * REPLAY_PAGE as usize;
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The longest token an `auth` frame may carry (a JWT of this API is a few
+/// hundred bytes); a longer one is refused unread.
+const MAX_TOKEN: usize = 4096;
 
 pub struct Connection {
     uid: i64,
     token: Token,
+    /// Set when an `auth` frame replaced the token: the socket's deadline
+    /// moves to the new one's.
+    renewed: bool,
     core: CoreClient,
     sockets: Sockets,
+    /// Left with [`Connection::leave_room`], which ends `live` too.
     room: Option<InRoom>,
+    /// The other members' presence and typing in `room`, as they change.
+    live: Option<Cursor<Frame>>,
     /// The user's removals from rooms, heard from their first enter on.
     removals: Option<Removals>,
     /// The rooms the user was removed from while an enter was on its way:
@@ -98,6 +114,8 @@ struct InRoom {
     /// NATS comes back replays history from here.
     last_id: i64,
     _feed: Arc<Feed<Frame>>,
+    /// Counts this socket in the room's presence while it is in the room.
+    _here: Here,
 }
 
 /// How far a replay of history has come. Every live event is in history
@@ -145,13 +163,18 @@ struct InFlight {
 
 enum Done {
     Sent(Result<SendResponse, tonic::Status>),
-    Entered(Result<Entered, &'static str>),
+    /// Boxed: an enter is rare, and the rest are small.
+    Entered(Result<Box<Entered>, &'static str>),
     Page(Result<Vec<Message>, &'static str>),
+    Typed(Result<TypingResponse, tonic::Status>),
+    /// A fresh token of this socket's user, or why not.
+    Authed(Result<Token, &'static str>),
     Read(Result<(), &'static str>),
 }
 
 /// A room the socket may now be in: membership checked, the room's feed
-/// subscribed, and when resuming, the replay's first page read.
+/// subscribed, the socket counted in its presence and who else is there
+/// read, and when resuming, the replay's first page read.
 struct Entered {
     room_id: i64,
     /// The user's removals, subscribed before membership was checked, if
@@ -159,6 +182,9 @@ struct Entered {
     removals: Option<Removals>,
     feed: Arc<Feed<Frame>>,
     frames: Receiver<Frame>,
+    live: Cursor<Frame>,
+    here: Here,
+    online: Vec<i64>,
     replay: Option<(Replay, Vec<Message>)>,
 }
 
@@ -169,9 +195,11 @@ impl Connection {
         Self {
             uid,
             token,
+            renewed: false,
             core,
             sockets,
             room: None,
+            live: None,
             removals: None,
             removed_meanwhile: Vec::new(),
             nats_reconnects,
@@ -204,8 +232,9 @@ impl Connection {
         // Made once: a fresh `cancelled()` per turn of the loop would register
         // with the token (one lock shared by every socket) for each frame.
         let mut shutdown = std::pin::pin!(self.sockets.shutdown.clone().cancelled_owned());
-        // A socket lives no longer than the token it was opened with.
-        let lifetime = self.token.lifetime();
+        // A socket lives no longer than its token (the one it was opened
+        // with, or the last one an `auth` frame brought).
+        let mut lifetime = self.token.lifetime();
         let mut expiry = std::pin::pin!(tokio::time::sleep(lifetime.unwrap_or_default()));
         let mut in_flight: Option<InFlight> = None;
         loop {
@@ -235,11 +264,20 @@ impl Connection {
                     // The client was not read meanwhile: its silence counts from now.
                     last_heard = Instant::now();
                     in_flight = self.on_done(socket, done, reference).await?;
+                    if std::mem::take(&mut self.renewed) {
+                        lifetime = self.token.lifetime();
+                        expiry.as_mut().reset(Instant::now() + lifetime.unwrap_or_default());
+                    }
                 }
                 frame = next_frame(&mut self.room) => match frame {
                     Ok(frame) => self.send_frame(socket, frame).await?,
                     Err(error) => return Err(feed_error(error)),
                 },
+                frames = next_live(&mut self.live) => {
+                    for frame in frames {
+                        self.send(socket, WsMessage::Text(frame.json)).await?;
+                    }
+                }
                 Ok(()) = self.nats_reconnects.changed() => self.refill_due = true,
                 removal = next_removal(&mut self.removals) => match removal {
                     Ok(removal) => self.on_removal(socket, removal, in_flight.is_some()).await?,
@@ -271,6 +309,9 @@ impl Connection {
     async fn flush(&mut self, socket: &mut WebSocket) -> Step {
         while let Some(frame) = self.room.as_mut().and_then(InRoom::try_next) {
             self.send_frame(socket, frame).await?;
+        }
+        for frame in self.live.as_mut().map(Cursor::take).unwrap_or_default() {
+            self.send(socket, WsMessage::Text(frame.json)).await?;
         }
         Ok(())
     }
@@ -313,6 +354,8 @@ impl Connection {
             "enter" => self.enter(socket, &frame).await,
             "message" => self.message(socket, &frame, reference).await,
             "read" => self.read(socket, frame.messageid, reference).await,
+            "typing" => self.typing(socket, reference).await,
+            "auth" => self.auth(socket, frame.token.as_deref(), reference).await,
             _ => self.error(socket, "invalid operation", reference).await.map(|()| None),
         }
     }
@@ -325,10 +368,14 @@ impl Connection {
     ) -> Result<Option<InFlight>, End> {
         match done {
             Done::Sent(answer) => self.on_sent(socket, answer, reference.as_deref()).await.map(|()| None),
-            Done::Entered(Ok(entered)) => self.on_entered(socket, entered, reference).await,
+            Done::Entered(Ok(entered)) => self.on_entered(socket, *entered, reference).await,
             Done::Entered(Err(problem)) => self.error(socket, problem, reference.as_deref()).await.map(|()| None),
             Done::Page(Ok(page)) => self.on_page(socket, page, reference).await,
             Done::Page(Err(problem)) => self.leave(socket, problem, reference).await,
+            Done::Typed(Ok(_)) => Ok(None),
+            Done::Typed(Err(status)) => self.refused(socket, &status, reference.as_deref()).await.map(|()| None),
+            Done::Authed(Ok(token)) => self.on_authed(socket, token, reference.as_deref()).await.map(|()| None),
+            Done::Authed(Err(problem)) => self.error(socket, problem, reference.as_deref()).await.map(|()| None),
             Done::Read(Ok(())) => Ok(None),
             Done::Read(Err(problem)) => self.error(socket, problem, reference.as_deref()).await.map(|()| None),
         }
@@ -346,13 +393,13 @@ impl Connection {
             return self.error(socket, "already in room", reference).await.map(|()| None);
         }
         if room_id == 0 {
-            self.room = None;
+            self.leave_room();
             return self.write(socket, ServerFrame::Enter { room_id, reference }).await.map(|()| None);
         }
         let span = tracing::info_span!(parent: None, "ws.enter", uid = self.uid, room_id);
         self.removed_meanwhile.clear();
         let entering = self.entering(room_id, frame.lastid);
-        let step = Box::pin(async move { Done::Entered(entering.await) }.instrument(span));
+        let step = Box::pin(async move { Done::Entered(entering.await.map(Box::new)) }.instrument(span));
         Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
     }
 
@@ -367,6 +414,7 @@ impl Connection {
         let mut rooms = self.core.rooms.clone();
         let membership = self.token.request(CheckMembershipRequest { room_id });
         let hub = self.sockets.hub.clone();
+        let (presence, uid) = (self.sockets.presence.clone(), self.uid);
         let users = self.removals.is_none().then(|| (self.sockets.users.clone(), self.uid));
         let first_page = last_id.map(|after| (after, self.page_after(room_id, after)));
         async move {
@@ -384,8 +432,22 @@ impl Connection {
             }
             let feed = subscribed(hub.feed(room_id), "a room").await?;
             let mut frames = feed.subscribe();
+            let live = feed.live(uid);
+            // Counted before the others are read, so the list has this socket.
+            let here = presence.arrive(room_id, uid);
+            let online = match timeout(CALL_TIMEOUT, presence.online(room_id)).await {
+                Ok(Ok(online)) => online,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, room_id, "presence unknown; the online frame lists this gateway's only");
+                    presence.online_here(room_id)
+                }
+                Err(_) => {
+                    tracing::warn!(room_id, "presence timed out; the online frame lists this gateway's only");
+                    presence.online_here(room_id)
+                }
+            };
             let Some((last_id, read)) = first_page else {
-                return Ok(Entered { room_id, removals, feed, frames, replay: None });
+                return Ok(Entered { room_id, removals, feed, frames, live, here, online, replay: None });
             };
             let mut replay = Replay::new(last_id, hub.queue());
             let mut read = std::pin::pin!(read);
@@ -401,7 +463,7 @@ impl Connection {
                     },
                 }
             };
-            Ok(Entered { room_id, removals, feed, frames, replay: Some((replay, page)) })
+            Ok(Entered { room_id, removals, feed, frames, live, here, online, replay: Some((replay, page)) })
         }
     }
 
@@ -412,7 +474,7 @@ impl Connection {
         entered: Entered,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
-        let Entered { room_id, removals, feed, frames, replay } = entered;
+        let Entered { room_id, removals, feed, frames, live, here, online, replay } = entered;
         if removals.is_some() {
             self.removals = removals;
         }
@@ -428,12 +490,15 @@ impl Connection {
             limit: self.sockets.hub.queue(),
             last_id,
             _feed: feed,
+            _here: here,
         });
+        self.live = Some(live);
         self.write(socket, ServerFrame::Enter { room_id, reference: reference.as_deref() }).await?;
         if let Some(&removed) = self.removed_meanwhile.iter().find(|removed| **removed == room_id) {
             tracing::debug!(uid = self.uid, room_id = removed, "removed from the room while entering it");
             return self.leave(socket, "removed from room", None).await;
         }
+        self.write(socket, ServerFrame::Online { room_id, online: &online }).await?;
         match page {
             Some(page) => self.on_page(socket, page, reference).await,
             None => Ok(None),
@@ -492,9 +557,15 @@ impl Connection {
         problem: &'static str,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
-        self.room = None;
+        self.leave_room();
         self.write(socket, ServerFrame::Enter { room_id: 0, reference: None }).await?;
         self.error(socket, problem, reference.as_deref()).await.map(|()| None)
+    }
+
+    /// Out of the room, and of its presence and typing.
+    fn leave_room(&mut self) {
+        self.room = None;
+        self.live = None;
     }
 
     /// A page of the room's history after `after`, oldest first.
@@ -570,12 +641,66 @@ impl Connection {
                 let timestamp = rfc3339(sent.timestamp);
                 self.write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }).await
             }
-            Err(status) if status.code() == Code::Unauthenticated => {
-                self.error(socket, "token expired", reference).await?;
-                Err(End::Close(close_code::POLICY, "token expired"))
-            }
-            Err(status) => self.error(socket, status_text(&status), reference).await,
+            Err(status) => self.refused(socket, &status, reference).await,
         }
+    }
+
+    /// Answers a call core-svc refused. Its refusing the token means it has
+    /// expired (core-svc accepted it before): the socket ends with it.
+    async fn refused(&mut self, socket: &mut WebSocket, status: &tonic::Status, reference: Option<&str>) -> Step {
+        if status.code() == Code::Unauthenticated {
+            self.error(socket, "token expired", reference).await?;
+            return Err(End::Close(close_code::POLICY, "token expired"));
+        }
+        self.error(socket, status_text(status), reference).await
+    }
+
+    /// Relays "typing" to the room's other members (core-svc drops what
+    /// comes too often). Nothing answers it unless it is refused.
+    async fn typing(&mut self, socket: &mut WebSocket, reference: Option<&str>) -> Result<Option<InFlight>, End> {
+        let Some(room_id) = self.room.as_ref().map(|room| room.id) else {
+            return self.error(socket, "not in room", reference).await.map(|()| None);
+        };
+        let mut messages = self.core.messages.clone();
+        let request = self.token.request(TypingRequest { room_id });
+        let span = tracing::info_span!(parent: None, "ws.typing", uid = self.uid, room_id);
+        let typed = async move { Done::Typed(messages.typing(request).await.map(|typed| typed.into_inner())) };
+        let step = Box::pin(typed.instrument(span));
+        Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
+    }
+
+    /// Checks a fresh token with core-svc: the socket takes it if it is
+    /// valid and of the same user; otherwise the old one stays.
+    async fn auth(
+        &mut self,
+        socket: &mut WebSocket,
+        token: Option<&str>,
+        reference: Option<&str>,
+    ) -> Result<Option<InFlight>, End> {
+        let token = token.filter(|token| token.len() <= MAX_TOKEN).and_then(|token| Token::parse(token).ok());
+        let Some(token) = token else {
+            return self.error(socket, "invalid token", reference).await.map(|()| None);
+        };
+        let mut users = self.core.users.clone();
+        let request = token.request(GetProfileRequest { uid: 0 });
+        let uid = self.uid;
+        let authed = async move {
+            Done::Authed(match call(users.get_profile(request)).await {
+                Ok(profile) if profile.uid == uid => Ok(token),
+                Ok(_) => Err("invalid token"),
+                Err(problem) => Err(problem),
+            })
+        };
+        let span = tracing::info_span!(parent: None, "ws.auth", uid);
+        let step = Box::pin(authed.instrument(span));
+        Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
+    }
+
+    async fn on_authed(&mut self, socket: &mut WebSocket, token: Token, reference: Option<&str>) -> Step {
+        let expires_at = rfc3339(token.expires_at().map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }));
+        self.token = token;
+        self.renewed = true;
+        self.write(socket, ServerFrame::Auth { expires_at, reference }).await
     }
 
     /// Writes to the client. While the write waits, the room's frames are
@@ -786,6 +911,14 @@ async fn next_frame(room: &mut Option<InRoom>) -> Result<Frame, RecvError> {
     }
 }
 
+/// The other members' presence and typing that changed, once some did.
+async fn next_live(live: &mut Option<Cursor<Frame>>) -> Vec<Frame> {
+    match live {
+        Some(live) => live.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn live_frame(room: &mut Option<InRoom>) -> Result<Frame, RecvError> {
     match room {
         Some(room) => room.live().await,
@@ -806,6 +939,7 @@ fn feed_error(error: RecvError) -> End {
 fn status_text(status: &tonic::Status) -> &'static str {
     match status.code() {
         Code::PermissionDenied | Code::NotFound => "not room member",
+        Code::Unauthenticated => "invalid token",
         Code::ResourceExhausted => "too many messages",
         Code::InvalidArgument => match reason::of(status).as_deref() {
             Some(reason::EMPTY_MESSAGE) => "empty message",

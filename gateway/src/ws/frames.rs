@@ -24,6 +24,7 @@ pub struct ClientFrame {
     /// A message's idempotency key.
     pub key: Option<String>,
     pub messageid: Option<i64>,
+    pub token: Option<String>,
     #[serde(rename = "ref")]
     pub reference: Option<String>,
 }
@@ -86,6 +87,21 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "Ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
+    /// Who is in the room, right after entering it.
+    Online {
+        #[serde(rename = "RoomID")]
+        room_id: i64,
+        /// Ascending.
+        #[serde(rename = "Online")]
+        online: &'a [i64],
+    },
+    /// The socket goes on with a fresh token, until it expires.
+    Auth {
+        #[serde(rename = "ExpiresAt")]
+        expires_at: Option<String>,
+        #[serde(rename = "Ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
 }
 
 impl ServerFrame<'_> {
@@ -110,11 +126,13 @@ mod tests {
         assert_eq!((reply.replyto, reply.key.as_deref()), (Some(40), Some("c1-000017")));
         let read = ClientFrame::parse(r#"{"type":"read","messageID":52}"#).unwrap();
         assert_eq!((read.kind.as_str(), read.messageid), ("read", Some(52)));
+        let auth = ClientFrame::parse(r#"{"type":"auth","token":"a.b.c"}"#).unwrap();
+        assert_eq!((auth.kind.as_str(), auth.token.as_deref()), ("auth", Some("a.b.c")));
     }
 
     #[test]
     fn refuses_malformed_frames() {
-        for bad in ["", "{", "[1]", "null", r#"{"Type":5}"#, r#"{"RoomID":"5"}"#, r#"{"Text":[]}"#] {
+        for bad in ["", "{", "[1]", "null", r#"{"Type":5}"#, r#"{"RoomID":"5"}"#, r#"{"Text":[]}"#, r#"{"Token":1}"#] {
             assert_eq!(ClientFrame::parse(bad), Err("invalid json"), "{bad}");
         }
         let long_ref = format!(r#"{{"Type":"message","Text":"x","Ref":"{}"}}"#, "r".repeat(65));
@@ -128,5 +146,9 @@ mod tests {
         assert_eq!(sent, r#"{"Type":"sent","MessageID":42,"Timestamp":"t","Ref":"a"}"#);
         let error = ServerFrame::Error { error: "not in room", reference: None }.to_json();
         assert_eq!(error, r#"{"Type":"error","Error":"not in room"}"#);
+        let online = ServerFrame::Online { room_id: 5, online: &[1, 7] }.to_json();
+        assert_eq!(online, r#"{"Type":"online","RoomID":5,"Online":[1,7]}"#);
+        let auth = ServerFrame::Auth { expires_at: Some("t".into()), reference: None }.to_json();
+        assert_eq!(auth, r#"{"Type":"auth","ExpiresAt":"t"}"#);
     }
 }

@@ -12,6 +12,7 @@ use axum::{
     response::Response,
 };
 use chat_proto::v1::GetProfileRequest;
+use service_kit::presence::Presence;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{core_client::CoreClient, error::ApiError, extract::Token};
@@ -40,12 +41,13 @@ pub type UserHub = service_kit::feeds::Hub<service_kit::feeds::Removal>;
 /// How many removals a user's feed may fall behind: they are rare.
 pub const USER_FEED_QUEUE: usize = 16;
 
-/// What every connection shares: the room and user feeds, and the signal
+/// What every connection shares: the room and user feeds, presence, and the signal
 /// and the tracker that let shutdown close every socket and wait for it.
 #[derive(Clone)]
 pub struct Sockets {
     pub hub: Arc<Hub>,
     pub users: Arc<UserHub>,
+    pub presence: Presence,
     /// Changes each time this gateway's NATS connection comes back.
     pub nats_reconnects: tokio::sync::watch::Receiver<u64>,
     pub shutdown: CancellationToken,

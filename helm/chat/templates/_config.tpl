@@ -25,6 +25,7 @@ NATS_SUBJECT_PREFIX: {{ .Values.nats.subjectPrefix | quote }}
 SEND_RATE_PER_SECOND: {{ int64 $c.sendRatePerSecond | quote }}
 SEND_BURST: {{ int64 $c.sendBurst | quote }}
 SUBSCRIBE_QUEUE_MESSAGES: {{ int64 $c.subscribeQueueMessages | quote }}
+PRESENCE_LEASE_SECS: {{ int64 .Values.presence.leaseSeconds | quote }}
 {{- with $c.corsAllowedOrigins }}
 CORS_ALLOWED_ORIGINS: {{ join "," . | quote }}
 {{- end }}
@@ -54,6 +55,8 @@ GRPC_CALL_TIMEOUT_MS: {{ int64 $c.grpcCallTimeoutMs | quote }}
 HTTP_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.gateway.port) | quote }}
 CORE_GRPC_ADDR: {{ include "chat.coreGrpcAddr" . | quote }}
 NATS_SUBJECT_PREFIX: {{ .Values.nats.subjectPrefix | quote }}
+REDIS_KEY_PREFIX: {{ .Values.redis.keyPrefix | quote }}
+PRESENCE_LEASE_SECS: {{ int64 .Values.presence.leaseSeconds | quote }}
 WS_QUEUE_FRAMES: {{ int64 .Values.gateway.config.wsQueueFrames | quote }}
 TRUST_FORWARDED_FOR: {{ include "chat.trustForwardedFor" . | quote }}
 {{- with .Values.gateway.config }}

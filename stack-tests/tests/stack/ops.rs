@@ -59,8 +59,25 @@ async fn readyz_reports_a_shared_outage_but_stays_ready() {
 
 #[tokio::test]
 async fn readyz_is_503_naming_core_svc_when_it_is_unreachable() {
-    let config = stack_tests::gateway_config("http://127.0.0.1:1".into(), testkit::unique_prefix(), 16);
-    let gateway = gateway::Application::build(config).await.unwrap();
+    let gateway = gateway::Application::build(gateway::Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        core_grpc_addr: "http://127.0.0.1:1".into(),
+        core_resolve_interval_ms: 5000,
+        core_probe_interval_ms: 1000,
+        core_deadline_ms: 10_000,
+        core_max_in_flight: 1024,
+        core_max_in_flight_per_replica: 256,
+        core_retry_percent: 20,
+        nats_url: testkit::nats_url(),
+        nats_subject_prefix: testkit::unique_prefix(),
+        redis_url: testkit::redis_url(),
+        redis_key_prefix: format!("{}:", testkit::unique_prefix()),
+        presence_lease_secs: 30,
+        ws_queue_frames: 16,
+        trust_forwarded_for: false,
+    })
+    .await
+    .unwrap();
     let base = format!("http://{}", gateway.local_addr());
     tokio::spawn(gateway.run_until_stopped(std::future::pending()));
     let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
