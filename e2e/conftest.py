@@ -68,6 +68,20 @@ def run_env(run_id: str, database: str) -> dict:
     }
 
 
+def wait_ready(url: str, what: str, log_dir, seconds: float = 30) -> None:
+    """Waits (at most `seconds`) for `url` to answer 200."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not become ready; logs in {log_dir}")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def start_stack():
     """The three binaries on free ports against a fresh database and the
@@ -98,16 +112,7 @@ def start_stack():
     for name in ("core-svc", "gateway", "archiver"):
         stack.start(name)
     log_dir = stack.log_dir
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"the stack did not become ready; logs in {log_dir}")
-        time.sleep(0.2)
+    wait_ready(f"{base}/readyz", "the stack", log_dir)
     try:
         yield stack
     finally:

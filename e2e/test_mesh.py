@@ -21,7 +21,7 @@ import pytest
 import requests
 import websockets
 
-from conftest import PSQL, free_port, run_env
+from conftest import PSQL, free_port, run_env, wait_ready
 from test_live import recv, user
 
 # The deadline of every call to core-svc in this module: a call held by a
@@ -54,11 +54,11 @@ class Mesh:
     def start_core(self, i):
         grpc, ops = self.cores[i]
         self.start(f"core-{i}", "core-svc", GRPC_LISTEN_ADDR=f"127.0.0.1:{grpc}", METRICS_LISTEN_ADDR=f"127.0.0.1:{ops}")
-        wait_for(lambda: get_ok(f"http://127.0.0.1:{ops}/readyz"), f"core-{i} ready", self.logs)
+        wait_ready(f"http://127.0.0.1:{ops}/readyz", f"core-{i}", self.logs)
 
     def start_gateway(self, name, port, **env):
         self.start(name, "gateway", HTTP_LISTEN_ADDR=f"127.0.0.1:{port}", **env)
-        wait_for(lambda: get_ok(f"http://127.0.0.1:{port}/readyz"), f"{name} ready", self.logs)
+        wait_ready(f"http://127.0.0.1:{port}/readyz", name, self.logs)
 
     def base(self, i):
         return f"http://127.0.0.1:{self.gateways[i]}"
@@ -76,13 +76,6 @@ class Mesh:
         text = requests.get(f"{self.base(gateway)}/metrics", timeout=5).text
         found = re.search(r"^core_replicas_in_balancer (\d+)", text, re.M)
         return int(found.group(1)) if found else None
-
-
-def get_ok(url):
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def wait_for(condition, what, logs, seconds=30):

@@ -20,7 +20,7 @@ import pytest
 import requests
 import websockets
 
-from conftest import free_port, start_stack
+from conftest import free_port, start_stack, wait_ready
 from test_live import enter, recv, user
 
 RECEIVERS = 3
@@ -67,15 +67,7 @@ class SecondCore:
         log = open(stack.log_dir / "core-svc-2.log", "a")
         binary = os.path.join(os.environ["BIN_DIR"], "core-svc")
         self.process = subprocess.Popen([binary], env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{ops_port}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, f"the second core-svc did not start; logs in {stack.log_dir}"
-            time.sleep(0.1)
+        wait_ready(f"http://127.0.0.1:{ops_port}/readyz", "the second core-svc", stack.log_dir)
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)

@@ -154,7 +154,9 @@ pub async fn spawn_gateway(shared: &Shared, settings: &Settings, core: SocketAdd
     (base, stop)
 }
 
-fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) -> gateway::Config {
+/// A gateway's settings on a free port in front of the core-svc at `core`,
+/// with the mesh's defaults.
+pub fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) -> gateway::Config {
     gateway::Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         core_grpc_addr: format!("http://{core}"),
