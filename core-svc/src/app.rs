@@ -33,6 +33,7 @@ use crate::{
     password::Hasher,
     rooms::Rooms,
     send_keys::SendKeys,
+    shed::ShedLayer,
     token::TokenKeys,
     users::{LoginLimit, LoginLimits, Users},
 };
@@ -59,9 +60,9 @@ pub struct Application {
 /// How many removals a stream's user feed may fall behind: they are rare.
 const USER_FEED_QUEUE: usize = 16;
 
-/// What every call passes through before its service: CORS, then the
-/// grpc-web translation.
-type Layers = Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>;
+/// What every call passes through before its service: CORS, the grpc-web
+/// translation, then load shedding.
+type Layers = Stack<ShedLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>;
 
 /// What a browser's grpc-web call sends and may read back.
 const GRPC_WEB_REQUEST_HEADERS: [&str; 5] =
@@ -75,7 +76,7 @@ impl Application {
         let secret = config.jwt_secret()?;
         let db = PgPoolOptions::new()
             .max_connections(config.database_max_connections)
-            .acquire_timeout(Duration::from_secs(3))
+            .acquire_timeout(Duration::from_millis(config.database_acquire_timeout_ms))
             .connect(&config.database_url)
             .await
             .context("connecting to PostgreSQL (DATABASE_URL)")?;
@@ -93,7 +94,11 @@ impl Application {
             async move { lease.renew_forever(&ids).await }
         })
         .abort_handle();
-        let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (NATS_URL)")?;
+        let (nats_options, nats_reconnects) = service_kit::feeds::counting_connects();
+        let nats = nats_options
+            .connect(service_kit::settings::nats_servers(&config.nats_url))
+            .await
+            .context("connecting to NATS (NATS_URL)")?;
         let feeds = Arc::new(Feeds::rooms(
             nats.clone(),
             config.nats_subject_prefix.clone(),
@@ -188,6 +193,7 @@ impl Application {
             feeds,
             user_feeds,
             live: Live { presence: presence.clone(), publisher: live },
+            nats_reconnects,
         };
         let messages = Messages::new(
             parts,
@@ -207,6 +213,7 @@ impl Application {
         // grpc-web arrives over HTTP/1.1 as well as HTTP/2, on the same port.
         let router = Server::builder()
             .accept_http1(true)
+            .timeout(Duration::from_millis(config.grpc_call_timeout_ms))
             .trace_fn(|request| {
                 let span = tracing::info_span!("grpc", path = %request.uri().path());
                 let headers = request.headers();
@@ -215,6 +222,7 @@ impl Application {
             })
             .layer(cors)
             .layer(GrpcWebLayer::new())
+            .layer(ShedLayer::new(config.grpc_max_in_flight))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

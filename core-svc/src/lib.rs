@@ -20,6 +20,7 @@
 //! - [`archive`]: how far the archiver has stored the message log, so that
 //!   history knows what PostgreSQL holds.
 //! - [`health`]: the `grpc.health.v1` status, from probing the dependencies.
+//! - [`shed`]: the limit of calls at once, past which calls are refused at once.
 //! - [`error`]: the one error type, and how it maps to gRPC status codes.
 
 pub mod app;
@@ -38,6 +39,7 @@ pub mod messages;
 pub mod password;
 pub mod rooms;
 pub mod send_keys;
+pub mod shed;
 pub mod token;
 pub mod users;
 

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use chat_proto::v1::{
     message_service_client::MessageServiceClient, room_service_client::RoomServiceClient,
     user_service_client::UserServiceClient,
@@ -9,9 +7,10 @@ use tonic::{
     Request, Status,
     metadata::{MetadataKey, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
 };
 use tonic_health::pb::health_client::HealthClient;
+
+use crate::mesh::{self, Mesh};
 
 /// Every call carries the trace context of the span it is made in.
 #[derive(Clone, Copy)]
@@ -28,33 +27,28 @@ impl Interceptor for PropagateTrace {
     }
 }
 
-type Traced = InterceptedService<Channel, PropagateTrace>;
+type Traced = InterceptedService<Mesh, PropagateTrace>;
 
-/// One HTTP/2 channel to core-svc and a client per service over it. Cheap
-/// to clone: the clones share the channel.
+/// A client per service of core-svc, all over the one [`mesh`] of
+/// connections to its replicas. Cheap to clone: the clones share it.
 #[derive(Clone)]
 pub struct CoreClient {
     pub users: UserServiceClient<Traced>,
     pub rooms: RoomServiceClient<Traced>,
     pub messages: MessageServiceClient<Traced>,
-    pub health: HealthClient<Channel>,
+    pub health: HealthClient<Mesh>,
 }
 
 impl CoreClient {
-    /// Connects lazily: the gateway starts (and reports itself not ready)
-    /// while core-svc is still starting.
-    pub fn connect_lazy(addr: &str) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(addr.to_owned())?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(15))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_lazy();
-        Ok(Self {
-            users: UserServiceClient::with_interceptor(channel.clone(), PropagateTrace),
-            rooms: RoomServiceClient::with_interceptor(channel.clone(), PropagateTrace),
-            messages: MessageServiceClient::with_interceptor(channel.clone(), PropagateTrace),
-            health: HealthClient::new(channel),
-        })
+    /// Finds the replicas that answer; the gateway starts (and reports
+    /// itself not ready) while none does.
+    pub async fn new(settings: mesh::Settings) -> Self {
+        let mesh = mesh::build(settings).await;
+        Self {
+            users: UserServiceClient::with_interceptor(mesh.clone(), PropagateTrace),
+            rooms: RoomServiceClient::with_interceptor(mesh.clone(), PropagateTrace),
+            messages: MessageServiceClient::with_interceptor(mesh.clone(), PropagateTrace),
+            health: HealthClient::new(mesh),
+        }
     }
 }

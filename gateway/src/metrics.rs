@@ -20,6 +20,14 @@ pub const WS_MESSAGES_SENT: &str = "ws_messages_sent_total";
 pub const DEPENDENCY_UP: &str = "dependency_up";
 /// Sockets closed by the server, by reason (`too slow`, `shutdown`, ...).
 pub const WS_CLOSED_BY_SERVER: &str = "ws_closed_by_server_total";
+/// Calls to core-svc refused at once because this gateway had too many in flight.
+pub const CORE_CALLS_SHED: &str = "core_calls_shed_total";
+/// Calls to core-svc tried again on another replica.
+pub const CORE_RETRIES: &str = "core_retries_total";
+/// Retries not made because the retry budget was spent.
+pub const CORE_RETRIES_REFUSED: &str = "core_retries_over_budget_total";
+/// core-svc replicas taking calls now.
+pub const CORE_REPLICAS: &str = "core_replicas_in_balancer";
 
 /// Installs the process's recorder, so that counting starts before the
 /// first request.

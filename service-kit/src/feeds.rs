@@ -26,6 +26,20 @@ use crate::{
     telemetry,
 };
 
+/// Options for a NATS connection that count its connects: the receiver
+/// changes each time the connection is made again, after which a feed
+/// refills from history what NATS (at most once) dropped meanwhile.
+pub fn counting_connects() -> (async_nats::ConnectOptions, tokio::sync::watch::Receiver<u64>) {
+    let (connected, connects) = tokio::sync::watch::channel(0_u64);
+    let options = async_nats::ConnectOptions::new().event_callback(move |event| {
+        if matches!(event, async_nats::Event::Connected) {
+            connected.send_modify(|count| *count += 1);
+        }
+        std::future::ready(())
+    });
+    (options, connects)
+}
+
 /// The NATS subject of a room's live events.
 pub fn room_subject(prefix: &str, room_id: i64) -> String {
     format!("{prefix}.room.{room_id}")
