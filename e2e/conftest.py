@@ -1,7 +1,10 @@
 """Starts the real binaries (from $BIN_DIR) on free ports against a fresh
-database, for tests that drive them as independent clients would."""
+database, for tests that drive them as independent clients would; and a
+Jaeger of the tests' own ($JAEGER, built by scripts/test) for the tracing
+tests."""
 
 import contextlib
+import json
 import os
 import pathlib
 import signal
@@ -36,11 +39,28 @@ class Stack:
     env: dict
     log_dir: object
     processes: dict
+    # Settings of one binary only, by name, over `env`.
+    env_for: dict
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, binary: str | None = None, **env: str) -> subprocess.Popen:
+        """Starts `binary` (by default the one called `name`) as `name`,
+        with `env` over the stack's settings. Stopped with the stack."""
         log = open(self.log_dir / f"{name}.log", "a")
-        binary = os.path.join(os.environ["BIN_DIR"], name)
-        self.processes[name] = subprocess.Popen([binary], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        path = os.path.join(os.environ["BIN_DIR"], binary or name)
+        env = {**self.env, **self.env_for.get(name, {}), **env}
+        process = subprocess.Popen([path], env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[name] = process
+        return process
+
+    def stop(self, name: str) -> int | str:
+        """SIGTERM, then the exit code (or why there is none)."""
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return "killed after 15 s"
 
     def psql(self, sql: str) -> str:
         return subprocess.run(
@@ -83,9 +103,10 @@ def wait_ready(url: str, what: str, log_dir, seconds: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def start_stack():
+def start_stack(env: dict | None = None, env_for: dict | None = None):
     """The three binaries on free ports against a fresh database and the
-    engines that the environment names; stopped with SIGTERM at the end."""
+    engines that the environment names, with `env` over the settings (and
+    `env_for` a binary's own, by name); stopped with SIGTERM at the end."""
     run_id = uuid.uuid4().hex[:12]
     database = f"chat_e2e_{run_id}"
     subprocess.run([*PSQL, f'CREATE DATABASE "{database}"'], check=True)
@@ -98,6 +119,7 @@ def start_stack():
         "CORE_GRPC_ADDR": f"http://127.0.0.1:{core_port}",
         "METRICS_LISTEN_ADDR": f"127.0.0.1:{core_ops_port}",
         "ARCHIVER_LISTEN_ADDR": f"127.0.0.1:{archiver_ops_port}",
+        **(env or {}),
     }
     base = f"http://127.0.0.1:{gateway_port}"
     stack = Stack(
@@ -108,6 +130,7 @@ def start_stack():
         env=env,
         log_dir=pathlib.Path(tempfile.mkdtemp(prefix="chat-e2e-logs-")),
         processes={},
+        env_for=env_for or {},
     )
     for name in ("core-svc", "gateway", "archiver"):
         stack.start(name)
@@ -116,24 +139,86 @@ def start_stack():
     try:
         yield stack
     finally:
-        # A graceful stop on SIGTERM exits 0.
-        codes = {}
-        for name in ("gateway", "archiver", "core-svc"):
-            process = stack.processes[name]
-            process.send_signal(signal.SIGTERM)
-            try:
-                codes[name] = process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes[name] = "killed after 15 s"
+        # A graceful stop on SIGTERM exits 0: the gateways first, core-svc last.
+        order = sorted(stack.processes, key=lambda name: (name == "core-svc", name == "archiver"))
+        codes = {name: stack.stop(name) for name in order}
         subprocess.run([*PSQL, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'], check=False)
-        assert codes == {"gateway": 0, "archiver": 0, "core-svc": 0}, f"unclean shutdown {codes}; logs in {log_dir}"
+        assert set(codes.values()) == {0}, f"unclean shutdown {codes}; logs in {log_dir}"
 
 
 @pytest.fixture(scope="module")
 def stack():
     with start_stack() as stack:
         yield stack
+
+
+@dataclass
+class Jaeger:
+    """A running Jaeger: where it takes OTLP, and its HTTP query API."""
+
+    otlp_grpc: str
+    otlp_http: str
+    query: str
+
+    def get(self, path: str, **params) -> dict:
+        r = requests.get(f"{self.query}{path}", params=params, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def services(self) -> list[str]:
+        return self.get("/api/services")["data"] or []
+
+    def traces(self, service: str, **params) -> list[dict]:
+        """The traces holding spans of `service` (params: operation, tags, limit, ...)."""
+        if "tags" in params:
+            params["tags"] = json.dumps(params["tags"])
+        return self.get("/api/traces", service=service, limit=1000, lookback="1h", **params)["data"] or []
+
+    def trace(self, trace_id: str) -> dict | None:
+        r = requests.get(f"{self.query}/api/traces/{trace_id}", timeout=10)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        data = r.json()["data"]
+        return data[0] if data else None
+
+
+@pytest.fixture(scope="module")
+def jaeger():
+    """Jaeger v2 with in-memory storage (e2e/jaeger.yaml) on free ports,
+    stopped by its pid at the end."""
+    binary = os.environ.get("JAEGER") or os.path.expanduser("~/.cache/chat-tools/jaeger-1.76.0/jaeger")
+    assert os.access(binary, os.X_OK), f"no Jaeger at {binary}: scripts/test builds it (ensure_jaeger in scripts/lib.sh)"
+    ports = {
+        name: str(free_port())
+        for name in ("JAEGER_OTLP_GRPC_PORT", "JAEGER_OTLP_HTTP_PORT", "JAEGER_QUERY_PORT", "JAEGER_QUERY_GRPC_PORT", "JAEGER_HEALTH_PORT")
+    }
+    log_path = pathlib.Path(tempfile.mkdtemp(prefix="chat-e2e-jaeger-")) / "jaeger.log"
+    config = pathlib.Path(__file__).parent / "jaeger.yaml"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([binary, "--config", str(config)], env={**os.environ, **ports}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, f"Jaeger exited with {process.returncode}; its log is {log_path}"
+            try:
+                if requests.get(f"http://127.0.0.1:{ports['JAEGER_HEALTH_PORT']}/status", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"Jaeger did not become healthy; its log is {log_path}"
+            time.sleep(0.2)
+        yield Jaeger(
+            otlp_grpc=f"http://127.0.0.1:{ports['JAEGER_OTLP_GRPC_PORT']}",
+            otlp_http=f"http://127.0.0.1:{ports['JAEGER_OTLP_HTTP_PORT']}",
+            query=f"http://127.0.0.1:{ports['JAEGER_QUERY_PORT']}",
+        )
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @pytest.fixture(scope="session")

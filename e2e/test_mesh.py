@@ -67,14 +67,14 @@ class Mesh:
         self.processes[name].send_signal(sig)
 
     def calls(self, i):
-        """How many calls replica i has taken (its core_calls_total)."""
+        """How many calls replica i has taken (its chat_grpc_calls_admitted_total)."""
         text = requests.get(f"http://127.0.0.1:{self.cores[i][1]}/metrics", timeout=5).text
-        found = re.search(r"^core_calls_total (\d+)", text, re.M)
+        found = re.search(r"^chat_grpc_calls_admitted_total (\d+)", text, re.M)
         return int(found.group(1)) if found else 0
 
     def replicas_in_balancer(self, gateway):
         text = requests.get(f"{self.base(gateway)}/metrics", timeout=5).text
-        found = re.search(r"^core_replicas_in_balancer (\d+)", text, re.M)
+        found = re.search(r"^chat_core_replicas (\d+)", text, re.M)
         return int(found.group(1)) if found else None
 
 

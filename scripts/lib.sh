@@ -200,6 +200,31 @@ stop_pid_file() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
+# --- Tools the tests use beside the engines --------------------------------
+
+# Jaeger v2 (in memory), which the tracing tests start on ports of their own
+# (e2e/conftest.py, e2e/jaeger.yaml). Built once from the Go module proxy
+# into the tool cache. `go install` refuses it (its go.mod has a replace
+# directive), so a module of our own takes it as a tool, with that replace.
+JAEGER_VERSION=1.76.0
+JAEGER="$TOOLS/jaeger-$JAEGER_VERSION/jaeger"
+ensure_jaeger() {
+  [ -x "$JAEGER" ] && return 0
+  command -v go >/dev/null || die "building Jaeger needs Go 1.24 or newer, and go is not on PATH"
+  log "building Jaeger $JAEGER_VERSION from the Go module proxy (once; a few minutes)"
+  local module="$TOOLS/jaeger-$JAEGER_VERSION/module" out="$RUN_DIR/jaeger-build.log"
+  rm -rf "$module"
+  mkdir -p "$module"
+  (
+    cd "$module"
+    go mod init chat-tools/jaeger
+    go mod edit -replace github.com/Shopify/sarama=github.com/Shopify/sarama@v1.33.0
+    go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@v$JAEGER_VERSION"
+    go build -o "$JAEGER.partial" github.com/jaegertracing/jaeger/cmd/jaeger
+  ) >>"$out" 2>&1 || die "building Jaeger failed; see $out"
+  mv "$JAEGER.partial" "$JAEGER"
+}
+
 ensure_engines() {
   ensure_postgres
   ensure_redis

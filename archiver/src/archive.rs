@@ -4,7 +4,10 @@ use sqlx::PgPool;
 
 use chat_proto::v1::MessageKind;
 
-use crate::store::{self, ChangeRow, DeadLetter, Row};
+use crate::{
+    metrics::{DEAD_LETTERS, ID_COLLISIONS, MESSAGES_INSERTED, MESSAGES_WITHDRAWN, RECORDS_READ},
+    store::{self, ChangeRow, DeadLetter, Row},
+};
 
 /// A record as read from the log.
 pub struct Record {
@@ -57,7 +60,7 @@ pub async fn archive(db: &PgPool, topic: &str, records: &[Record]) -> sqlx::Resu
     // written by two producers): either way the message stays out.
     if !withdrawn.is_empty() {
         store::withdraw(db, &withdrawn).await?;
-        metrics::counter!("archiver_messages_withdrawn_total").increment(withdrawn.len() as u64);
+        metrics::counter!(MESSAGES_WITHDRAWN).increment(withdrawn.len() as u64);
     }
     let ids: Vec<i64> = rows.iter().map(|(_, row)| row.id).collect();
     let withdrawn: HashSet<i64> = store::withdrawn(db, &ids).await?.into_iter().collect();
@@ -100,13 +103,13 @@ pub async fn archive(db: &PgPool, topic: &str, records: &[Record]) -> sqlx::Resu
             reason = letter.reason,
             "a record of the message log is set aside as a dead letter, not stored in history"
         );
-        metrics::counter!("archiver_dead_letters_total").increment(1);
+        metrics::counter!(DEAD_LETTERS).increment(1);
         if letter.reason == COLLISION {
-            metrics::counter!("archiver_id_collisions_total").increment(1);
+            metrics::counter!(ID_COLLISIONS).increment(1);
         }
     }
-    metrics::counter!("archiver_records_read_total").increment(records.len() as u64);
-    metrics::counter!("archiver_messages_inserted_total").increment(inserted.len() as u64);
+    metrics::counter!(RECORDS_READ).increment(records.len() as u64);
+    metrics::counter!(MESSAGES_INSERTED).increment(inserted.len() as u64);
     Ok(Outcome { inserted: inserted.len(), set_aside: set_aside.len() })
 }
 

@@ -2,19 +2,20 @@ use std::{future::Future, pin::pin, time::Duration};
 
 use anyhow::Context;
 use chat_proto::events::v1::Event;
+use metrics::Gauge;
 use prost::Message as _;
 use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::Headers,
 };
-use service_kit::{message_log, telemetry};
+use service_kit::{message_log, metrics::DEPENDENCY_UP, telemetry};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::{
     sync::oneshot,
     time::{Instant, timeout},
 };
-use tracing::Instrument;
+use tracing::{Instrument, field::Empty};
 
 use service_kit::ops::Readiness;
 use tokio::net::TcpListener;
@@ -22,12 +23,15 @@ use tokio::net::TcpListener;
 use crate::{
     archive::{self, Carried, Record},
     config::Config,
+    metrics::{BATCH_DURATION, BATCH_SIZE, Lag},
     store::{self, Stored},
 };
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a stop waits for the consumer to send its last commits.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// How often the Kafka client reports its statistics, the lag among them.
+const STATISTICS_EVERY_MS: &str = "5000";
 
 pub struct Archiver {
     consumer: LogConsumer,
@@ -35,7 +39,11 @@ pub struct Archiver {
     ops: Option<TcpListener>,
     ready: Readiness,
     topic: String,
+    group: String,
     db: PgPool,
+    /// Whether the last read from the log and the last write to PostgreSQL worked.
+    kafka_up: Gauge,
+    postgres_up: Gauge,
     batch_size: usize,
     batch_wait: Duration,
 }
@@ -45,8 +53,11 @@ pub struct Archiver {
 struct Batch {
     records: Vec<Record>,
     next_offsets: TopicPartitionList,
-    /// Linked to the trace of every message in the batch.
+    /// `process <topic>`, linked to the trace of every message in the batch
+    /// (OpenTelemetry's messaging conventions: no one message is its parent).
     span: tracing::Span,
+    /// The log time of its newest record, in ms since the epoch.
+    newest_ms: i64,
 }
 
 impl Archiver {
@@ -66,14 +77,16 @@ impl Archiver {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
-            .set("socket.nagle.disable", "true");
+            .set("socket.nagle.disable", "true")
+            .set("statistics.interval.ms", STATISTICS_EVERY_MS);
         if let Some(instance_id) = &config.kafka_instance_id {
             consumer_config.set("group.instance.id", instance_id);
         }
-        let consumer: StreamConsumer =
-            consumer_config.create().context("creating the Kafka consumer (KAFKA_BROKERS)")?;
+        crate::metrics::init();
+        let consumer: StreamConsumer<Lag> = consumer_config
+            .create_with_context(Lag::new(&config.kafka_topic))
+            .context("creating the Kafka consumer (KAFKA_BROKERS)")?;
         consumer.subscribe(&[&config.kafka_topic]).context("subscribing to the message topic")?;
-        service_kit::ops::recorder();
         let ops = TcpListener::bind(config.http_listen_addr)
             .await
             .with_context(|| format!("binding {} (ARCHIVER_LISTEN_ADDR)", config.http_listen_addr))?;
@@ -83,7 +96,10 @@ impl Archiver {
             ops: Some(ops),
             ready: Readiness::default(),
             topic: config.kafka_topic,
+            group: config.kafka_group,
             db,
+            kafka_up: metrics::gauge!(DEPENDENCY_UP, "dependency" => "kafka"),
+            postgres_up: metrics::gauge!(DEPENDENCY_UP, "dependency" => "postgres"),
             batch_size: config.batch_size,
             batch_wait: Duration::from_millis(config.batch_wait_ms),
         })
@@ -123,7 +139,8 @@ impl Archiver {
                 break;
             }
             // Behind is safe: history only waits for the archiver longer.
-            if let Err(error) = store::record_progress(&self.db, &batch.next_offsets).await {
+            let progress = store::record_progress(&self.db, &batch.next_offsets).instrument(batch.span.clone());
+            if let Err(error) = progress.await {
                 tracing::warn!(%error, "cannot record the archiving progress");
             }
             // A failed commit only means these messages are read (and
@@ -136,14 +153,12 @@ impl Archiver {
     }
 
     async fn next_batch(&self) -> anyhow::Result<Batch> {
-        let mut batch = Batch {
-            records: Vec::new(),
-            next_offsets: TopicPartitionList::new(),
-            span: tracing::info_span!("archive.batch"),
-        };
         let first = loop {
             match self.consumer.recv().await {
-                Ok(first) => break first,
+                Ok(first) => {
+                    self.kafka_up.set(1.0);
+                    break first;
+                }
                 // A fatal error (a static member fenced by another with its
                 // id) leaves a consumer that never reads again: stop, so
                 // that the process is restarted rather than idle.
@@ -154,9 +169,24 @@ impl Archiver {
                 // the consumer retries by itself, so read on at once. (A
                 // pause per error let an outage's burst of errors queue up
                 // and hold back the records behind them for minutes.)
-                Err(error) => tracing::warn!(%error, "cannot read the message log"),
+                Err(error) => {
+                    self.kafka_up.set(0.0);
+                    tracing::warn!(%error, "cannot read the message log");
+                }
             }
         };
+        let span = tracing::info_span!(
+            "kafka.process",
+            otel.name = format!("process {}", self.topic),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = self.topic,
+            messaging.consumer.group.name = self.group,
+            messaging.batch.message_count = Empty,
+        );
+        let mut batch = Batch { records: Vec::new(), next_offsets: TopicPartitionList::new(), span, newest_ms: 0 };
         let deadline = Instant::now() + self.batch_wait;
         batch.add(&first)?;
         while batch.len() < self.batch_size {
@@ -169,6 +199,7 @@ impl Archiver {
                 Err(_) => break,
             }
         }
+        batch.span.record("messaging.batch.message_count", batch.len() as i64);
         Ok(batch)
     }
 
@@ -178,9 +209,14 @@ impl Archiver {
     /// stored is set aside, so that it holds back nothing behind it.
     async fn store(&self, batch: &Batch, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> bool {
         let mut backoff = Duration::from_millis(100);
+        let started = Instant::now();
         loop {
             match archive::archive(&self.db, &self.topic, &batch.records).instrument(batch.span.clone()).await {
                 Ok(done) => {
+                    self.postgres_up.set(1.0);
+                    metrics::histogram!(BATCH_SIZE).record(batch.len() as f64);
+                    metrics::histogram!(BATCH_DURATION).record(started.elapsed().as_secs_f64());
+                    self.consumer.context().stored(batch.newest_ms);
                     tracing::debug!(
                         read = batch.len(),
                         inserted = done.inserted,
@@ -190,6 +226,7 @@ impl Archiver {
                     return true;
                 }
                 Err(error) => {
+                    self.postgres_up.set(0.0);
                     tracing::warn!(%error, retry_in = ?backoff, "cannot write a batch; retrying");
                 }
             }
@@ -213,7 +250,7 @@ impl Archiver {
 /// The consumer, closed on a thread of its own. Closing sends the queued
 /// commits and leaves the group, and it waits for as long as the broker is
 /// away: that must hold up neither a stop nor the runtime.
-struct LogConsumer(Option<StreamConsumer>);
+struct LogConsumer(Option<StreamConsumer<Lag>>);
 
 impl LogConsumer {
     /// Closes the consumer, waiting at most `wait` for its last commits. A
@@ -230,9 +267,9 @@ impl LogConsumer {
 }
 
 impl std::ops::Deref for LogConsumer {
-    type Target = StreamConsumer;
+    type Target = StreamConsumer<Lag>;
 
-    fn deref(&self) -> &StreamConsumer {
+    fn deref(&self) -> &StreamConsumer<Lag> {
         self.0.as_ref().expect("open until closed")
     }
 }
@@ -245,7 +282,7 @@ impl Drop for LogConsumer {
     }
 }
 
-fn close_aside(consumer: StreamConsumer, done: Option<oneshot::Sender<()>>) {
+fn close_aside(consumer: StreamConsumer<Lag>, done: Option<oneshot::Sender<()>>) {
     let closing = std::thread::Builder::new().name("kafka-close".into()).spawn(move || {
         drop(consumer);
         if let Some(done) = done {
@@ -265,6 +302,7 @@ impl Batch {
     fn add(&mut self, record: &impl rdkafka::Message) -> anyhow::Result<()> {
         let trace = telemetry::fields_from(|field| std::str::from_utf8(header(record, field)?).ok());
         telemetry::link(&self.span, &trace);
+        self.newest_ms = self.newest_ms.max(record.timestamp().to_millis().unwrap_or(0));
         let withdrawn =
             header(record, message_log::WITHDRAWN).and_then(|id| std::str::from_utf8(id).ok()?.parse().ok());
         let carried = match (withdrawn, record.payload()) {

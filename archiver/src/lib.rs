@@ -19,6 +19,7 @@
 //! - [`consumer`]: the loop: collect a batch, store it, commit its offsets.
 //! - [`archive`]: one batch into the database: the entries and changes to
 //!   history, the records that cannot be stored set aside.
+//! - [`metrics`]: what the archiver exports on `/metrics`, its lag among them.
 //! - [`store`]: the SQL: the batch inserts, applying changes, the dead
 //!   letters, the progress (`archive_progress`) that tells core-svc what
 //!   PostgreSQL holds.
@@ -26,6 +27,7 @@
 pub mod archive;
 pub mod config;
 pub mod consumer;
+pub mod metrics;
 pub mod store;
 
 pub use config::Config;

@@ -15,8 +15,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Healthcheck) = command {
         service_kit::ops::healthcheck(config.http_listen_addr).await;
     }
-    service_kit::logging::init("archiver");
+    let export = service_kit::logging::init("archiver")?;
     let archiver = Archiver::build(config).await?;
     tracing::info!(ops = %archiver.ops_addr(), "archiver serving its health and metrics");
-    archiver.run_until_stopped(service_kit::shutdown::signal()).await
+    let stopped = archiver.run_until_stopped(service_kit::shutdown::signal()).await;
+    export.shutdown().await;
+    stopped
 }

@@ -6,7 +6,9 @@ use chat_proto::{
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use rdkafka::{Offset, TopicPartitionList};
+use service_kit::db;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 /// An entry of history (a message, a join, a leave) as its row in
 /// `messages` holds it. `kind` is its `chat.v1.MessageKind`.
@@ -137,6 +139,7 @@ pub async fn insert(db: &PgPool, rows: &[&Row]) -> sqlx::Result<Vec<i64>> {
     .bind(&replies)
     .bind(&times)
     .fetch_all(db)
+    .instrument(db::postgres("INSERT messages"))
     .await
 }
 
@@ -155,6 +158,7 @@ pub async fn stored(db: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<(Row, bool)>> 
     )
     .bind(ids)
     .fetch_all(db)
+    .instrument(db::postgres("SELECT messages"))
     .await?;
     Ok(rows.into_iter().map(|stored| (stored.row, stored.changed)).collect())
 }
@@ -199,6 +203,7 @@ pub async fn insert_changes(db: &PgPool, changes: &[&ChangeRow]) -> sqlx::Result
     .bind(&added)
     .bind(&times)
     .fetch_all(db)
+    .instrument(db::postgres("INSERT message_changes"))
     .await
 }
 
@@ -236,6 +241,7 @@ pub async fn react(db: &PgPool, reactions: &[&ChangeRow]) -> sqlx::Result<()> {
     .bind(&added)
     .bind(MessageKind::Delete as i16)
     .execute(db)
+    .instrument(db::postgres("INSERT message_reactions"))
     .await?;
     Ok(())
 }
@@ -270,6 +276,7 @@ pub async fn settle(db: &PgPool, ids: &[i64]) -> sqlx::Result<()> {
     .bind(MessageKind::Delete as i16)
     .bind(MessageKind::Message as i16)
     .execute(db)
+    .instrument(db::postgres("UPDATE messages"))
     .await?;
     sqlx::query(
         "DELETE FROM message_reactions r USING message_changes d
@@ -278,6 +285,7 @@ pub async fn settle(db: &PgPool, ids: &[i64]) -> sqlx::Result<()> {
     .bind(ids)
     .bind(MessageKind::Delete as i16)
     .execute(db)
+    .instrument(db::postgres("DELETE message_reactions"))
     .await?;
     Ok(())
 }
@@ -305,6 +313,7 @@ pub async fn set_aside(db: &PgPool, topic: &str, letters: &[DeadLetter<'_>]) -> 
     .bind(&reasons)
     .bind(&errors)
     .fetch_all(db)
+    .instrument(db::postgres("INSERT dead_letters"))
     .await
 }
 
@@ -323,8 +332,13 @@ pub async fn withdraw(db: &PgPool, ids: &[i64]) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO withdrawn_messages (id) SELECT * FROM UNNEST($1::bigint[]) ON CONFLICT DO NOTHING")
         .bind(ids)
         .execute(&mut *tx)
+        .instrument(db::postgres("INSERT withdrawn_messages"))
         .await?;
-    sqlx::query("DELETE FROM messages WHERE id = ANY($1)").bind(ids).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM messages WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *tx)
+        .instrument(db::postgres("DELETE messages"))
+        .await?;
     tx.commit().await
 }
 
@@ -333,7 +347,11 @@ pub async fn withdrawn(db: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<i64>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar("SELECT id FROM withdrawn_messages WHERE id = ANY($1)").bind(ids).fetch_all(db).await
+    sqlx::query_scalar("SELECT id FROM withdrawn_messages WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(db)
+        .instrument(db::postgres("SELECT withdrawn_messages"))
+        .await
 }
 
 /// Records that every record below these offsets is stored, for core-svc's
@@ -359,6 +377,7 @@ pub async fn record_progress(db: &PgPool, next_offsets: &TopicPartitionList) -> 
     .bind(&partitions)
     .bind(&offsets)
     .execute(db)
+    .instrument(db::postgres("INSERT archive_progress"))
     .await?;
     Ok(())
 }

@@ -5,7 +5,13 @@ use chat_proto::v1::{
     message_service_server::MessageServiceServer, room_service_server::RoomServiceServer,
     user_service_server::UserServiceServer,
 };
-use service_kit::{live, ops::Readiness, presence::Presence, telemetry};
+use service_kit::{
+    grpc::{self, CallLayer},
+    live,
+    metrics::GRPC,
+    ops::Readiness,
+    presence::Presence,
+};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::{net::TcpListener, task::AbortHandle};
 use tokio_util::sync::CancellationToken;
@@ -60,9 +66,10 @@ pub struct Application {
 /// How many removals a stream's user feed may fall behind: they are rare.
 const USER_FEED_QUEUE: usize = 16;
 
-/// What every call passes through before its service: CORS, the grpc-web
-/// translation, then load shedding.
-type Layers = Stack<ShedLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>;
+/// What every call passes through before its service: CORS, then the
+/// grpc-web translation, then its span and metrics (which read the status
+/// in gRPC's own trailers), then load shedding (so a shed call is counted).
+type Layers = Stack<ShedLayer, Stack<CallLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>>;
 
 /// What a browser's grpc-web call sends and may read back.
 const GRPC_WEB_REQUEST_HEADERS: [&str; 5] =
@@ -72,7 +79,7 @@ const GRPC_WEB_RESPONSE_HEADERS: [&str; 4] = ["grpc-status", "grpc-message", "gr
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        service_kit::ops::recorder();
+        crate::metrics::init();
         let secret = config.jwt_secret()?;
         let db = PgPoolOptions::new()
             .max_connections(config.database_max_connections)
@@ -104,6 +111,7 @@ impl Application {
             config.nats_subject_prefix.clone(),
             config.subscribe_queue_messages,
             messages::streamed,
+            GRPC,
         ));
         let live = live::Publisher { nats: nats.clone(), subject_prefix: config.nats_subject_prefix.clone() };
         let presence_lease = Duration::from_secs(config.presence_lease_secs);
@@ -113,6 +121,7 @@ impl Application {
             config.nats_subject_prefix.clone(),
             USER_FEED_QUEUE,
             service_kit::feeds::removal,
+            GRPC,
         ));
         let kafka = KafkaSettings {
             brokers: &config.kafka_brokers,
@@ -214,14 +223,9 @@ impl Application {
         let router = Server::builder()
             .accept_http1(true)
             .timeout(Duration::from_millis(config.grpc_call_timeout_ms))
-            .trace_fn(|request| {
-                let span = tracing::info_span!("grpc", path = %request.uri().path());
-                let headers = request.headers();
-                telemetry::continue_trace(&span, &telemetry::fields_from(|f| headers.get(f)?.to_str().ok()));
-                span
-            })
             .layer(cors)
             .layer(GrpcWebLayer::new())
+            .layer(grpc::SERVER)
             .layer(ShedLayer::new(config.grpc_max_in_flight))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -6,7 +6,9 @@
 
 use std::{collections::HashMap, sync::RwLock, time::Duration};
 
+use service_kit::db;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::error::Result;
 
@@ -30,6 +32,7 @@ impl ArchiveProgress {
                 .bind(&self.topic)
                 .bind(partition)
                 .fetch_optional(&self.db)
+                .instrument(db::postgres("SELECT archive_progress"))
                 .await?;
         Ok(next.unwrap_or(0))
     }

@@ -21,7 +21,11 @@ use std::{
 
 use redis::{AsyncCommands, aio::ConnectionManager};
 use serde::{Serialize, de::DeserializeOwned};
+use service_kit::db;
 use tokio::sync::OnceCell;
+use tracing::Instrument;
+
+use crate::metrics::CACHE_REQUESTS;
 
 /// How long a cached value lives at most; a bound on the damage of a
 /// stale entry left behind by a write that raced a read.
@@ -282,10 +286,15 @@ impl Cache {
         format!("{}{key}", self.prefix)
     }
 
-    /// Runs one command; any failure is logged and reads as "no cache".
-    async fn run<T>(&self, command: impl AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>) -> Option<T> {
+    /// Runs one command (`name`, for its span); any failure is logged and
+    /// reads as "no cache".
+    async fn run<T>(
+        &self,
+        name: &'static str,
+        command: impl AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Option<T> {
         let connection = self.connection().await?;
-        match command(connection).await {
+        match command(connection).instrument(db::redis(name)).await {
             Ok(value) => Some(value),
             Err(error) => {
                 tracing::warn!(%error, "redis command failed; serving from PostgreSQL");
@@ -296,8 +305,12 @@ impl Cache {
 
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
         let key = self.key(key);
-        let raw = self.run(async |mut c| c.get::<_, Option<String>>(&key).await).await.flatten()?;
-        serde_json::from_str(&raw).inspect_err(|error| tracing::warn!(%error, key, "undecodable cache entry")).ok()
+        let raw = self.run("GET", async |mut c| c.get::<_, Option<String>>(&key).await).await.flatten();
+        let value = raw.and_then(|raw| {
+            serde_json::from_str(&raw).inspect_err(|error| tracing::warn!(%error, key, "undecodable cache entry")).ok()
+        });
+        metrics::counter!(CACHE_REQUESTS, "result" => if value.is_some() { "hit" } else { "miss" }).increment(1);
+        value
     }
 
     pub async fn set<T: Serialize>(&self, key: &str, value: &T) {
@@ -305,18 +318,18 @@ impl Cache {
         let Ok(raw) = serde_json::to_string(value) else {
             return;
         };
-        self.run(async |mut c| c.set_ex::<_, _, ()>(&key, raw, TTL_SECS).await).await;
+        self.run("SET", async |mut c| c.set_ex::<_, _, ()>(&key, raw, TTL_SECS).await).await;
     }
 
     pub async fn delete(&self, keys: &[String]) {
         let keys: Vec<String> = keys.iter().map(|key| self.key(key)).collect();
-        self.run(async |mut c| c.del::<_, ()>(&keys).await).await;
+        self.run("DEL", async |mut c| c.del::<_, ()>(&keys).await).await;
     }
 
     /// Adds one to a counter that expires `window` after its first count.
     pub async fn increment(&self, key: &str, window: Duration) {
         let key = self.key(key);
-        self.run(async |mut c| {
+        self.run("PIPELINE", async |mut c| {
             redis::pipe()
                 .incr(&key, 1)
                 .ignore()
@@ -335,7 +348,7 @@ impl Cache {
     pub async fn counter(&self, key: &str) -> Option<(u64, u64)> {
         let key = self.key(key);
         let (count, ttl): (Option<u64>, i64) =
-            self.run(async |mut c| redis::pipe().get(&key).ttl(&key).query_async(&mut c).await).await?;
+            self.run("PIPELINE", async |mut c| redis::pipe().get(&key).ttl(&key).query_async(&mut c).await).await?;
         Some((count?, ttl.max(1) as u64))
     }
 
@@ -357,7 +370,7 @@ impl Cache {
         let (events, changes) = (self.key(&key::recent(room_id)), self.key(&key::recent_changes(room_id)));
         let member = Recent::member(offset, changed_entry.is_some(), encoded);
         let target = changed_entry.map(|id| id.to_string()).unwrap_or_default();
-        self.run(async |mut c| {
+        self.run("EVALSHA", async |mut c| {
             self.push_recent
                 .key(&events)
                 .key(&changes)
@@ -387,7 +400,9 @@ impl Cache {
         tokio::spawn(async move {
             let keys = [cache.key(&key::recent(room_id)), cache.key(&key::recent_changes(room_id))];
             let give_up = Instant::now() + Duration::from_secs(RECENT_TTL_SECS as u64);
-            while cache.run(async |mut c| c.del::<_, ()>(&keys).await).await.is_none() && Instant::now() < give_up {
+            while cache.run("DEL", async |mut c| c.del::<_, ()>(&keys).await).await.is_none()
+                && Instant::now() < give_up
+            {
                 tokio::time::sleep(RECONNECT_BACKOFF / 4).await;
             }
             cache.forgetting.lock().expect("lock poisoned").remove(&room_id);
@@ -400,7 +415,7 @@ impl Cache {
         let key = self.key(&key::recent(room_id));
         type Members = Vec<Vec<u8>>;
         let (members, oldest): (Members, Vec<(Vec<u8>, f64)>) = self
-            .run(async |mut c| {
+            .run("PIPELINE", async |mut c| {
                 let mut pipe = redis::pipe();
                 match range {
                     RecentRange::AtMost(max_id) => pipe.zrevrangebyscore_limit(&key, max_id, "-inf", 0, limit as isize),
@@ -421,7 +436,7 @@ impl Cache {
         let (events, changes) = (self.key(&key::recent(room_id)), self.key(&key::recent_changes(room_id)));
         type Read = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<(Vec<u8>, f64)>);
         let (entries, found, oldest): Read = self
-            .run(async |mut c| {
+            .run("EVALSHA", async |mut c| {
                 self.recent_entries.key(&events).key(&changes).arg(max_id).arg(limit).invoke_async(&mut c).await
             })
             .await?;
@@ -438,7 +453,7 @@ impl Cache {
         let (events, changes) = (self.key(&key::recent(room_id)), self.key(&key::recent_changes(room_id)));
         type Read = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<(Vec<u8>, f64)>);
         let (event, found, oldest): Read = self
-            .run(async |mut c| {
+            .run("MULTI", async |mut c| {
                 redis::pipe()
                     .atomic()
                     .zrangebyscore(&events, id, id)
@@ -462,13 +477,15 @@ impl Cache {
         let key = self.key(key);
         let interval_us = interval.as_micros().max(1) as u64;
         let wait_us: u64 = self
-            .run(async |mut c| self.take_token.key(&key).arg(interval_us).arg(burst).invoke_async(&mut c).await)
+            .run("EVALSHA", async |mut c| {
+                self.take_token.key(&key).arg(interval_us).arg(burst).invoke_async(&mut c).await
+            })
             .await?;
         Some(if wait_us == 0 { Ok(()) } else { Err(Duration::from_micros(wait_us)) })
     }
 
     /// Whether Redis answers right now.
     pub async fn ping(&self) -> bool {
-        self.run(async |mut c| redis::cmd("PING").query_async::<String>(&mut c).await).await.is_some()
+        self.run("PING", async |mut c| redis::cmd("PING").query_async::<String>(&mut c).await).await.is_some()
     }
 }

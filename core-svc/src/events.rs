@@ -10,9 +10,8 @@
 //! which partition's archiving to ask about.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -28,9 +27,10 @@ use rdkafka::{
     types::RDKafkaErrorCode,
 };
 use service_kit::{
-    feeds::{room_subject, user_subject},
+    feeds::{self, room_subject, room_subject_template, user_subject, user_subject_template},
     message_log, telemetry,
 };
+use tracing::field::Empty;
 
 use crate::{
     archive::ArchiveProgress,
@@ -38,6 +38,7 @@ use crate::{
     domain::timestamp,
     error::{Error, Result},
     ids::IdGenerator,
+    metrics::{EVENTS_WITHDRAWN, KAFKA_PRODUCE_DURATION, KAFKA_PRODUCE_ERRORS, MESSAGES_LOGGED},
 };
 
 /// How long a send may wait for the message log before it is refused as
@@ -50,7 +51,6 @@ pub struct Logged {
     partition: i32,
     offset: i64,
     payload: Vec<u8>,
-    trace: HashMap<String, String>,
 }
 
 /// Whether an event goes down the path for the first time.
@@ -83,6 +83,10 @@ pub struct Events {
     archive: Arc<ArchiveProgress>,
     nats: async_nats::Client,
     subject_prefix: String,
+    /// What the rooms' and the users' live subjects look like, to name
+    /// their spans by.
+    room_template: String,
+    user_template: String,
 }
 
 impl Events {
@@ -124,6 +128,8 @@ impl Events {
             archive,
             nats,
             subject_prefix: subject_prefix.to_owned(),
+            room_template: room_subject_template(subject_prefix),
+            user_template: user_subject_template(subject_prefix),
         })
     }
 
@@ -158,44 +164,67 @@ impl Events {
     /// Writes the event to the message log and waits for its
     /// acknowledgement: from then on it will reach history. Refused as
     /// "temporarily unavailable" when the log does not take it in time;
-    /// the caller decides whether to withdraw it.
+    /// the caller decides whether to withdraw it. Its span, `send
+    /// chat.messages`, goes on in the record's headers, to the archiver.
     pub async fn log(&self, event: &Event) -> Result<Logged> {
         let (room_id, id) = (event.room_id, event.id);
         let payload = event.encode_to_vec();
         let key = room_id.to_string();
-        // The trace goes on through the log (to the archiver) and the live
-        // subject (to the gateways).
-        let trace = telemetry::context_of(&tracing::Span::current());
-        let kafka_headers = trace
+        let partition = self.partition_of(room_id);
+        let span = tracing::info_span!(
+            "kafka.send",
+            otel.name = format!("send {}", self.topic),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = self.topic,
+            messaging.destination.partition.id = partition.to_string(),
+            messaging.message.id = id.to_string(),
+            messaging.kafka.offset = Empty,
+            error.type = Empty,
+        );
+        let kafka_headers = telemetry::context_of(&span)
             .iter()
             .fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
-        let partition = self.partition_of(room_id);
         let record =
             FutureRecord::to(&self.topic).partition(partition).key(&key).payload(&payload).headers(kafka_headers);
         let producer = self.producer();
+        let started = Instant::now();
         // librdkafka's own timeout was seen to answer only after twice its
         // value when the broker had just died: the caller waits no longer
         // than PRODUCE_TIMEOUT whatever librdkafka does.
-        match tokio::time::timeout(PRODUCE_TIMEOUT, producer.send(record, PRODUCE_TIMEOUT)).await {
-            Ok(Ok(delivery)) => Ok(Logged { partition, offset: delivery.offset, payload, trace }),
+        let refusal = match tokio::time::timeout(PRODUCE_TIMEOUT, producer.send(record, PRODUCE_TIMEOUT)).await {
+            Ok(Ok(delivery)) => {
+                metrics::histogram!(KAFKA_PRODUCE_DURATION).record(started.elapsed().as_secs_f64());
+                metrics::counter!(MESSAGES_LOGGED).increment(1);
+                span.record("messaging.kafka.offset", delivery.offset);
+                return Ok(Logged { partition, offset: delivery.offset, payload });
+            }
             Ok(Err((error, _))) => {
-                tracing::warn!(%error, room_id, id, "the message log refused an event");
+                tracing::warn!(parent: &span, %error, room_id, id, "the message log refused an event");
                 if producer_is_done(&producer, &error) {
                     self.replace(&producer);
                 }
-                Err(Error::Unavailable("temporarily unavailable"))
+                let timed_out = error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
+                if timed_out { "timeout" } else { "refused" }
             }
             Err(_) => {
-                tracing::warn!(room_id, id, "the message log did not acknowledge an event in time");
-                Err(Error::Unavailable("temporarily unavailable"))
+                tracing::warn!(parent: &span, room_id, id, "the message log did not acknowledge an event in time");
+                "timeout"
             }
-        }
+        };
+        metrics::counter!(KAFKA_PRODUCE_ERRORS, "reason" => refusal).increment(1);
+        span.record("error.type", refusal);
+        span.record("otel.status_code", "ERROR");
+        Err(Error::Unavailable("temporarily unavailable"))
     }
 
     /// After the log's acknowledgement: the event into the room's recent
     /// history, then out on the room's live subject.
     pub async fn spread(&self, event: &Event, logged: Logged, spread: Spread) {
-        let Logged { partition, offset, payload, trace } = logged;
+        let Logged { partition, offset, payload } = logged;
         let (room_id, id) = (event.room_id, event.id);
         match spread {
             Spread::First => {
@@ -206,7 +235,8 @@ impl Events {
             }
             Spread::Again => self.cache.forget_recent(room_id),
         }
-        if let Err(error) = self.send_live(room_subject(&self.subject_prefix, room_id), payload, &trace).await {
+        let subject = room_subject(&self.subject_prefix, room_id);
+        if let Err(error) = feeds::publish(&self.nats, subject, &self.room_template, payload).await {
             // Durable already; live clients catch up from history.
             tracing::warn!(%error, room_id, id, "cannot publish a live event");
         }
@@ -215,25 +245,10 @@ impl Events {
     /// Tells one user, wherever their sockets and streams are, a live event
     /// (`Removed`): on `<prefix>.user.<uid>`, never through the log.
     pub async fn notify_user(&self, uid: i64, event: &Event) {
-        let trace = telemetry::context_of(&tracing::Span::current());
         let subject = user_subject(&self.subject_prefix, uid);
-        if let Err(error) = self.send_live(subject, event.encode_to_vec(), &trace).await {
+        if let Err(error) = feeds::publish(&self.nats, subject, &self.user_template, event.encode_to_vec()).await {
             tracing::warn!(%error, uid, room_id = event.room_id, "cannot tell a user a live event");
         }
-    }
-
-    /// A live event out on `subject`, with the trace it belongs to.
-    async fn send_live(
-        &self,
-        subject: String,
-        payload: Vec<u8>,
-        trace: &HashMap<String, String>,
-    ) -> Result<(), async_nats::PublishError> {
-        let mut headers = async_nats::HeaderMap::new();
-        for (key, value) in trace {
-            headers.insert(key.as_str(), value.as_str());
-        }
-        self.nats.publish_with_headers(subject, headers, payload.into()).await
     }
 
     /// Publishes a live-only event by `uid` (a read mark) straight on its
@@ -242,9 +257,8 @@ impl Events {
     /// not retried, and what it tells stays true where it is stored.
     pub async fn publish_live(&self, room_id: i64, uid: i64, kind: Kind) {
         let event = Event { id: 0, room_id, uid, timestamp: Some(timestamp(chrono::Utc::now())), kind: Some(kind) };
-        let trace = telemetry::context_of(&tracing::Span::current());
         let subject = room_subject(&self.subject_prefix, room_id);
-        if let Err(error) = self.send_live(subject, event.encode_to_vec(), &trace).await {
+        if let Err(error) = feeds::publish(&self.nats, subject, &self.room_template, event.encode_to_vec()).await {
             tracing::warn!(%error, room_id, uid, "cannot publish a live-only event");
         }
     }
@@ -255,7 +269,7 @@ impl Events {
     /// of history. It was never in the cache nor live: those come after the
     /// log's acknowledgement.
     pub fn withdraw(&self, room_id: i64, id: i64) {
-        metrics::counter!("core_events_withdrawn_total").increment(1);
+        metrics::counter!(EVENTS_WITHDRAWN).increment(1);
         let withdrawals = self.withdrawals.clone();
         let (topic, key, partition) = (self.topic.clone(), room_id.to_string(), self.partition_of(room_id));
         tokio::spawn(async move {

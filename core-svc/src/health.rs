@@ -6,10 +6,12 @@
 //! message log (Kafka) sends are refused as "temporarily unavailable";
 //! without NATS messages are stored but not delivered live; without
 //! PostgreSQL sends and cached reads go on. None of those is a reason to
-//! take a replica out of service, since every replica shares them.
+//! take a replica out of service, since every replica shares them. Each is
+//! also the `chat_dependency_up` gauge.
 
 use std::{sync::Arc, time::Duration};
 
+use service_kit::metrics::DEPENDENCY_UP;
 use sqlx::PgPool;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -50,6 +52,9 @@ impl Probe {
         for (service, up) in [("", issuing), (POSTGRES, postgres), (REDIS, redis), (KAFKA, kafka), (NATS, nats)] {
             let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
             self.reporter.set_service_status(service, status).await;
+            if !service.is_empty() {
+                metrics::gauge!(DEPENDENCY_UP, "dependency" => service).set(if up { 1.0 } else { 0.0 });
+            }
         }
     }
 

@@ -28,7 +28,9 @@ use chat_proto::{
 };
 use chrono::{DateTime, Utc};
 use prost::Message as _;
+use service_kit::db;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::{
     archive::ArchiveProgress,
@@ -36,6 +38,7 @@ use crate::{
     domain::{SearchQuery, timestamp},
     error::{Error, Result},
     events::Events,
+    metrics::CACHE_REQUESTS,
 };
 
 pub const MAX_PAGE: u32 = 100;
@@ -218,6 +221,7 @@ impl HistoryStore {
         let oldest = recent.as_ref().and_then(|recent| recent.oldest);
         let (cached, changes) = recent.map(|recent| (recent.entries, recent.changes)).unwrap_or_default();
         let mut entries: Vec<Entry> = decoded(cached).into_iter().filter_map(Entry::logged).collect();
+        counted(entries.len() >= limit);
         if entries.len() < limit {
             self.archived_before(room_id, oldest.map(|(_, offset)| offset)).await?;
             // Every cached event up to `max_id` was read: the rest is older
@@ -239,7 +243,9 @@ impl HistoryStore {
             .into_iter()
             .filter_map(envelope::public)
             .collect();
-        if oldest.is_some_and(|(id, _)| id <= after) {
+        let answered = oldest.is_some_and(|(id, _)| id <= after);
+        counted(answered);
+        if answered {
             return Ok(cached);
         }
         // What lies between `after` and the cache can only be in PostgreSQL.
@@ -327,6 +333,7 @@ impl HistoryStore {
         .bind(max_id)
         .bind(limit as i64)
         .fetch_all(&self.db)
+        .instrument(db::postgres("SELECT messages"))
         .await?;
         self.with_reactions(rows).await
     }
@@ -342,6 +349,7 @@ impl HistoryStore {
             )
             .bind(&ids)
             .fetch_all(&self.db)
+            .instrument(db::postgres("SELECT message_reactions"))
             .await?;
             for row in rows {
                 reactions
@@ -408,6 +416,7 @@ impl HistoryStore {
         .bind(i64::from(limit))
         .persistent(false)
         .fetch_all(&self.db)
+        .instrument(db::postgres("SELECT messages"))
         .await?;
         Ok(self.with_reactions(rows).await?.into_iter().map(Entry::into_message).collect())
     }
@@ -426,9 +435,15 @@ impl HistoryStore {
         .bind(max_id)
         .bind(limit as i64)
         .fetch_all(&self.db)
+        .instrument(db::postgres("SELECT message_changes"))
         .await?;
         Ok(rows.into_iter().filter_map(ChangeRow::into_event).collect())
     }
+}
+
+/// Counts a history read the cache answered whole (a hit) or not.
+fn counted(hit: bool) {
+    metrics::counter!(CACHE_REQUESTS, "result" => if hit { "hit" } else { "miss" }).increment(1);
 }
 
 #[cfg(test)]

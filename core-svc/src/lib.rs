@@ -20,6 +20,7 @@
 //! - [`archive`]: how far the archiver has stored the message log, so that
 //!   history knows what PostgreSQL holds.
 //! - [`health`]: the `grpc.health.v1` status, from probing the dependencies.
+//! - [`metrics`]: what core-svc exports on `/metrics`.
 //! - [`shed`]: the limit of calls at once, past which calls are refused at once.
 //! - [`error`]: the one error type, and how it maps to gRPC status codes.
 
@@ -36,6 +37,7 @@ pub mod history;
 pub mod ids;
 pub mod limits;
 pub mod messages;
+pub mod metrics;
 pub mod password;
 pub mod rooms;
 pub mod send_keys;

@@ -11,6 +11,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use crate::{
     cache::{Cache, key},
     error::{Error, Result},
+    metrics::RATE_LIMITED,
 };
 
 /// How often the fallback limiters forget keys that have gone quiet.
@@ -61,6 +62,9 @@ impl RateLimit {
                 .check_key(&of.to_owned())
                 .map_err(|not_until| not_until.wait_time_from(governor::clock::DefaultClock::default().now())),
         };
-        decision.map_err(|wait| Error::RateLimited { retry_after_secs: wait.as_secs() + 1, what: self.refusal })
+        decision.map_err(|wait| {
+            metrics::counter!(RATE_LIMITED, "limit" => self.name).increment(1);
+            Error::RateLimited { retry_after_secs: wait.as_secs() + 1, what: self.refusal }
+        })
     }
 }

@@ -16,16 +16,19 @@ async fn main() -> anyhow::Result<()> {
     match command {
         Some(Command::Healthcheck) => std::process::exit(if app::healthy(config.listen_addr).await { 0 } else { 1 }),
         Some(Command::Migrate) => {
-            service_kit::logging::init("core-svc");
+            let export = service_kit::logging::init("core-svc")?;
             app::migrate_only(&config.database_url).await?;
             tracing::info!("migrated");
+            export.shutdown().await;
             Ok(())
         }
         None => {
-            service_kit::logging::init("core-svc");
+            let export = service_kit::logging::init("core-svc")?;
             let app = Application::build(config).await?;
             tracing::info!(addr = %app.local_addr(), metrics = %app.ops_addr(), "core-svc listening");
-            app.run_until_stopped(service_kit::shutdown::signal()).await
+            let stopped = app.run_until_stopped(service_kit::shutdown::signal()).await;
+            export.shutdown().await;
+            stopped
         }
     }
 }

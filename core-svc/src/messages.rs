@@ -20,9 +20,11 @@ use chat_proto::{
 };
 use chrono::Utc;
 use futures::Stream;
+use metrics::Counter;
 use service_kit::{
     feeds::{Feed, Hub, Removal},
     live::{self, Cursor},
+    metrics::{DELIVERIES, GRPC, MESSAGES_RECEIVED},
     presence::{Here, Presence},
 };
 use tokio::{
@@ -43,6 +45,7 @@ use crate::{
     events::Events,
     history::{HistoryStore, MAX_PAGE},
     limits::RateLimit,
+    metrics::GRPC_STREAMS,
     rooms::{RoomRow, Rooms},
     send_keys::SendKeys,
 };
@@ -188,8 +191,26 @@ struct Subscription {
     /// When the caller's token expires; the stream ends with it.
     expiry: Pin<Box<Sleep>>,
     ended: bool,
+    deliveries: Counter,
+    _open: OpenStream,
     /// Counts the stream in the room's presence while it is open.
     _here: Here,
+}
+
+/// Counts a `Subscribe` stream as open while it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        metrics::gauge!(GRPC_STREAMS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!(GRPC_STREAMS).decrement(1.0);
+    }
 }
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<Message, Status>> + Send>>;
@@ -211,6 +232,7 @@ impl Subscription {
         self.ended = item.is_err();
         if let Ok(message) = &item {
             self.last_id = self.last_id.max(message.id);
+            self.deliveries.increment(1);
         }
         Some(item)
     }
@@ -311,6 +333,7 @@ impl MessageService for Messages {
 
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let uid = auth::required(&request)?;
+        metrics::counter!(MESSAGES_RECEIVED, "transport" => GRPC).increment(1);
         let SendRequest { room_id, text, reply_to, key } = request.into_inner();
         let room_id = parse_id(room_id, "room").map_err(Error::invalid)?;
         let text = MessageText::parse(text).map_err(Error::from)?;
@@ -392,6 +415,8 @@ impl MessageService for Messages {
             shutting_down: Box::pin(self.shutdown.clone().cancelled_owned()),
             expiry: Box::pin(tokio::time::sleep(until(session.expires_at))),
             ended: false,
+            deliveries: metrics::counter!(DELIVERIES, "transport" => GRPC),
+            _open: OpenStream::new(),
             _here: self.live.presence.arrive(room_id, uid),
         };
         tracing::debug!(uid, room_id, "stream opened");

@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::{
     domain::Password,
     error::{Error, Result},
+    metrics::PASSWORD_HASHES_SHED,
 };
 
 pub struct Hasher {
@@ -35,7 +36,7 @@ impl Hasher {
         match tokio::time::timeout(self.wait, self.turns.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => {
-                metrics::counter!("core_password_hashes_shed_total").increment(1);
+                metrics::counter!(PASSWORD_HASHES_SHED).increment(1);
                 Err(Error::Overloaded("too many logins at once, retry shortly"))
             }
         }

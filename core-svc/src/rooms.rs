@@ -15,9 +15,10 @@ use chat_proto::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::presence::Presence;
+use service_kit::{db, presence::Presence};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{
     auth,
@@ -99,6 +100,7 @@ impl Rooms {
             sqlx::query_as("SELECT id, name, creator_id, is_private, created_at, kind FROM rooms WHERE id = $1")
                 .bind(room_id)
                 .fetch_optional(&self.db)
+                .instrument(db::postgres("SELECT rooms"))
                 .await?;
         if let Some(room) = &room {
             self.cache.set(&key::room(room_id), room).await;
@@ -119,6 +121,7 @@ impl Rooms {
                 .bind(room_id)
                 .bind(uid)
                 .fetch_one(&self.db)
+                .instrument(db::postgres("SELECT room_members"))
                 .await?;
         if member {
             self.cache.set(&key, &true).await;
@@ -156,6 +159,7 @@ impl Rooms {
             .bind(room_id)
             .bind(uid)
             .execute(&self.db)
+            .instrument(db::postgres("INSERT room_members"))
             .await
             .on_constraint(|constraint| {
                 (constraint == "room_members_user_id_fkey").then_some(Error::NotFound("user not found"))
@@ -182,6 +186,7 @@ impl Rooms {
             .bind(room_id)
             .bind(uid)
             .execute(&self.db)
+            .instrument(db::postgres("DELETE room_members"))
             .await?
             .rows_affected();
         if ended == 0 {
@@ -213,6 +218,7 @@ impl Rooms {
             .bind(low_uid)
             .bind(high_uid)
             .fetch_optional(&self.db)
+            .instrument(db::postgres("SELECT direct_rooms"))
             .await?;
         Ok(room_id)
     }
@@ -230,6 +236,7 @@ impl Rooms {
         .bind(caller)
         .bind(DIRECT)
         .fetch_one(&mut *tx)
+        .instrument(db::postgres("INSERT rooms"))
         .await
         .on_constraint(|constraint| {
             (constraint == "rooms_creator_id_fkey").then_some(Error::NotFound("user not found"))
@@ -242,6 +249,7 @@ impl Rooms {
         .bind(high_uid)
         .bind(room_id)
         .execute(&mut *tx)
+        .instrument(db::postgres("INSERT direct_rooms"))
         .await
         .on_constraint(|constraint| {
             matches!(constraint, "direct_rooms_low_uid_fkey" | "direct_rooms_high_uid_fkey")
@@ -256,6 +264,7 @@ impl Rooms {
             .bind(caller)
             .bind(other)
             .execute(&mut *tx)
+            .instrument(db::postgres("INSERT room_members"))
             .await?;
         tx.commit().await?;
         Ok(Some(room_id))
@@ -287,6 +296,7 @@ impl RoomService for Rooms {
                 .bind(uid)
                 .bind(is_private)
                 .fetch_one(&mut *tx)
+                .instrument(db::postgres("INSERT rooms"))
                 .await
                 .on_constraint(|constraint| match constraint {
                     "rooms_name_key" => Some(Error::AlreadyExists("room name already taken")),
@@ -297,6 +307,7 @@ impl RoomService for Rooms {
             .bind(room_id)
             .bind(uid)
             .execute(&mut *tx)
+            .instrument(db::postgres("INSERT room_members"))
             .await
             .map_err(Error::from)?;
         tx.commit().await.map_err(Error::from)?;
@@ -362,6 +373,7 @@ impl RoomService for Rooms {
                     sqlx::query_scalar("SELECT room_id FROM room_members WHERE user_id = $1 ORDER BY room_id")
                         .bind(uid)
                         .fetch_all(&self.db)
+                        .instrument(db::postgres("SELECT room_members"))
                         .await
                         .map_err(Error::from)?;
                 self.cache.set(&key, &room_ids).await;
@@ -476,6 +488,7 @@ impl RoomService for Rooms {
         .bind(uid)
         .bind(message_id)
         .fetch_one(&self.db)
+        .instrument(db::postgres("UPDATE room_members"))
         .await
         .map_err(Error::from)?;
         if !member {
@@ -512,6 +525,7 @@ impl RoomService for Rooms {
         .bind(uid)
         .bind(UNREAD_CAP)
         .fetch_all(&self.db)
+        .instrument(db::postgres("SELECT room_members"))
         .await
         .map_err(Error::from)?;
         let rooms = rows

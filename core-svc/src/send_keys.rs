@@ -36,7 +36,9 @@ use std::time::Duration;
 
 use chat_proto::events::v1::Event;
 use prost::Message as _;
+use service_kit::db;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::{
     domain::SendKey,
@@ -147,6 +149,7 @@ impl SendKeys {
                 .bind(key.as_ref())
                 .bind(event.id)
                 .execute(&self.db)
+                .instrument(db::postgres("UPDATE send_keys"))
                 .await;
         if let Err(error) = marked {
             // Logged all the same: answered as such.
@@ -166,6 +169,7 @@ impl SendKeys {
         .bind(key.as_ref())
         .bind(KEPT_HOURS)
         .fetch_optional(&self.db)
+        .instrument(db::postgres("SELECT send_keys"))
         .await?)
     }
 
@@ -183,6 +187,7 @@ impl SendKeys {
         .bind(claim)
         .bind(CLAIM.as_secs_f64())
         .execute(&self.db)
+        .instrument(db::postgres("INSERT send_keys"))
         .await?;
         Ok(reserved.rows_affected() == 1)
     }
@@ -199,6 +204,7 @@ impl SendKeys {
         .bind(claim)
         .bind(CLAIM.as_secs_f64())
         .fetch_optional(&self.db)
+        .instrument(db::postgres("UPDATE send_keys"))
         .await?;
         event.as_deref().map(decode).transpose()
     }
@@ -211,6 +217,7 @@ impl SendKeys {
                 .bind(key.as_ref())
                 .bind(claim)
                 .execute(&self.db)
+                .instrument(db::postgres("DELETE send_keys"))
                 .await?;
         Ok(deleted.rows_affected() == 1)
     }
@@ -223,6 +230,7 @@ impl SendKeys {
         .bind(key.as_ref())
         .bind(KEPT_HOURS)
         .execute(&self.db)
+        .instrument(db::postgres("DELETE send_keys"))
         .await?;
         Ok(())
     }
@@ -235,6 +243,7 @@ impl SendKeys {
             let forgotten = sqlx::query("DELETE FROM send_keys WHERE created_at < now() - make_interval(hours => $1)")
                 .bind(KEPT_HOURS)
                 .execute(&self.db)
+                .instrument(db::postgres("DELETE send_keys"))
                 .await;
             if let Err(error) = forgotten {
                 tracing::warn!(%error, "cannot forget expired send keys");

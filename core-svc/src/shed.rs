@@ -4,8 +4,8 @@
 //! replica when the call is safe to repeat. Health checks are never refused:
 //! a busy replica is still alive.
 //!
-//! Calls taken are counted (`core_calls_total`), refused ones too
-//! (`core_calls_shed_total`): how a balancer spreads the load shows there.
+//! Calls taken are counted (`chat_grpc_calls_admitted_total`), refused ones too
+//! (`chat_grpc_calls_shed_total`): how a balancer spreads the load shows there.
 
 use std::{
     sync::Arc,
@@ -62,12 +62,12 @@ where
             return self.inner.call(request).boxed();
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            metrics::counter!("core_calls_shed_total").increment(1);
+            metrics::counter!("chat_grpc_calls_shed_total").increment(1);
             let mut status = reason::status(Code::Unavailable, "temporarily unavailable", reason::OVERLOADED);
             status.metadata_mut().insert("retry-after", 1.into());
             return futures::future::ready(Ok(status.into_http())).boxed();
         };
-        metrics::counter!("core_calls_total").increment(1);
+        metrics::counter!("chat_grpc_calls_admitted_total").increment(1);
         let call = self.inner.call(request);
         async move {
             let answer = call.await;

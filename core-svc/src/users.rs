@@ -9,8 +9,10 @@ use chat_proto::v1::{
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use service_kit::db;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{
     auth,
@@ -18,6 +20,7 @@ use crate::{
     domain::{Email, Password, Username, parse_id, timestamp},
     error::{Error, Result, ResultExt},
     limits::RateLimit,
+    metrics::{LOGIN_FAILURES, RATE_LIMITED},
     password::Hasher,
     token::TokenKeys,
 };
@@ -85,6 +88,7 @@ impl Users {
         let user: Option<User> = sqlx::query_as("SELECT id, username, email, created_at FROM users WHERE id = $1")
             .bind(uid)
             .fetch_optional(&self.db)
+            .instrument(db::postgres("SELECT users"))
             .await?;
         if let Some(user) = &user {
             self.cache.set(&key::user(uid), user).await;
@@ -95,6 +99,7 @@ impl Users {
     async fn check_not_locked(&self, email: &str) -> Result<()> {
         match self.cache.counter(&key::login_failures(email)).await {
             Some((failures, retry_after_secs)) if failures >= self.login_limit.max_failures => {
+                metrics::counter!(RATE_LIMITED, "limit" => "login").increment(1);
                 Err(Error::RateLimited { retry_after_secs, what: "too many failed logins, try again later" })
             }
             _ => Ok(()),
@@ -114,6 +119,7 @@ impl Users {
             sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = $1")
                 .bind(&email)
                 .fetch_optional(&self.db)
+                .instrument(db::postgres("SELECT users"))
                 .await?
         };
         let (uid, hash) = match account {
@@ -123,6 +129,7 @@ impl Users {
         let matches = self.hasher.verify(request.password, hash).await?;
         let Some(uid) = uid.filter(|_| matches) else {
             self.cache.increment(&key::login_failures(&email), self.login_limit.window).await;
+            metrics::counter!(LOGIN_FAILURES).increment(1);
             tracing::info!(outcome = "refused", "login");
             return Err(Error::Unauthenticated(WRONG_CREDENTIALS));
         };
@@ -154,6 +161,7 @@ impl UserService for Users {
                 .bind(email.as_ref())
                 .bind(hash)
                 .fetch_one(&self.db)
+                .instrument(db::postgres("INSERT users"))
                 .await
                 .on_constraint(|constraint| match constraint {
                     "users_username_key" => Some(Error::AlreadyExists("username already taken")),
@@ -197,6 +205,7 @@ impl UserService for Users {
             .bind(new_name.as_ref())
             .bind(uid)
             .execute(&self.db)
+            .instrument(db::postgres("UPDATE users"))
             .await
             .on_constraint(|constraint| {
                 (constraint == "users_username_key").then_some(Error::AlreadyExists("username already taken"))

@@ -3,11 +3,16 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
-    http::HeaderName,
+    extract::{DefaultBodyLimit, MatchedPath},
+    http::{HeaderName, Request, Response},
     serve::{ListenerExt, TapIo},
 };
-use service_kit::{live, presence::Presence, telemetry};
+use service_kit::{
+    live,
+    metrics::{DELIVERIES, MESSAGES_RECEIVED, WS},
+    presence::Presence,
+    telemetry,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{
@@ -15,6 +20,7 @@ use tower_http::{
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
+use tracing::{Span, field::Empty};
 
 use crate::{
     config::Config,
@@ -64,26 +70,29 @@ impl Application {
                 config.nats_subject_prefix.clone(),
                 USER_FEED_QUEUE,
                 service_kit::feeds::removal,
+                WS,
             )),
-            hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event)),
+            hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event, WS)),
             presence,
             nats_reconnects,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            deliveries: metrics::counter!(DELIVERIES, "transport" => WS),
+            messages_received: metrics::counter!(MESSAGES_RECEIVED, "transport" => WS),
         };
         let state = AppState {
             core,
             sockets: sockets.clone(),
             trust_forwarded_for: TrustForwardedFor(config.trust_forwarded_for),
         };
-        let trace = TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-            let headers = request.headers();
-            let request_id = headers.get(REQUEST_ID).and_then(|id| id.to_str().ok()).unwrap_or("");
-            let span =
-                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id);
-            telemetry::continue_trace(&span, &telemetry::fields_from(|f| headers.get(f)?.to_str().ok()));
-            span
-        });
+        let trace = TraceLayer::new_for_http().make_span_with(http_span).on_response(
+            |response: &Response<_>, _: Duration, span: &Span| {
+                span.record("http.response.status_code", i64::from(response.status().as_u16()));
+                if response.status().is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
+            },
+        );
         let router = routes::router(state)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(30)))
@@ -117,6 +126,30 @@ impl Application {
         tracing::info!("gateway stopped");
         Ok(())
     }
+}
+
+/// The server span of a request, by the OpenTelemetry HTTP conventions:
+/// named by its route's template (`GET /room/{roomID}`), continuing the
+/// caller's trace. The query string, where a WebSocket's token may travel,
+/// is left out.
+fn http_span<B>(request: &Request<B>) -> Span {
+    let method = request.method().as_str();
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let headers = request.headers();
+    let request_id = headers.get(REQUEST_ID).and_then(|id| id.to_str().ok()).unwrap_or("");
+    let span = tracing::info_span!(
+        "http",
+        otel.name = route.map_or_else(|| method.to_owned(), |route| format!("{method} {route}")),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = Empty,
+        url.path = request.uri().path(),
+        request_id,
+    );
+    telemetry::continue_trace(&span, &telemetry::fields_from(|f| headers.get(f)?.to_str().ok()));
+    span
 }
 
 /// The listener, setting `TCP_NODELAY` on every accepted socket: a frame

@@ -15,8 +15,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Healthcheck) = command {
         service_kit::ops::healthcheck(config.listen_addr).await;
     }
-    service_kit::logging::init("gateway");
+    let export = service_kit::logging::init("gateway")?;
     let app = Application::build(config).await?;
     tracing::info!(addr = %app.local_addr(), "gateway listening");
-    app.run_until_stopped(service_kit::shutdown::signal()).await
+    let stopped = app.run_until_stopped(service_kit::shutdown::signal()).await;
+    export.shutdown().await;
+    stopped
 }

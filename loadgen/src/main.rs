@@ -1,6 +1,7 @@
 //! The load generator: fixed scenarios against a running stack, printing
-//! throughput, latency percentiles and the gateway's memory. Run through
-//! `scripts/bench`, which starts the stack for it.
+//! throughput, latency percentiles, the gateway's memory, and the CPU the
+//! gateway and core-svc used. Run through `scripts/bench`, which starts the
+//! stack for it.
 //!
 //! - `fanout`: sockets in rooms, senders spread evenly over time; every
 //!   delivery's send→receive latency is recorded.
@@ -41,7 +42,7 @@ struct Args {
     /// The gateway's process id, to read its memory and CPU time.
     #[arg(long)]
     gateway_pid: u32,
-    /// core-svc's process id, to read its CPU time (the `reads` scenario).
+    /// core-svc's process id, to read its CPU time (the fan-out and `reads` scenarios).
     #[arg(long)]
     core_pid: Option<u32>,
     #[command(subcommand)]
@@ -127,14 +128,14 @@ async fn main() -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Fanout { rate, rooms, per_room, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;
-            let result = setup.run(rate, Duration::from_secs(seconds)).await;
+            let result = setup.run(&gateway, rate, Duration::from_secs(seconds)).await;
             result.print(&gateway);
         }
         Scenario::Ramp { rooms, per_room, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;
             let mut best: Option<RunResult> = None;
             for rate in [300, 450, 600, 750, 900, 1050, 1200, 1500, 2000, 3000] {
-                let result = setup.run(rate, Duration::from_secs(seconds)).await;
+                let result = setup.run(&gateway, rate, Duration::from_secs(seconds)).await;
                 result.print(&gateway);
                 if result.p99_ms() > 100.0 || result.delivered < result.expected * 95 / 100 {
                     break;
@@ -182,6 +183,11 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 impl Gateway {
+    /// CPU seconds of the gateway and of core-svc (if its pid was given).
+    fn cpu_of_both(&self) -> [Option<f64>; 2] {
+        [Some(cpu_secs(self.pid)), self.core_pid.map(cpu_secs)]
+    }
+
     fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .ok()
@@ -543,13 +549,18 @@ struct RunResult {
     delivered: u64,
     elapsed: Duration,
     latencies: Histogram<u64>,
+    /// Of one core, during the run (its last deliveries included): the
+    /// gateway's and core-svc's.
+    cpu_percent: [Option<f64>; 2],
 }
 
 impl Fanout {
     /// Sends `rate` messages per second in total for `duration`, each room's
     /// sender on its own phase so that sends are spread evenly in time.
-    async fn run(&self, rate: u32, duration: Duration) -> RunResult {
+    async fn run(&self, gateway: &Gateway, rate: u32, duration: Duration) -> RunResult {
         self.latencies.lock().await.reset();
+        let cpu_before = gateway.cpu_of_both();
+        let wall = Instant::now();
         let rooms = self.senders.len();
         let per_room_rate = rate as f64 / rooms as f64;
         let period = Duration::from_secs_f64(1.0 / per_room_rate);
@@ -584,8 +595,15 @@ impl Fanout {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let delivered = self.received.load(Ordering::Relaxed) - count_before;
         let latencies = self.latencies.lock().await.clone();
-        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies }
+        let wall = wall.elapsed().as_secs_f64();
+        let cpu_after = gateway.cpu_of_both();
+        let cpu_percent = [0, 1].map(|i| Some((cpu_after[i]? - cpu_before[i]?) / wall * 100.0));
+        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies, cpu_percent }
     }
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map_or_else(|| "unknown".to_owned(), |value| format!("{value:.1}%"))
 }
 
 impl RunResult {
@@ -600,7 +618,7 @@ impl RunResult {
     fn print(&self, gateway: &Gateway) {
         let q = |q: f64| self.latencies.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "fanout {} sends/s: sent {} in {:.1}s, delivered {}/{} ({:.0} deliveries/s); latency ms p50 {:.1} p99 {:.1} p999 {:.1} max {:.1}; gateway RSS {} MiB",
+            "fanout {} sends/s: sent {} in {:.1}s, delivered {}/{} ({:.0} deliveries/s); latency ms p50 {:.1} p99 {:.1} p999 {:.1} max {:.1}; gateway RSS {} MiB; CPU of one core: gateway {}, core-svc {}",
             self.rate,
             self.sent,
             self.elapsed.as_secs_f64(),
@@ -611,7 +629,9 @@ impl RunResult {
             q(0.99),
             q(0.999),
             self.latencies.max() as f64 / 1000.0,
-            gateway.rss_kib() / 1024
+            gateway.rss_kib() / 1024,
+            percent(self.cpu_percent[0]),
+            percent(self.cpu_percent[1]),
         );
     }
 }

@@ -6,10 +6,16 @@
 //! [`broadcast::error::RecvError::Lagged`]. Presence and typing go on the
 //! feed's [`Board`] instead, each member's latest for every listener to read
 //! when it can (presence held to one change per member per second first).
+//!
+//! Each event received is one span, `receive <prefix>.room.{id}` (the
+//! subject's template: one name for every room), continuing the trace of
+//! its publication and carrying how many listeners it went to: one span per
+//! event and process, never one per listener.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, Weak},
+    time::SystemTime,
 };
 
 use chat_proto::events::v1::{Event, Presence, event::Kind};
@@ -21,19 +27,28 @@ use tokio::{
     time::{Duration, Instant, sleep_until},
 };
 
+use metrics::Gauge;
+
 use crate::{
     live::{self, About, Board, Cursor, Throttle},
+    metrics::{BROADCAST_LATENCY, NATS_PUBLISH_ERRORS, NATS_RECONNECTS, ROOM_FEEDS},
     telemetry,
 };
 
 /// Options for a NATS connection that count its connects: the receiver
 /// changes each time the connection is made again, after which a feed
-/// refills from history what NATS (at most once) dropped meanwhile.
+/// refills from history what NATS (at most once) dropped meanwhile; every
+/// connect but the first is counted in `chat_nats_reconnects_total`.
 pub fn counting_connects() -> (async_nats::ConnectOptions, tokio::sync::watch::Receiver<u64>) {
     let (connected, connects) = tokio::sync::watch::channel(0_u64);
     let options = async_nats::ConnectOptions::new().event_callback(move |event| {
         if matches!(event, async_nats::Event::Connected) {
-            connected.send_modify(|count| *count += 1);
+            connected.send_modify(|count| {
+                if *count > 0 {
+                    metrics::counter!(NATS_RECONNECTS).increment(1);
+                }
+                *count += 1;
+            });
         }
         std::future::ready(())
     });
@@ -48,6 +63,50 @@ pub fn room_subject(prefix: &str, room_id: i64) -> String {
 /// The NATS subject of the live events addressed to one user (`Removed`).
 pub fn user_subject(prefix: &str, uid: i64) -> String {
     format!("{prefix}.user.{uid}")
+}
+
+/// What every room's subject looks like, to name spans by (OpenTelemetry's
+/// `messaging.destination.template`): a room id would make a span name per room.
+pub fn room_subject_template(prefix: &str) -> String {
+    format!("{prefix}.room.{{id}}")
+}
+
+/// What every user's subject looks like.
+pub fn user_subject_template(prefix: &str) -> String {
+    format!("{prefix}.user.{{uid}}")
+}
+
+/// Publishes `payload` on `subject`, in a span of its own whose trace goes
+/// on in the message's headers, to every listener. The span is named by the
+/// subject's `template` (`publish chat.room.{id}`), not the subject: one
+/// span name, not one per room. At most once, as NATS is.
+pub async fn publish(
+    nats: &async_nats::Client,
+    subject: String,
+    template: &str,
+    payload: Vec<u8>,
+) -> Result<(), async_nats::PublishError> {
+    let span = tracing::info_span!(
+        "nats.publish",
+        otel.name = format!("publish {template}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = subject.as_str(),
+        messaging.destination.template = template,
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    for (key, value) in &telemetry::context_of(&span) {
+        headers.insert(key.as_str(), value.as_str());
+    }
+    let published = nats.publish_with_headers(subject, headers, payload.into()).await;
+    if published.is_err() {
+        metrics::counter!(NATS_PUBLISH_ERRORS).increment(1);
+        span.record("otel.status_code", "ERROR");
+    }
+    published
 }
 
 /// What a listener gets of an event; `None` for one it does not show.
@@ -76,8 +135,14 @@ pub struct Hub<E> {
     nats: async_nats::Client,
     subject_prefix: String,
     subject: fn(&str, i64) -> String,
+    /// The subjects' template, that names the spans.
+    template: String,
     listen: Listen<E>,
     queue: usize,
+    /// The `transport` label of the broadcast latency: who listens.
+    transport: &'static str,
+    /// `chat_room_feeds`, for the feeds of rooms.
+    open: Option<Gauge>,
     feeds: Feeds<E>,
 }
 
@@ -89,6 +154,7 @@ pub struct Feed<E> {
     board: Arc<Board<E>>,
     task: AbortHandle,
     feeds: Feeds<E>,
+    open: Option<Gauge>,
 }
 
 impl<E: Clone> Feed<E> {
@@ -105,6 +171,9 @@ impl<E: Clone> Feed<E> {
 
 impl<E> Drop for Feed<E> {
     fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.decrement(1.0);
+        }
         // Ends the subscriber task, which unsubscribes from NATS.
         self.task.abort();
         let mut feeds = self.feeds.lock().expect("lock poisoned");
@@ -118,14 +187,38 @@ impl<E> Drop for Feed<E> {
 impl<E: Clone + Send + 'static> Hub<E> {
     /// Room N's events come from `<subject_prefix>.room.N`, each turned
     /// into what listeners get by `listen`; each listener may fall `queue`
-    /// events behind.
-    pub fn rooms(nats: async_nats::Client, subject_prefix: String, queue: usize, listen: Listen<E>) -> Self {
-        Self { nats, subject_prefix, subject: room_subject, listen, queue, feeds: Arc::default() }
+    /// events behind. The listeners are of `transport` (`ws`, `grpc`).
+    pub fn rooms(
+        nats: async_nats::Client,
+        subject_prefix: String,
+        queue: usize,
+        listen: Listen<E>,
+        transport: &'static str,
+    ) -> Self {
+        let template = room_subject_template(&subject_prefix);
+        let open = Some(metrics::gauge!(ROOM_FEEDS));
+        Self { subject: room_subject, template, open, ..Self::users(nats, subject_prefix, queue, listen, transport) }
     }
 
     /// As [`Hub::rooms`], for user N's events, from `<subject_prefix>.user.N`.
-    pub fn users(nats: async_nats::Client, subject_prefix: String, queue: usize, listen: Listen<E>) -> Self {
-        Self { nats, subject_prefix, subject: user_subject, listen, queue, feeds: Arc::default() }
+    pub fn users(
+        nats: async_nats::Client,
+        subject_prefix: String,
+        queue: usize,
+        listen: Listen<E>,
+        transport: &'static str,
+    ) -> Self {
+        Self {
+            template: user_subject_template(&subject_prefix),
+            nats,
+            subject_prefix,
+            subject: user_subject,
+            listen,
+            queue,
+            transport,
+            open: None,
+            feeds: Arc::default(),
+        }
     }
 
     /// The room's (or user's) feed, subscribed to NATS before this returns,
@@ -147,21 +240,48 @@ impl<E: Clone + Send + 'static> Hub<E> {
             board: board.clone(),
             throttle: Throttle::default(),
         };
+        let (template, name) = (self.template.clone(), format!("receive {}", self.template));
+        let latency = metrics::histogram!(BROADCAST_LATENCY, "transport" => self.transport);
         let task = tokio::spawn(async move {
             loop {
                 // Far off when nothing is held back; the branch is off then.
                 let held = fanout.throttle.next_end();
                 let release = sleep_until(held.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
                 tokio::select! {
-                    event = subscriber.next() => {
-                        let Some(event) = event else { return };
-                        let span = tracing::info_span!("feed.fanout", subject = subject.as_str());
+                    message = subscriber.next() => {
+                        let Some(message) = message else { return };
+                        let span = tracing::info_span!(
+                            "nats.receive",
+                            otel.name = name.as_str(),
+                            otel.kind = "consumer",
+                            messaging.system = "nats",
+                            messaging.operation.type = "receive",
+                            messaging.operation.name = "receive",
+                            messaging.destination.name = subject.as_str(),
+                            messaging.destination.template = template.as_str(),
+                            chat.room.id = tracing::field::Empty,
+                            chat.fanout.listeners = tracing::field::Empty,
+                        );
                         let carried =
-                            telemetry::fields_from(|field| Some(event.headers.as_ref()?.get(field)?.as_str()));
+                            telemetry::fields_from(|field| Some(message.headers.as_ref()?.get(field)?.as_str()));
                         telemetry::continue_trace(&span, &carried);
                         let _in_span = span.enter();
-                        match Event::decode(event.payload) {
-                            Ok(event) => fanout.pass(event),
+                        match Event::decode(message.payload) {
+                            Ok(event) => {
+                                span.record("chat.room.id", event.room_id);
+                                let at = event.timestamp.and_then(|at| {
+                                    let since = Duration::new(at.seconds.try_into().ok()?, at.nanos.try_into().ok()?);
+                                    Some(SystemTime::UNIX_EPOCH + since)
+                                });
+                                // Presence and typing go on the board, for listeners to read when they can.
+                                if let Some(listeners) = fanout.pass(event) {
+                                    // As i64: OpenTelemetry has no unsigned integers.
+                                    span.record("chat.fanout.listeners", listeners as i64);
+                                    if let Some(waited) = at.and_then(|at| at.elapsed().ok()) {
+                                        latency.record(waited.as_secs_f64());
+                                    }
+                                }
+                            }
                             Err(error) => tracing::error!(%error, subject = subject.as_str(), "undecodable live event"),
                         }
                     }
@@ -176,7 +296,10 @@ impl<E: Clone + Send + 'static> Hub<E> {
             task.abort();
             return Ok(existing);
         }
-        let feed = Arc::new(Feed { id, sender, board, task, feeds: self.feeds.clone() });
+        if let Some(open) = &self.open {
+            open.increment(1.0);
+        }
+        let feed = Arc::new(Feed { id, sender, board, task, feeds: self.feeds.clone(), open: self.open.clone() });
         feeds.insert(id, Arc::downgrade(&feed));
         Ok(feed)
     }
@@ -201,20 +324,22 @@ struct Fanout<E> {
 }
 
 impl<E: Clone> Fanout<E> {
-    fn pass(&mut self, event: Event) {
+    /// Passes an event on: how many listeners it went to, or `None` for
+    /// one put on the board.
+    fn pass(&mut self, event: Event) -> Option<usize> {
         match &event.kind {
             Some(Kind::Presence(presence)) => {
                 if self.throttle.offer(event.uid, presence.online, Instant::now()) {
                     self.show(About::Presence(event.uid), event);
                 }
+                None
             }
-            Some(Kind::Typing(_)) => self.show(About::Typing(event.uid), event),
+            Some(Kind::Typing(_)) => {
+                self.show(About::Typing(event.uid), event);
+                None
+            }
             // No receivers only means every listener just left.
-            _ => {
-                if let Some(shown) = (self.listen)(event) {
-                    drop(self.to_listeners.send(shown));
-                }
-            }
+            _ => Some((self.listen)(event).map_or(0, |shown| self.to_listeners.send(shown).unwrap_or(0))),
         }
     }
 

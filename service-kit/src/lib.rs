@@ -1,7 +1,12 @@
 //! What every binary of the stack shares, and nothing else.
 //!
-//! - [`logging`]: structured `tracing` output, one line per event.
+//! - [`logging`]: structured `tracing` output, one line per event, and the
+//!   spans for OpenTelemetry beside it.
 //! - [`telemetry`]: W3C trace context carried across every hop.
+//! - [`export`]: OTLP export of the spans, set up by the `OTEL_*` variables.
+//! - [`grpc`]: spans and metrics of gRPC calls, as tower layers.
+//! - [`db`]: client spans of PostgreSQL and Redis calls.
+//! - [`metrics`]: the metrics several binaries export, by the one scheme.
 //! - [`shutdown`]: the signal that starts a graceful shutdown.
 //! - [`feeds`]: live room feeds from NATS, shared by a process's listeners
 //!   (the gateway's sockets, core-svc's gRPC streams).
@@ -16,10 +21,14 @@
 //!   subcommand.
 
 pub mod cli;
+pub mod db;
+pub mod export;
 pub mod feeds;
+pub mod grpc;
 pub mod live;
 pub mod logging;
 pub mod message_log;
+pub mod metrics;
 pub mod ops;
 pub mod presence;
 pub mod settings;

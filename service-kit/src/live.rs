@@ -14,7 +14,7 @@ use chat_proto::events::v1::Event;
 use prost::Message as _;
 use tokio::{sync::watch, time::Instant};
 
-use crate::{feeds::room_subject, telemetry};
+use crate::feeds::{self, room_subject, room_subject_template};
 
 /// How often, at most, each listener hears of one member's presence.
 pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
@@ -39,15 +39,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes on the event's room's subject, with the trace context of
-    /// the current span. At most once, as NATS is: a lost one is not retried.
+    /// Publishes on the event's room's subject, in the trace of the current
+    /// span. At most once, as NATS is: a lost one is not retried.
     pub async fn publish(&self, event: Event) {
         let subject = room_subject(&self.subject_prefix, event.room_id);
-        let mut headers = async_nats::HeaderMap::new();
-        for (key, value) in telemetry::context_of(&tracing::Span::current()) {
-            headers.insert(key.as_str(), value.as_str());
-        }
-        if let Err(error) = self.nats.publish_with_headers(subject, headers, event.encode_to_vec().into()).await {
+        let template = room_subject_template(&self.subject_prefix);
+        if let Err(error) = feeds::publish(&self.nats, subject, &template, event.encode_to_vec()).await {
             tracing::warn!(%error, room_id = event.room_id, "cannot publish a live event");
         }
     }

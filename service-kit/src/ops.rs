@@ -14,14 +14,18 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
-/// Latency buckets, in seconds, of every histogram.
+use crate::metrics::ARCHIVER_BATCH_SIZE;
+
+/// Latency buckets, in seconds, of every histogram but one.
 const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Buckets of the archiver's batch sizes, in records.
+const BATCH_SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
 /// The process-wide recorder, installed on first use.
 pub fn recorder() -> &'static PrometheusHandle {
@@ -29,6 +33,9 @@ pub fn recorder() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         PrometheusBuilder::new()
             .set_buckets(&BUCKETS)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Full(ARCHIVER_BATCH_SIZE.to_owned()), &BATCH_SIZE_BUCKETS)
+            })
             .expect("non-empty buckets")
             .install_recorder()
             .expect("no other metrics recorder is installed")

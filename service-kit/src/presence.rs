@@ -41,6 +41,7 @@ use tokio::{
     sync::{Notify, OnceCell},
     time::{MissedTickBehavior, interval},
 };
+use tracing::Instrument;
 
 use crate::live;
 
@@ -325,7 +326,8 @@ impl Shared {
             .arg(SWEEP_LIMIT)
             .arg(arriving)
             .arg(leaving);
-        let (came, gone, online): (Vec<i64>, Vec<i64>, Vec<i64>) = invocation.invoke_async(&mut connection).await?;
+        let (came, gone, online): (Vec<i64>, Vec<i64>, Vec<i64>) =
+            invocation.invoke_async(&mut connection).instrument(crate::db::redis("EVALSHA")).await?;
         // Swept and back in one call (this process's own entry, after it
         // could not renew it for a lease): online all along, no news.
         let back: HashSet<i64> = came.iter().filter(|uid| gone.contains(uid)).copied().collect();

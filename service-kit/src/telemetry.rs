@@ -2,7 +2,8 @@
 //! HTTP headers, gRPC metadata, Kafka record headers and NATS message
 //! headers, so that one trace follows a message from the sender's socket to
 //! history and to the gateways that deliver it. Each process turns its
-//! `tracing` spans into OpenTelemetry spans; exporting them is for later.
+//! `tracing` spans into OpenTelemetry spans ([`crate::export`] sends them
+//! on, when asked to).
 
 use std::collections::HashMap;
 
@@ -18,17 +19,18 @@ use tracing_subscriber::{Layer, registry::LookupSpan};
 /// The carrier fields of the W3C trace context.
 pub const FIELDS: [&str; 2] = ["traceparent", "tracestate"];
 
-/// The layer that gives `tracing` spans trace and span ids, and the
-/// propagator that writes and reads them.
-pub fn layer<S>() -> impl Layer<S>
+/// The layer that turns `tracing` spans into OpenTelemetry spans of
+/// `provider`, and the propagator that writes and reads their context.
+pub fn layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + use<S>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let provider = SdkTracerProvider::builder().build();
-    let tracer = provider.tracer("chat");
-    global::set_tracer_provider(provider);
-    tracing_opentelemetry::layer().with_tracer(tracer)
+    // No thread and busy/idle time attributes: every enter and exit would pay for them.
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("chat"))
+        .with_threads(false)
+        .with_tracked_inactivity(false)
 }
 
 /// The trace context of `span`, as carrier fields to copy into a request's

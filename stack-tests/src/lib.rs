@@ -50,7 +50,8 @@ impl Shared {
         // seen crossing the hops. `TEST_LOG=1` (with `RUST_LOG` and
         // `--nocapture`) shows the services' logs, to debug a test.
         if std::env::var("TEST_LOG").is_ok() {
-            service_kit::logging::init("test")
+            // Nothing exported: the spans' provider stays with the subscriber.
+            drop(service_kit::logging::init("test").expect("valid OTEL_* settings"));
         } else {
             service_kit::logging::init_without_output()
         }

@@ -9,7 +9,9 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::AppState;
-use crate::{core_client::CoreClient, metrics::DEPENDENCY_UP, ws::Sockets};
+use service_kit::metrics::DEPENDENCY_UP;
+
+use crate::{core_client::CoreClient, ws::Sockets};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
@@ -35,7 +37,7 @@ struct Readiness {
 /// Whether this gateway can serve: 503 only when it cannot reach core-svc or
 /// is shutting down. A dependency every replica shares (PostgreSQL, Redis,
 /// Kafka, NATS) being down is reported in the body and in the
-/// `dependency_up` gauge, but does not fail readiness: taking every gateway
+/// `chat_dependency_up` gauge, but does not fail readiness: taking every gateway
 /// out of its load balancer at once would turn a partial outage (live chat
 /// and sends go on without PostgreSQL, reads go on without Kafka) into a
 /// total one.
@@ -69,7 +71,9 @@ async fn readyz(State(core): State<CoreClient>, State(sockets): State<Sockets>) 
         ("nats", if nats { "ok" } else { "unavailable" }),
     ]);
     for (dependency, state) in &checks {
-        metrics::gauge!(DEPENDENCY_UP, "dependency" => *dependency).set(if *state == "ok" { 1.0 } else { 0.0 });
+        // The metric names core-svc as the scheme does.
+        let dependency = if *dependency == "core-svc" { "core" } else { *dependency };
+        metrics::gauge!(DEPENDENCY_UP, "dependency" => dependency).set(if *state == "ok" { 1.0 } else { 0.0 });
     }
     let error = if sockets.shutdown.is_cancelled() {
         Some("shutting down")

@@ -39,7 +39,7 @@ use super::{
 use crate::{
     core_client::CoreClient,
     extract::Token,
-    metrics::{WS_CLOSED_BY_SERVER, WS_CONNECTIONS, WS_MESSAGES_SENT},
+    metrics::{SEND_LATENCY, WS_CLOSED_BY_SERVER, WS_CONNECTIONS},
     routes::rfc3339,
 };
 
@@ -143,8 +143,29 @@ struct Replay {
 /// Why the loop ended, and what close frame (if any) to send.
 enum End {
     Quietly,
-    Close(u16, &'static str),
+    Close(Closing),
 }
+
+/// Why the server closes a socket: the close frame, and the `reason` label
+/// that counts it.
+#[derive(Clone, Copy)]
+struct Closing {
+    code: u16,
+    reason: &'static str,
+    label: &'static str,
+}
+
+const TOO_BIG: Closing =
+    Closing { code: close_code::SIZE, reason: "frame larger than 16 KiB", label: "frame_too_large" };
+const SILENT: Closing = Closing { code: close_code::AWAY, reason: "no answer to pings", label: "no_pong" };
+const EXPIRED: Closing = Closing { code: close_code::POLICY, reason: "token expired", label: "token_expired" };
+const SHUTDOWN: Closing = Closing { code: close_code::AWAY, reason: "server shutting down", label: "shutdown" };
+const HUNG: Closing = Closing { code: close_code::POLICY, reason: "write timed out", label: "write_timeout" };
+const TOO_SLOW: Closing = Closing { code: close_code::POLICY, reason: "too slow", label: "too_slow" };
+const FEED_ENDED: Closing = Closing { code: close_code::ERROR, reason: "room feed ended", label: "feed_ended" };
+/// Every `reason` a socket is closed for, to count from zero.
+pub const CLOSE_REASONS: [&str; 7] =
+    [TOO_BIG.label, SILENT.label, EXPIRED.label, SHUTDOWN.label, HUNG.label, TOO_SLOW.label, FEED_ENDED.label];
 
 type Step = Result<(), End>;
 
@@ -162,7 +183,8 @@ struct InFlight {
 }
 
 enum Done {
-    Sent(Result<SendResponse, tonic::Status>),
+    /// The answer, and when the client's frame came.
+    Sent(Result<SendResponse, tonic::Status>, Instant),
     /// Boxed: an enter is rare, and the rest are small.
     Entered(Result<Box<Entered>, &'static str>),
     Page(Result<Vec<Message>, &'static str>),
@@ -216,9 +238,9 @@ impl Connection {
             Err(end) => end,
         };
         open.decrement(1);
-        if let End::Close(code, reason) = end {
-            metrics::counter!(WS_CLOSED_BY_SERVER, "reason" => reason).increment(1);
-            close(&mut socket, code, reason).await;
+        if let End::Close(closing) = end {
+            metrics::counter!(WS_CLOSED_BY_SERVER, "reason" => closing.label).increment(1);
+            close(&mut socket, closing).await;
         }
         tracing::debug!(uid = self.uid, "socket closed");
     }
@@ -247,10 +269,10 @@ impl Connection {
                     last_heard = Instant::now();
                     match incoming {
                         Some(Ok(message)) if payload_len(&message) > MAX_FRAME => {
-                            return Err(End::Close(close_code::SIZE, "frame larger than 16 KiB"));
+                            return Err(End::Close(TOO_BIG));
                         }
                         Some(Err(error)) if too_big(&error) => {
-                            return Err(End::Close(close_code::SIZE, "frame larger than 16 KiB"));
+                            return Err(End::Close(TOO_BIG));
                         }
                         Some(Ok(WsMessage::Text(text))) => in_flight = self.on_text(socket, &text).await?,
                         Some(Ok(WsMessage::Binary(_))) => self.error(socket, "invalid operation", None).await?,
@@ -287,19 +309,19 @@ impl Connection {
                 },
                 _ = ping.tick() => {
                     if in_flight.is_none() && last_heard.elapsed() > SILENCE_LIMIT {
-                        return Err(End::Close(close_code::AWAY, "no answer to pings"));
+                        return Err(End::Close(SILENT));
                     }
                     self.send(socket, WsMessage::Ping(Default::default())).await?;
                 }
                 () = &mut expiry, if lifetime.is_some() => {
-                    return Err(End::Close(close_code::POLICY, "token expired"));
+                    return Err(End::Close(EXPIRED));
                 }
                 () = &mut shutdown => {
                     if let Some(InFlight { step, reference, finish_at_shutdown: true }) = in_flight.take() {
                         self.on_done(socket, step.await, reference).await?;
                     }
                     self.flush(socket).await?;
-                    return Err(End::Close(close_code::AWAY, "server shutting down"));
+                    return Err(End::Close(SHUTDOWN));
                 }
             }
         }
@@ -321,7 +343,7 @@ impl Connection {
         if let Some(room) = self.room.as_mut() {
             room.last_id = room.last_id.max(frame.id);
         }
-        self.send(socket, WsMessage::Text(frame.json)).await
+        self.deliver(socket, frame.json).await
     }
 
     /// NATS is at most once: what was published while this gateway's
@@ -367,7 +389,9 @@ impl Connection {
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
         match done {
-            Done::Sent(answer) => self.on_sent(socket, answer, reference.as_deref()).await.map(|()| None),
+            Done::Sent(answer, received) => {
+                self.on_sent(socket, answer, received, reference.as_deref()).await.map(|()| None)
+            }
             Done::Entered(Ok(entered)) => self.on_entered(socket, *entered, reference).await,
             Done::Entered(Err(problem)) => self.error(socket, problem, reference.as_deref()).await.map(|()| None),
             Done::Page(Ok(page)) => self.on_page(socket, page, reference).await,
@@ -396,7 +420,7 @@ impl Connection {
             self.leave_room();
             return self.write(socket, ServerFrame::Enter { room_id, reference }).await.map(|()| None);
         }
-        let span = tracing::info_span!(parent: None, "ws.enter", uid = self.uid, room_id);
+        let span = tracing::info_span!(parent: None, "enter", otel.kind = "server", user.id = self.uid, chat.room.id = room_id);
         self.removed_meanwhile.clear();
         let entering = self.entering(room_id, frame.lastid);
         let step = Box::pin(async move { Done::Entered(entering.await.map(Box::new)) }.instrument(span));
@@ -602,9 +626,11 @@ impl Connection {
             // it twice.
             key: frame.key.clone().filter(|key| !key.is_empty()).unwrap_or_else(gateway_key),
         });
+        self.sockets.messages_received.increment(1);
         // Each message starts a trace of its own, carried to core-svc and on.
-        let span = tracing::info_span!(parent: None, "ws.message", uid = self.uid, room_id);
-        let send = async move { Done::Sent(messages.send(request).await.map(|sent| sent.into_inner())) };
+        let span = tracing::info_span!(parent: None, "message", otel.kind = "server", user.id = self.uid, chat.room.id = room_id);
+        let received = Instant::now();
+        let send = async move { Done::Sent(messages.send(request).await.map(|sent| sent.into_inner()), received) };
         let step = Box::pin(send.instrument(span));
         Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: true }))
     }
@@ -633,13 +659,15 @@ impl Connection {
         &mut self,
         socket: &mut WebSocket,
         answer: Result<SendResponse, tonic::Status>,
+        received: Instant,
         reference: Option<&str>,
     ) -> Step {
         match answer {
             Ok(sent) => {
-                metrics::counter!(WS_MESSAGES_SENT).increment(1);
                 let timestamp = rfc3339(sent.timestamp);
-                self.write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }).await
+                self.write(socket, ServerFrame::Sent { message_id: sent.message_id, timestamp, reference }).await?;
+                metrics::histogram!(SEND_LATENCY).record(received.elapsed().as_secs_f64());
+                Ok(())
             }
             Err(status) => self.refused(socket, &status, reference).await,
         }
@@ -650,7 +678,7 @@ impl Connection {
     async fn refused(&mut self, socket: &mut WebSocket, status: &tonic::Status, reference: Option<&str>) -> Step {
         if status.code() == Code::Unauthenticated {
             self.error(socket, "token expired", reference).await?;
-            return Err(End::Close(close_code::POLICY, "token expired"));
+            return Err(End::Close(EXPIRED));
         }
         self.error(socket, status_text(status), reference).await
     }
@@ -663,7 +691,7 @@ impl Connection {
         };
         let mut messages = self.core.messages.clone();
         let request = self.token.request(TypingRequest { room_id });
-        let span = tracing::info_span!(parent: None, "ws.typing", uid = self.uid, room_id);
+        let span = tracing::info_span!(parent: None, "typing", otel.kind = "server", user.id = self.uid, chat.room.id = room_id);
         let typed = async move { Done::Typed(messages.typing(request).await.map(|typed| typed.into_inner())) };
         let step = Box::pin(typed.instrument(span));
         Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
@@ -691,7 +719,7 @@ impl Connection {
                 Err(problem) => Err(problem),
             })
         };
-        let span = tracing::info_span!(parent: None, "ws.auth", uid);
+        let span = tracing::info_span!(parent: None, "auth", otel.kind = "server", user.id = uid);
         let step = Box::pin(authed.instrument(span));
         Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
     }
@@ -716,18 +744,25 @@ impl Connection {
                 written = &mut write => return match written {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(_)) => Err(End::Quietly),
-                    Err(_) => Err(End::Close(close_code::POLICY, "write timed out")),
+                    Err(_) => Err(End::Close(HUNG)),
                 },
                 frame = live_frame(&mut self.room) => {
                     let room = self.room.as_mut().expect("the frame came from the room");
                     match frame {
                         Ok(frame) if room.held.len() < room.limit => room.held.push_back(frame),
-                        Ok(_) => return Err(End::Close(close_code::POLICY, "too slow")),
+                        Ok(_) => return Err(End::Close(TOO_SLOW)),
                         Err(error) => return Err(feed_error(error)),
                     }
                 }
             }
         }
+    }
+
+    /// Writes one of the room's events.
+    async fn deliver(&mut self, socket: &mut WebSocket, json: Utf8Bytes) -> Step {
+        self.send(socket, WsMessage::Text(json)).await?;
+        self.sockets.deliveries.increment(1);
+        Ok(())
     }
 
     async fn write(&mut self, socket: &mut WebSocket, frame: ServerFrame<'_>) -> Step {
@@ -930,8 +965,8 @@ async fn live_frame(room: &mut Option<InRoom>) -> Result<Frame, RecvError> {
 /// behind its room, or the feed ended.
 fn feed_error(error: RecvError) -> End {
     match error {
-        RecvError::Lagged(_) => End::Close(close_code::POLICY, "too slow"),
-        RecvError::Closed => End::Close(close_code::ERROR, "room feed ended"),
+        RecvError::Lagged(_) => End::Close(TOO_SLOW),
+        RecvError::Closed => End::Close(FEED_ENDED),
     }
 }
 
@@ -975,8 +1010,8 @@ fn too_big(error: &axum::Error) -> bool {
 /// sends until it answers with its own close (or [`CLOSE_WAIT`] passes).
 /// Dropping the connection with the client's bytes unread would make the
 /// kernel reset it, and the client would often never see the close frame.
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code, reason: reason.into() };
+async fn close(socket: &mut WebSocket, closing: Closing) {
+    let frame = CloseFrame { code: closing.code, reason: closing.reason.into() };
     if timeout(WRITE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await.is_err() {
         return;
     }

@@ -12,6 +12,7 @@ use axum::{
     response::Response,
 };
 use chat_proto::v1::GetProfileRequest;
+use metrics::Counter;
 use service_kit::presence::Presence;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -41,8 +42,9 @@ pub type UserHub = service_kit::feeds::Hub<service_kit::feeds::Removal>;
 /// How many removals a user's feed may fall behind: they are rare.
 pub const USER_FEED_QUEUE: usize = 16;
 
-/// What every connection shares: the room and user feeds, presence, and the signal
-/// and the tracker that let shutdown close every socket and wait for it.
+/// What every connection shares: the room and user feeds, presence, the
+/// signal and the tracker that let shutdown close every socket and wait for
+/// it, and the counters of every frame (made once, not looked up per frame).
 #[derive(Clone)]
 pub struct Sockets {
     pub hub: Arc<Hub>,
@@ -52,6 +54,8 @@ pub struct Sockets {
     pub nats_reconnects: tokio::sync::watch::Receiver<u64>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    pub deliveries: Counter,
+    pub messages_received: Counter,
 }
 
 /// `GET /ws?token=<jwt>` (or with an `Authorization` header). A missing or

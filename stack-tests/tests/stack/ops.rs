@@ -54,7 +54,7 @@ async fn readyz_reports_a_shared_outage_but_stays_ready() {
     assert_eq!(body["Checks"]["core-svc"], "ok");
     assert!(body.get("Error").is_none(), "{body}");
     let (_, metrics) = app.get("/metrics", None).await;
-    assert!(metrics.as_str().unwrap().contains(r#"dependency_up{dependency="core-svc"} 1"#), "{metrics}");
+    assert!(metrics.as_str().unwrap().contains(r#"chat_dependency_up{dependency="core"} 1"#), "{metrics}");
 }
 
 #[tokio::test]
@@ -139,14 +139,14 @@ async fn metrics_count_requests_by_route_and_open_sockets() {
     // The route pattern, not the raw path: one series for every profile.
     let profile = text
         .lines()
-        .find(|line| line.starts_with("http_requests_total") && line.contains(r#"route="/profile/{UID}""#))
+        .find(|line| line.starts_with("chat_http_requests_total") && line.contains(r#"route="/profile/{UID}""#))
         .unwrap_or_else(|| panic!("no profile requests counted in\n{text}"));
     assert!(profile.contains(r#"status="200""#), "{profile}");
     let open: f64 = text
         .lines()
-        .find_map(|line| line.strip_prefix("ws_connections "))
+        .find_map(|line| line.strip_prefix("chat_ws_connections "))
         .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no ws_connections in\n{text}"));
+        .unwrap_or_else(|| panic!("no chat_ws_connections in\n{text}"));
     // Tests in this process share the recorder; this one's socket is open.
     assert!(open >= 1.0, "{open}");
     ws.close().await;

@@ -326,7 +326,7 @@ async fn closed_as_too_slow(app: &TestApp) -> f64 {
     let metrics = metrics.as_str().expect("plain text");
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix(r#"ws_closed_by_server_total{reason="too slow"} "#))
+        .find_map(|line| line.strip_prefix(r#"chat_ws_closed_by_server_total{reason="too_slow"} "#))
         .map_or(0.0, |count| count.trim().parse().expect("a number"))
 }
 
