@@ -3,6 +3,7 @@ database, for tests that drive them as independent clients would; and a
 Jaeger of the tests' own ($JAEGER, built by scripts/test) for the tracing
 tests."""
 
+import asyncio
 import contextlib
 import json
 import os
@@ -28,6 +29,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Frames about who is in the room and typing, which come whenever other
+# members come, go and type; tests about messages pass over them.
+SIDE = {"online", "presence", "typing"}
+
+
+async def recv(ws):
+    """The next WebSocket frame that is not a side frame."""
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if frame["Type"] not in SIDE:
+            return frame
 
 
 @dataclass

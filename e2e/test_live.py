@@ -8,6 +8,7 @@ import time
 
 import requests
 import websockets
+from conftest import recv
 
 
 def user(stack, name):
@@ -16,19 +17,6 @@ def user(stack, name):
     assert r.status_code == 201, r.text
     r = requests.put(f"{stack.base}/login", json={"Email": body["Email"], "Password": "password"})
     return r.json()["token"]
-
-
-# Frames about who is in the room and typing, which come whenever other
-# members come, go and type; these tests are about messages.
-SIDE = {"online", "presence", "typing"}
-
-
-async def recv(ws):
-    """The next frame that is not a side frame."""
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        if frame["Type"] not in SIDE:
-            return frame
 
 
 async def enter(ws, room):

@@ -23,6 +23,7 @@ import pytest
 import requests
 import websockets
 import yaml
+from conftest import recv
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RULES = ROOT / "helm/chat/files/alerts.yaml"
@@ -124,11 +125,11 @@ def traffic(stack, chat):
             await ws.send(json.dumps({"Type": "enter", "RoomID": room}))
             await asyncio.wait_for(ws.recv(), 10)
             await ws.send(json.dumps({"Type": "message", "Text": "over the socket"}))
-            frames = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+            frames = [await recv(ws) for _ in range(2)]
             assert {f["Type"] for f in frames} == {"sent", "message"}, frames
             # One sent over gRPC, delivered to this socket too.
             messages.Send(pb.SendRequest(room_id=room, text="over gRPC"), metadata=metadata)
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["Type"] == "message"
+            assert (await recv(ws))["Type"] == "message"
 
     asyncio.run(socket())
     assert [next(stream).text for _ in range(2)] == ["over the socket", "over gRPC"]

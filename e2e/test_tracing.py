@@ -22,7 +22,7 @@ import pytest
 import requests
 import websockets
 
-from conftest import free_port, start_stack, wait_ready
+from conftest import free_port, recv, start_stack, wait_ready
 
 CLIENTS = Path(__file__).parent / "grpc-web"
 # What the tests sent that must never be in a span: tokens, passwords,
@@ -49,10 +49,6 @@ def user(base: str) -> str:
     login = requests.put(f"{base}/login", json={"Email": email, "Password": password}).json()
     SECRETS.extend([email, password, login["token"]])
     return login["token"]
-
-
-async def recv(ws) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
 
 async def enter(ws, room: int) -> None:

@@ -18,6 +18,8 @@ use tokio::sync::Semaphore;
 use tonic::{Code, body::Body};
 use tower::{Layer, Service};
 
+use crate::metrics::{GRPC_CALLS_ADMITTED, GRPC_CALLS_SHED};
+
 const HEALTH: &str = "/grpc.health.v1.Health/";
 
 #[derive(Clone)]
@@ -62,12 +64,12 @@ where
             return self.inner.call(request).boxed();
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            metrics::counter!("chat_grpc_calls_shed_total").increment(1);
+            metrics::counter!(GRPC_CALLS_SHED).increment(1);
             let mut status = reason::status(Code::Unavailable, "temporarily unavailable", reason::OVERLOADED);
             status.metadata_mut().insert("retry-after", 1.into());
             return futures::future::ready(Ok(status.into_http())).boxed();
         };
-        metrics::counter!("chat_grpc_calls_admitted_total").increment(1);
+        metrics::counter!(GRPC_CALLS_ADMITTED).increment(1);
         let call = self.inner.call(request);
         async move {
             let answer = call.await;
