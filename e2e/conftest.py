@@ -32,30 +32,16 @@ def free_port() -> int:
 
 
 # Frames about who is in the room and typing, which come whenever other
-# members come, go and type; most tests are about messages.
+# members come, go and type; tests about messages pass over them.
 SIDE = {"online", "presence", "typing"}
 
 
-async def recv(ws) -> dict:
-    """A WebSocket's next frame that is not a side frame."""
+async def recv(ws):
+    """The next WebSocket frame that is not a side frame."""
     while True:
         frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
         if frame["Type"] not in SIDE:
             return frame
-
-
-def wait_ready(base: str, failure: str) -> None:
-    """Waits up to 30 s for the gateway at `base` to answer /readyz with 200."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(failure)
-        time.sleep(0.2)
 
 
 @dataclass
@@ -99,6 +85,37 @@ class Stack:
         ).stdout
 
 
+def run_env(run_id: str, database: str) -> dict:
+    """The environment every binary of one run shares: its database, key
+    prefix, topic, group and subjects, and limits a test does not hit."""
+    return {
+        **os.environ,
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+        "REDIS_KEY_PREFIX": f"e2e-{run_id}:",
+        "JWT_SECRET": "end-to-end-test-secret-0123456789abcdef",
+        "KAFKA_TOPIC": f"e2e-{run_id}.messages",
+        "KAFKA_GROUP": f"e2e-{run_id}-archiver",
+        "NATS_SUBJECT_PREFIX": f"e2e-{run_id}",
+        "SEND_RATE_PER_SECOND": "100000",
+        "SEND_BURST": "100000",
+        "LOG_FORMAT": "json",
+    }
+
+
+def wait_ready(url: str, what: str, log_dir, seconds: float = 30) -> None:
+    """Waits (at most `seconds`) for `url` to answer 200."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not become ready; logs in {log_dir}")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def start_stack(env: dict | None = None, env_for: dict | None = None):
     """The three binaries on free ports against a fresh database and the
@@ -110,21 +127,12 @@ def start_stack(env: dict | None = None, env_for: dict | None = None):
     core_port, gateway_port = free_port(), free_port()
     core_ops_port, archiver_ops_port = free_port(), free_port()
     env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-        "REDIS_KEY_PREFIX": f"e2e-{run_id}:",
-        "JWT_SECRET": "end-to-end-test-secret-0123456789abcdef",
+        **run_env(run_id, database),
         "GRPC_LISTEN_ADDR": f"127.0.0.1:{core_port}",
         "HTTP_LISTEN_ADDR": f"127.0.0.1:{gateway_port}",
         "CORE_GRPC_ADDR": f"http://127.0.0.1:{core_port}",
         "METRICS_LISTEN_ADDR": f"127.0.0.1:{core_ops_port}",
         "ARCHIVER_LISTEN_ADDR": f"127.0.0.1:{archiver_ops_port}",
-        "KAFKA_TOPIC": f"e2e-{run_id}.messages",
-        "KAFKA_GROUP": f"e2e-{run_id}-archiver",
-        "NATS_SUBJECT_PREFIX": f"e2e-{run_id}",
-        "SEND_RATE_PER_SECOND": "100000",
-        "SEND_BURST": "100000",
-        "LOG_FORMAT": "json",
         **(env or {}),
     }
     base = f"http://127.0.0.1:{gateway_port}"
@@ -141,7 +149,7 @@ def start_stack(env: dict | None = None, env_for: dict | None = None):
     for name in ("core-svc", "gateway", "archiver"):
         stack.start(name)
     log_dir = stack.log_dir
-    wait_ready(base, f"the stack did not become ready; logs in {log_dir}")
+    wait_ready(f"{base}/readyz", "the stack", log_dir)
     try:
         yield stack
     finally:

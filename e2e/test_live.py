@@ -8,7 +8,6 @@ import time
 
 import requests
 import websockets
-
 from conftest import recv
 
 

@@ -23,7 +23,6 @@ import pytest
 import requests
 import websockets
 import yaml
-
 from conftest import recv
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -122,11 +121,11 @@ def traffic(stack, chat):
 
     async def socket():
         async with websockets.connect(f"{stack.ws}?token={token}") as ws:
-            await recv(ws)
+            await asyncio.wait_for(ws.recv(), 10)
             await ws.send(json.dumps({"Type": "enter", "RoomID": room}))
-            await recv(ws)
+            await asyncio.wait_for(ws.recv(), 10)
             await ws.send(json.dumps({"Type": "message", "Text": "over the socket"}))
-            frames = [await recv(ws), await recv(ws)]
+            frames = [await recv(ws) for _ in range(2)]
             assert {f["Type"] for f in frames} == {"sent", "message"}, frames
             # One sent over gRPC, delivered to this socket too.
             messages.Send(pb.SendRequest(room_id=room, text="over gRPC"), metadata=metadata)

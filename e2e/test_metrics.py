@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import requests
 import websockets
-
 from conftest import recv
 
 CLIENTS = Path(__file__).parent / "grpc-web"
@@ -86,11 +85,12 @@ SERIES = {
         'chat_grpc_server_requests_total{service="chat.v1.UserService",method="Login",code="UNAUTHENTICATED"} 1',
         'chat_grpc_server_requests_total{service="chat.v1.MessageService",method="Subscribe",code="CANCELLED"} 1',
         'chat_grpc_server_request_duration_seconds_count{service="chat.v1.UserService",method="Login"}',
+        # The message, and presence events as members come and go.
         'chat_deliveries_total{transport="grpc"}',
         'chat_login_failures_total 1',
         'chat_kafka_produce_errors_total{reason="timeout"} 0',
         'chat_cache_requests_total{result="hit"}',
-        'chat_broadcast_latency_seconds_count{transport="grpc"}',
+        'chat_broadcast_latency_seconds_count{transport="grpc"} 1',
     ],
     "archiver": [
         'chat_dependency_up{dependency="kafka"} 1',
@@ -139,11 +139,11 @@ def after_traffic(stack) -> dict:
 
         async def talk():
             async with websockets.connect(f"{stack.ws}?token={alice}") as ws:
-                await recv(ws)
+                await asyncio.wait_for(ws.recv(), 10)
                 await ws.send(json.dumps({"Type": "enter", "RoomID": room}))
-                await recv(ws)
+                await asyncio.wait_for(ws.recv(), 10)
                 await ws.send(json.dumps({"Type": "message", "Text": text}))
-                frames = [await recv(ws), await recv(ws)]
+                frames = [await recv(ws) for _ in range(2)]
                 assert {frame["Type"] for frame in frames} == {"sent", "message"}, frames
             async with websockets.connect(f"{stack.ws}?token={alice}", max_size=None) as ws:
                 await ws.send("x" * 20_000)

@@ -123,7 +123,7 @@ def test_a_message_is_one_trace_from_the_senders_socket_to_every_listener(jaeger
             OTEL_RESOURCE_ATTRIBUTES="deployment.environment.name=e2e",
             **{**exporting_to(jaeger, "http/protobuf"), "OTEL_BSP_SCHEDULE_DELAY": "600000"},
         )
-        wait_ready(f"http://127.0.0.1:{port_b}", f"the second gateway did not become ready; logs in {stack.log_dir}")
+        wait_ready(f"http://127.0.0.1:{port_b}/readyz", "the second gateway", stack.log_dir)
         text = f"traced text {uuid.uuid4().hex}"
         SECRETS.append(text)
         subscriber = subprocess.Popen(

@@ -39,6 +39,7 @@ use crate::{
     password::Hasher,
     rooms::Rooms,
     send_keys::SendKeys,
+    shed::ShedLayer,
     token::TokenKeys,
     users::{LoginLimit, LoginLimits, Users},
 };
@@ -67,8 +68,8 @@ const USER_FEED_QUEUE: usize = 16;
 
 /// What every call passes through before its service: CORS, then the
 /// grpc-web translation, then its span and metrics (which read the status
-/// in gRPC's own trailers).
-type Layers = Stack<CallLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>;
+/// in gRPC's own trailers), then load shedding (so a shed call is counted).
+type Layers = Stack<ShedLayer, Stack<CallLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>>;
 
 /// What a browser's grpc-web call sends and may read back.
 const GRPC_WEB_REQUEST_HEADERS: [&str; 5] =
@@ -82,7 +83,7 @@ impl Application {
         let secret = config.jwt_secret()?;
         let db = PgPoolOptions::new()
             .max_connections(config.database_max_connections)
-            .acquire_timeout(Duration::from_secs(3))
+            .acquire_timeout(Duration::from_millis(config.database_acquire_timeout_ms))
             .connect(&config.database_url)
             .await
             .context("connecting to PostgreSQL (DATABASE_URL)")?;
@@ -100,8 +101,9 @@ impl Application {
             async move { lease.renew_forever(&ids).await }
         })
         .abort_handle();
-        let nats = service_kit::metrics::counting_reconnects(async_nats::ConnectOptions::new())
-            .connect(&config.nats_url)
+        let (nats_options, nats_reconnects) = service_kit::feeds::counting_connects();
+        let nats = nats_options
+            .connect(service_kit::settings::nats_servers(&config.nats_url))
             .await
             .context("connecting to NATS (NATS_URL)")?;
         let feeds = Arc::new(Feeds::rooms(
@@ -200,6 +202,7 @@ impl Application {
             feeds,
             user_feeds,
             live: Live { presence: presence.clone(), publisher: live },
+            nats_reconnects,
         };
         let messages = Messages::new(
             parts,
@@ -219,9 +222,11 @@ impl Application {
         // grpc-web arrives over HTTP/1.1 as well as HTTP/2, on the same port.
         let router = Server::builder()
             .accept_http1(true)
+            .timeout(Duration::from_millis(config.grpc_call_timeout_ms))
             .layer(cors)
             .layer(GrpcWebLayer::new())
             .layer(grpc::SERVER)
+            .layer(ShedLayer::new(config.grpc_max_in_flight))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -36,6 +36,23 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
     pub database_max_connections: u32,
 
+    /// How long a call waits for a free PostgreSQL connection before it
+    /// fails with UNAVAILABLE.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    pub database_acquire_timeout_ms: u64,
+
+    /// Calls this replica runs at once; one more is refused at once with
+    /// UNAVAILABLE (reason OVERLOADED, retry-after 1). Health checks are
+    /// never refused.
+    #[arg(long, env = "GRPC_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub grpc_max_in_flight: usize,
+
+    /// The longest any call may take before its answer, whatever
+    /// grpc-timeout the caller sent (the shorter of the two applies); its
+    /// work stops there with DEADLINE_EXCEEDED. Streams are not cut.
+    #[arg(long, env = "GRPC_CALL_TIMEOUT_MS", default_value_t = 30_000)]
+    pub grpc_call_timeout_ms: u64,
+
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
@@ -148,6 +165,9 @@ impl Config {
             "DATABASE_URL must be a postgres:// URL".to_owned()
         });
         problems.in_range("DATABASE_MAX_CONNECTIONS", self.database_max_connections, 1..=1000);
+        problems.in_range("DATABASE_ACQUIRE_TIMEOUT_MS", self.database_acquire_timeout_ms, 10..=600_000);
+        problems.in_range("GRPC_MAX_IN_FLIGHT", self.grpc_max_in_flight, 1..=1_000_000);
+        problems.in_range("GRPC_CALL_TIMEOUT_MS", self.grpc_call_timeout_ms, 10..=3_600_000);
         problems.redis_url(&self.redis_url);
         problems.presence_lease_secs(self.presence_lease_secs);
         problems.in_range("TOKEN_LIFETIME_SECS", self.token_lifetime_secs, 60..=30 * 24 * 3600);

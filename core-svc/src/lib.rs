@@ -21,6 +21,7 @@
 //!   history knows what PostgreSQL holds.
 //! - [`health`]: the `grpc.health.v1` status, from probing the dependencies.
 //! - [`metrics`]: what core-svc exports on `/metrics`.
+//! - [`shed`]: the limit of calls at once, past which calls are refused at once.
 //! - [`error`]: the one error type, and how it maps to gRPC status codes.
 
 pub mod app;
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod password;
 pub mod rooms;
 pub mod send_keys;
+pub mod shed;
 pub mod token;
 pub mod users;
 

@@ -28,7 +28,10 @@ use service_kit::{
     presence::{Here, Presence},
 };
 use tokio::{
-    sync::broadcast::{Receiver, error::RecvError},
+    sync::{
+        broadcast::{Receiver, error::RecvError},
+        watch,
+    },
     time::Sleep,
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -72,6 +75,7 @@ pub struct Messages {
     feeds: Arc<Feeds>,
     user_feeds: Arc<UserFeeds>,
     live: Live,
+    nats_reconnects: watch::Receiver<u64>,
     /// Per user, shared by every replica: every write to a room's log
     /// (sends, edits, deletions, reactions) counts.
     send_limit: RateLimit,
@@ -106,6 +110,8 @@ pub struct MessageParts {
     pub feeds: Arc<Feeds>,
     pub user_feeds: Arc<UserFeeds>,
     pub live: Live,
+    /// Changes each time the NATS connection comes back.
+    pub nats_reconnects: watch::Receiver<u64>,
 }
 
 impl Messages {
@@ -116,8 +122,20 @@ impl Messages {
         let typing_limit = RateLimit::new("typing", "typing too often", cache.clone(), once, TYPING_EVERY, once);
         let send_limit =
             RateLimit::new("send", "too many messages", cache, limit.per_second, Duration::from_secs(1), limit.burst);
-        let MessageParts { history, rooms, events, keys, feeds, user_feeds, live } = parts;
-        Self { history, rooms, events, keys, feeds, user_feeds, live, send_limit, typing_limit, shutdown }
+        let MessageParts { history, rooms, events, keys, feeds, user_feeds, live, nats_reconnects } = parts;
+        Self {
+            history,
+            rooms,
+            events,
+            keys,
+            feeds,
+            user_feeds,
+            live,
+            nats_reconnects,
+            send_limit,
+            typing_limit,
+            shutdown,
+        }
     }
 
     /// The caller's room, once it is known that they may read it.
@@ -161,6 +179,11 @@ struct Subscription {
     replay_after: Option<i64>,
     replay_page: VecDeque<Message>,
     replayed: HashSet<i64>,
+    /// The newest id streamed (or the caller's `after_id`): after NATS
+    /// comes back, which may have dropped events meanwhile (it is at most
+    /// once), the stream replays history from here.
+    last_id: i64,
+    nats_reconnects: watch::Receiver<u64>,
     shutdown: CancellationToken,
     /// Made once: a fresh `cancelled()` per event would register with the
     /// token (one lock shared by every stream) each time.
@@ -207,7 +230,8 @@ impl Subscription {
         let item = self.step().await;
         // A stream ends after its first error.
         self.ended = item.is_err();
-        if item.is_ok() {
+        if let Ok(message) = &item {
+            self.last_id = self.last_id.max(message.id);
             self.deliveries.increment(1);
         }
         Some(item)
@@ -250,6 +274,12 @@ impl Subscription {
                     () = &mut self.shutting_down => continue,
                     shown = self.live_only.next() => {
                         self.live_page.extend(shown);
+                        continue;
+                    }
+                    Ok(()) = self.nats_reconnects.changed() => {
+                        if self.last_id > 0 {
+                            self.replay_after = Some(self.last_id);
+                        }
                         continue;
                     }
                     () = &mut self.expiry => {
@@ -375,6 +405,12 @@ impl MessageService for Messages {
             replay_after: after_id,
             replay_page: VecDeque::new(),
             replayed: HashSet::new(),
+            last_id: after_id.unwrap_or(0),
+            nats_reconnects: {
+                let mut reconnects = self.nats_reconnects.clone();
+                reconnects.mark_unchanged();
+                reconnects
+            },
             shutdown: self.shutdown.clone(),
             shutting_down: Box::pin(self.shutdown.clone().cancelled_owned()),
             expiry: Box::pin(tokio::time::sleep(until(session.expires_at))),

@@ -19,6 +19,9 @@ pub const CACHE_REQUESTS: &str = "chat_cache_requests_total";
 pub const LOGIN_FAILURES: &str = "chat_login_failures_total";
 /// Requests refused by a rate limit, by `limit` (`send`, `login`).
 pub const RATE_LIMITED: &str = "chat_rate_limited_total";
+/// Calls this replica took on, and those it refused at once (see [`crate::shed`]).
+pub const GRPC_CALLS_ADMITTED: &str = "chat_grpc_calls_admitted_total";
+pub const GRPC_CALLS_SHED: &str = "chat_grpc_calls_shed_total";
 
 /// Installs the process's recorder and describes what core-svc exports,
 /// every counter starting at zero.
@@ -35,6 +38,8 @@ pub fn init() {
     metrics::describe_counter!(CACHE_REQUESTS, "Cache lookups");
     metrics::describe_counter!(LOGIN_FAILURES, "Logins refused for a wrong e-mail or password");
     metrics::describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
+    metrics::describe_counter!(GRPC_CALLS_ADMITTED, "gRPC calls taken on (health checks aside)");
+    metrics::describe_counter!(GRPC_CALLS_SHED, "gRPC calls refused at once: too many in flight");
     metrics::gauge!(GRPC_STREAMS).increment(0.0);
     for name in [MESSAGES_LOGGED, EVENTS_WITHDRAWN, PASSWORD_HASHES_SHED, LOGIN_FAILURES] {
         metrics::counter!(name).increment(0);

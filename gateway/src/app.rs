@@ -46,9 +46,10 @@ impl Application {
         crate::metrics::init();
         // Starts even while NATS is down (the client keeps reconnecting and
         // /readyz says so), but gives it a moment to connect first.
-        let nats = service_kit::metrics::counting_reconnects(async_nats::ConnectOptions::new())
+        let (options, nats_reconnects) = service_kit::feeds::counting_connects();
+        let nats = options
             .retry_on_initial_connect()
-            .connect(&config.nats_url)
+            .connect(service_kit::settings::nats_servers(&config.nats_url))
             .await
             .context("NATS_URL")?;
         let connected = async {
@@ -59,6 +60,7 @@ impl Application {
         if tokio::time::timeout(Duration::from_secs(3), connected).await.is_err() {
             tracing::warn!("NATS is not reachable yet; live messages wait for it");
         }
+        let core = CoreClient::new(config.mesh()).await;
         let live = live::Publisher { nats: nats.clone(), subject_prefix: config.nats_subject_prefix.clone() };
         let lease = Duration::from_secs(config.presence_lease_secs);
         let presence = Presence::new(&config.redis_url, &config.redis_key_prefix, lease, live);
@@ -72,13 +74,14 @@ impl Application {
             )),
             hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event, WS)),
             presence,
+            nats_reconnects,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             deliveries: metrics::counter!(DELIVERIES, "transport" => WS),
             messages_received: metrics::counter!(MESSAGES_RECEIVED, "transport" => WS),
         };
         let state = AppState {
-            core: CoreClient::connect_lazy(&config.core_grpc_addr).context("CORE_GRPC_ADDR")?,
+            core,
             sockets: sockets.clone(),
             trust_forwarded_for: TrustForwardedFor(config.trust_forwarded_for),
         };

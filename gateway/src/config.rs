@@ -1,8 +1,11 @@
 use std::net::SocketAddr;
 
-use axum::http::Uri;
+use std::time::Duration;
+
 use clap::Parser;
 use service_kit::settings::Problems;
+
+use crate::mesh::{self, discovery};
 
 /// The most frames a socket's queue may hold. Each room feed allocates its
 /// queue whole (a few dozen bytes a frame), and each socket may hold as many
@@ -16,9 +19,36 @@ pub struct Config {
     #[arg(long, env = "HTTP_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
 
-    /// core-svc's gRPC address.
+    /// core-svc's gRPC address: a DNS name that resolves to every replica
+    /// (a headless Service), or a comma-separated list of addresses.
     #[arg(long, env = "CORE_GRPC_ADDR", default_value = "http://127.0.0.1:50051")]
     pub core_grpc_addr: String,
+
+    /// How often CORE_GRPC_ADDR is resolved again (also after a failure).
+    #[arg(long, env = "CORE_RESOLVE_INTERVAL_MS", default_value_t = 5000)]
+    pub core_resolve_interval_ms: u64,
+
+    /// How often each replica's grpc.health.v1 is checked, and how long a
+    /// check may take; an ejected replica is checked after this, doubling
+    /// to 10 s.
+    #[arg(long, env = "CORE_PROBE_INTERVAL_MS", default_value_t = 1000)]
+    pub core_probe_interval_ms: u64,
+
+    /// The deadline of every call to core-svc (sent as grpc-timeout).
+    #[arg(long, env = "CORE_DEADLINE_MS", default_value_t = 10_000)]
+    pub core_deadline_ms: u64,
+
+    /// Calls this gateway may have in flight to core-svc; past it, 503 at once.
+    #[arg(long, env = "CORE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub core_max_in_flight: usize,
+
+    /// Calls in flight to one replica; a replica at its limit is passed over.
+    #[arg(long, env = "CORE_MAX_IN_FLIGHT_PER_REPLICA", default_value_t = 256)]
+    pub core_max_in_flight_per_replica: usize,
+
+    /// Retries of idempotent calls, in percent of the calls made (0 to 100).
+    #[arg(long, env = "CORE_RETRY_PERCENT", default_value_t = 20)]
+    pub core_retry_percent: u16,
 
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -64,18 +94,35 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         let mut problems = Problems::default();
         problems.in_range("WS_QUEUE_FRAMES", self.ws_queue_frames, 1..=MAX_WS_QUEUE_FRAMES);
-        let core = self.core_grpc_addr.parse::<Uri>();
-        let core_ok = core.is_ok_and(|uri| {
-            matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some_and(|a| !a.host().is_empty())
-        });
-        problems.check(core_ok, || {
-            format!("CORE_GRPC_ADDR must be an http:// or https:// address, not {:?}", self.core_grpc_addr)
-        });
+        if let Err(why) = discovery::parse_targets(&self.core_grpc_addr) {
+            problems.check(false, || format!("CORE_GRPC_ADDR must be http:// or https:// addresses: {why}"));
+        }
+        problems.in_range("CORE_RESOLVE_INTERVAL_MS", self.core_resolve_interval_ms, 100..=3_600_000);
+        problems.in_range("CORE_PROBE_INTERVAL_MS", self.core_probe_interval_ms, 100..=60_000);
+        problems.in_range("CORE_DEADLINE_MS", self.core_deadline_ms, 10..=3_600_000);
+        problems.in_range("CORE_MAX_IN_FLIGHT", self.core_max_in_flight, 1..=1_000_000);
+        problems.in_range("CORE_MAX_IN_FLIGHT_PER_REPLICA", self.core_max_in_flight_per_replica, 1..=1_000_000);
+        problems.in_range("CORE_RETRY_PERCENT", self.core_retry_percent, 0..=100);
         problems.nats_url(&self.nats_url);
         problems.nats_subject_prefix(&self.nats_subject_prefix);
         problems.redis_url(&self.redis_url);
         problems.presence_lease_secs(self.presence_lease_secs);
         problems.into_result()
+    }
+
+    /// The mesh's settings; call after [`Config::validate`].
+    pub fn mesh(&self) -> mesh::Settings {
+        mesh::Settings {
+            targets: discovery::parse_targets(&self.core_grpc_addr).expect("validated"),
+            timing: mesh::Timing {
+                resolve_every: Duration::from_millis(self.core_resolve_interval_ms),
+                probe_every: Duration::from_millis(self.core_probe_interval_ms),
+            },
+            deadline: Duration::from_millis(self.core_deadline_ms),
+            max_in_flight: self.core_max_in_flight,
+            max_in_flight_per_replica: self.core_max_in_flight_per_replica,
+            retry_percent: f32::from(self.core_retry_percent),
+        }
     }
 }
 
@@ -107,7 +154,13 @@ mod tests {
             assert_refused(Config { core_grpc_addr: bad.into(), ..defaults() }.validate(), "CORE_GRPC_ADDR");
         }
         Config { core_grpc_addr: "https://core.chat.svc:50051".into(), ..defaults() }.validate().unwrap();
-        for bad in ["", "http://nats:4222"] {
+        Config { core_grpc_addr: "http://127.0.0.1:50051,http://127.0.0.1:50052".into(), ..defaults() }
+            .validate()
+            .unwrap();
+        assert_refused(Config { core_retry_percent: 101, ..defaults() }.validate(), "CORE_RETRY_PERCENT");
+        assert_refused(Config { core_max_in_flight: 0, ..defaults() }.validate(), "CORE_MAX_IN_FLIGHT");
+        Config { nats_url: "nats://127.0.0.1:4222, nats://127.0.0.1:4223".into(), ..defaults() }.validate().unwrap();
+        for bad in ["", "http://nats:4222", "nats://a:4222,", "nats://a:4222,http://b:4222"] {
             assert_refused(Config { nats_url: bad.into(), ..defaults() }.validate(), "NATS_URL");
         }
         for bad in ["", "chat.", ".chat", "chat..x", "chat.*", "chat.>", "my chat"] {

@@ -10,6 +10,8 @@
 //! - [`wire`]: the JSON shapes of a room's entries and events, shared by
 //!   the REST answers and the WebSocket frames.
 //! - [`core_client`]: the gRPC clients of core-svc.
+//! - [`mesh`]: what those clients call through: discovery of the replicas,
+//!   balancing, deadlines, retries and load shedding.
 //! - [`extract`]: what handlers take from a request: JSON bodies with
 //!   case-insensitive field names, the caller's token, the client's address.
 //! - [`metrics`]: `GET /metrics`, counters in the Prometheus text format.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod core_client;
 pub mod error;
 pub mod extract;
+pub mod mesh;
 pub mod metrics;
 pub mod routes;
 pub mod wire;

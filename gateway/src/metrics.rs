@@ -19,6 +19,14 @@ pub const WS_CONNECTIONS: &str = "chat_ws_connections";
 pub const SEND_LATENCY: &str = "chat_send_latency_seconds";
 /// Sockets closed by the server, by `reason` (`too_slow`, `shutdown`, ...).
 pub const WS_CLOSED_BY_SERVER: &str = "chat_ws_closed_by_server_total";
+/// Calls to core-svc refused at once because this gateway had too many in flight.
+pub const CORE_CALLS_SHED: &str = "chat_core_calls_shed_total";
+/// Calls to core-svc tried again on another replica.
+pub const CORE_RETRIES: &str = "chat_core_retries_total";
+/// Retries not made because the retry budget was spent.
+pub const CORE_RETRIES_REFUSED: &str = "chat_core_retries_over_budget_total";
+/// core-svc replicas taking calls now.
+pub const CORE_REPLICAS: &str = "chat_core_replicas";
 
 /// Installs the process's recorder, so that counting starts before the
 /// first request, and describes what the gateway exports.
@@ -30,7 +38,14 @@ pub fn init() {
     metrics::describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
     metrics::describe_histogram!(SEND_LATENCY, "Seconds from a client's message frame to its sent frame");
     metrics::describe_counter!(WS_CLOSED_BY_SERVER, "WebSocket connections the server closed");
+    metrics::describe_counter!(CORE_CALLS_SHED, "Calls to core-svc refused at once: too many in flight");
+    metrics::describe_counter!(CORE_RETRIES, "Calls to core-svc tried again on another replica");
+    metrics::describe_counter!(CORE_RETRIES_REFUSED, "Retries to core-svc not made: the retry budget was spent");
+    metrics::describe_gauge!(CORE_REPLICAS, "core-svc replicas taking calls");
     metrics::gauge!(WS_CONNECTIONS).increment(0.0);
+    metrics::counter!(CORE_CALLS_SHED).increment(0);
+    metrics::counter!(CORE_RETRIES).increment(0);
+    metrics::counter!(CORE_RETRIES_REFUSED).increment(0);
     for reason in crate::ws::connection::CLOSE_REASONS {
         metrics::counter!(WS_CLOSED_BY_SERVER, "reason" => reason).increment(0);
     }

@@ -31,9 +31,29 @@ use metrics::Gauge;
 
 use crate::{
     live::{self, About, Board, Cursor, Throttle},
-    metrics::{BROADCAST_LATENCY, NATS_PUBLISH_ERRORS, ROOM_FEEDS},
+    metrics::{BROADCAST_LATENCY, NATS_PUBLISH_ERRORS, NATS_RECONNECTS, ROOM_FEEDS},
     telemetry,
 };
+
+/// Options for a NATS connection that count its connects: the receiver
+/// changes each time the connection is made again, after which a feed
+/// refills from history what NATS (at most once) dropped meanwhile; every
+/// connect but the first is counted in `chat_nats_reconnects_total`.
+pub fn counting_connects() -> (async_nats::ConnectOptions, tokio::sync::watch::Receiver<u64>) {
+    let (connected, connects) = tokio::sync::watch::channel(0_u64);
+    let options = async_nats::ConnectOptions::new().event_callback(move |event| {
+        if matches!(event, async_nats::Event::Connected) {
+            connected.send_modify(|count| {
+                if *count > 0 {
+                    metrics::counter!(NATS_RECONNECTS).increment(1);
+                }
+                *count += 1;
+            });
+        }
+        std::future::ready(())
+    });
+    (options, connects)
+}
 
 /// The NATS subject of a room's live events.
 pub fn room_subject(prefix: &str, room_id: i64) -> String {

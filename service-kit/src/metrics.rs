@@ -3,11 +3,6 @@
 //! in `_total`, units are in the name, histograms are in seconds, and no
 //! label carries an id. Each binary describes its own beside these.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
-
 /// 1 when a dependency answered at the last check, by `dependency`.
 pub const DEPENDENCY_UP: &str = "chat_dependency_up";
 /// Rooms with at least one listener in this process (NATS subscriptions).
@@ -53,18 +48,4 @@ pub fn describe(transport: Option<&'static str>) {
         metrics::counter!(DELIVERIES, "transport" => transport).increment(0);
         metrics::counter!(MESSAGES_RECEIVED, "transport" => transport).increment(0);
     }
-}
-
-/// NATS connection options that count reconnections (every connection but
-/// the first).
-pub fn counting_reconnects(options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
-    let connected_once = Arc::new(AtomicBool::new(false));
-    options.event_callback(move |event| {
-        let connected_once = connected_once.clone();
-        async move {
-            if matches!(event, async_nats::Event::Connected) && connected_once.swap(true, Ordering::Relaxed) {
-                metrics::counter!(NATS_RECONNECTS).increment(1);
-            }
-        }
-    })
 }

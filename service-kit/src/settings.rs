@@ -5,6 +5,12 @@
 
 use std::{fmt::Display, ops::RangeInclusive};
 
+/// The servers of a `NATS_URL`: one, or several comma-separated, as
+/// `async_nats::connect` takes them.
+pub fn nats_servers(value: &str) -> Vec<&str> {
+    value.split(',').map(str::trim).collect()
+}
+
 /// The problems found so far.
 #[derive(Debug, Default)]
 pub struct Problems(Vec<String>);
@@ -21,9 +27,13 @@ impl Problems {
         self.check(range.contains(&value), problem);
     }
 
+    /// One NATS server or several, comma-separated (the nodes of a cluster;
+    /// the client connects to one and moves to another when it fails).
     pub fn nats_url(&mut self, value: &str) {
-        let ok = value.parse::<async_nats::ServerAddr>().is_ok_and(|addr| !addr.host().is_empty());
-        self.check(ok, || format!("NATS_URL must be a NATS server address, not {value:?}"));
+        let ok = nats_servers(value)
+            .iter()
+            .all(|server| server.parse::<async_nats::ServerAddr>().is_ok_and(|addr| !addr.host().is_empty()));
+        self.check(ok, || format!("NATS_URL must be NATS server addresses, not {value:?}"));
     }
 
     pub fn redis_url(&mut self, value: &str) {

@@ -108,6 +108,9 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         metrics_listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: shared.database_url.clone(),
         database_max_connections: 5,
+        database_acquire_timeout_ms: 3000,
+        grpc_max_in_flight: 1024,
+        grpc_call_timeout_ms: 30_000,
         redis_url: settings.redis_url.clone(),
         redis_key_prefix: shared.redis_prefix.clone(),
         jwt_secret: Some(JWT_SECRET.into()),
@@ -152,10 +155,18 @@ pub async fn spawn_gateway(shared: &Shared, settings: &Settings, core: SocketAdd
     (base, stop)
 }
 
-fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) -> gateway::Config {
+/// A gateway's settings on a free port in front of the core-svc at `core`,
+/// with the mesh's defaults.
+pub fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) -> gateway::Config {
     gateway::Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         core_grpc_addr: format!("http://{core}"),
+        core_resolve_interval_ms: 5000,
+        core_probe_interval_ms: 1000,
+        core_deadline_ms: 10_000,
+        core_max_in_flight: 1024,
+        core_max_in_flight_per_replica: 256,
+        core_retry_percent: 20,
         nats_url: testkit::nats_url(),
         nats_subject_prefix: shared.nats_prefix.clone(),
         redis_url: settings.redis_url.clone(),

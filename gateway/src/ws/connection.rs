@@ -23,7 +23,10 @@ use service_kit::{
     presence::Here,
 };
 use tokio::{
-    sync::broadcast::{Receiver, error::RecvError},
+    sync::{
+        broadcast::{Receiver, error::RecvError},
+        watch,
+    },
     time::{Instant, MissedTickBehavior, interval, timeout},
 };
 use tonic::Code;
@@ -77,6 +80,11 @@ pub struct Connection {
     /// The rooms the user was removed from while an enter was on its way:
     /// that enter, if into one of them, is undone once it succeeds.
     removed_meanwhile: Vec<i64>,
+    /// Changes each time the NATS connection comes back.
+    nats_reconnects: watch::Receiver<u64>,
+    /// NATS came back while something was in flight: the room's refill
+    /// starts once it is done.
+    refill_due: bool,
 }
 
 /// The user's feed of removals from rooms (on any gateway's or replica's
@@ -102,6 +110,9 @@ struct InRoom {
     replayed: BTreeSet<i64>,
     /// How many frames `held` (and a replay's `waiting`) may hold.
     limit: usize,
+    /// The newest id written (or the client's `LastID`): a refill after
+    /// NATS comes back replays history from here.
+    last_id: i64,
     _feed: Arc<Feed<Frame>>,
     /// Counts this socket in the room's presence while it is in the room.
     _here: Here,
@@ -201,6 +212,8 @@ struct Entered {
 
 impl Connection {
     pub fn new(uid: i64, token: Token, core: CoreClient, sockets: Sockets) -> Self {
+        let mut nats_reconnects = sockets.nats_reconnects.clone();
+        nats_reconnects.mark_unchanged();
         Self {
             uid,
             token,
@@ -211,6 +224,8 @@ impl Connection {
             live: None,
             removals: None,
             removed_meanwhile: Vec::new(),
+            nats_reconnects,
+            refill_due: false,
         }
     }
 
@@ -245,6 +260,10 @@ impl Connection {
         let mut expiry = std::pin::pin!(tokio::time::sleep(lifetime.unwrap_or_default()));
         let mut in_flight: Option<InFlight> = None;
         loop {
+            if self.refill_due && in_flight.is_none() {
+                self.refill_due = false;
+                in_flight = self.refill();
+            }
             tokio::select! {
                 incoming = socket.recv(), if in_flight.is_none() => {
                     last_heard = Instant::now();
@@ -273,7 +292,7 @@ impl Connection {
                     }
                 }
                 frame = next_frame(&mut self.room) => match frame {
-                    Ok(frame) => self.deliver(socket, frame.json).await?,
+                    Ok(frame) => self.send_frame(socket, frame).await?,
                     Err(error) => return Err(feed_error(error)),
                 },
                 frames = next_live(&mut self.live) => {
@@ -281,6 +300,7 @@ impl Connection {
                         self.send(socket, WsMessage::Text(frame.json)).await?;
                     }
                 }
+                Ok(()) = self.nats_reconnects.changed() => self.refill_due = true,
                 removal = next_removal(&mut self.removals) => match removal {
                     Ok(removal) => self.on_removal(socket, removal, in_flight.is_some()).await?,
                     // Only removals were lost; rare enough to pass over.
@@ -310,12 +330,39 @@ impl Connection {
     /// Writes what the room had already queued for this socket.
     async fn flush(&mut self, socket: &mut WebSocket) -> Step {
         while let Some(frame) = self.room.as_mut().and_then(InRoom::try_next) {
-            self.deliver(socket, frame.json).await?;
+            self.send_frame(socket, frame).await?;
         }
         for frame in self.live.as_mut().map(Cursor::take).unwrap_or_default() {
             self.send(socket, WsMessage::Text(frame.json)).await?;
         }
         Ok(())
+    }
+
+    /// Writes one of the room's frames, minding its id for a refill.
+    async fn send_frame(&mut self, socket: &mut WebSocket, frame: Frame) -> Step {
+        if let Some(room) = self.room.as_mut() {
+            room.last_id = room.last_id.max(frame.id);
+        }
+        self.deliver(socket, frame.json).await
+    }
+
+    /// NATS is at most once: what was published while this gateway's
+    /// connection was down never comes. So the room's history after the
+    /// newest id written is replayed, as for a client's `LastID`, with the
+    /// same care for live frames meanwhile (no gap, no duplicate). A socket
+    /// that has written nothing of its room yet has no id to start from and
+    /// is not refilled; one already replaying reads on through history.
+    fn refill(&mut self) -> Option<InFlight> {
+        let room = self.room.as_mut().filter(|room| room.replay.is_none() && room.last_id > 0)?;
+        tracing::debug!(uid = self.uid, room_id = room.id, after = room.last_id, "refilling after a NATS reconnect");
+        room.replay = Some(Replay::new(room.last_id, room.limit));
+        let (room_id, after) = (room.id, room.last_id);
+        let read = self.page_after(room_id, after);
+        Some(InFlight {
+            step: Box::pin(async move { Done::Page(read.await) }),
+            reference: None,
+            finish_at_shutdown: false,
+        })
     }
 
     /// Handles a client frame; what it puts in flight, if anything.
@@ -456,6 +503,7 @@ impl Connection {
             self.removals = removals;
         }
         let (replay, page) = replay.unzip();
+        let last_id = replay.as_ref().map_or(0, |replay: &Replay| replay.read_to);
         self.room = Some(InRoom {
             id: room_id,
             uid: self.uid,
@@ -464,6 +512,7 @@ impl Connection {
             replay,
             replayed: BTreeSet::new(),
             limit: self.sockets.hub.queue(),
+            last_id,
             _feed: feed,
             _here: here,
         });
@@ -497,7 +546,7 @@ impl Connection {
             return self.leave(socket, problem, reference).await;
         }
         for frame in page.into_iter().filter_map(Frame::of) {
-            self.deliver(socket, frame.json).await?;
+            self.send_frame(socket, frame).await?;
         }
         let room = self.room.as_mut().expect("a replay is in a room");
         let Some(replay) = room.replay.as_mut() else {
@@ -572,7 +621,10 @@ impl Connection {
             room_id,
             text: frame.text.clone().unwrap_or_default(),
             reply_to: frame.replyto.unwrap_or_default(),
-            key: frame.key.clone().unwrap_or_default(),
+            // A send without the client's key gets one of the gateway's, so
+            // that the mesh may retry it on another replica without storing
+            // it twice.
+            key: frame.key.clone().filter(|key| !key.is_empty()).unwrap_or_else(gateway_key),
         });
         self.sockets.messages_received.increment(1);
         // Each message starts a trace of its own, carried to core-svc and on.
@@ -874,6 +926,11 @@ async fn next_removal(removals: &mut Option<Removals>) -> Result<Removal, RecvEr
 
 /// A core-svc call an enter makes, within [`CALL_TIMEOUT`]; the contract's
 /// error text if it fails.
+/// An idempotency key no client chooses by chance: `gw-` and 32 hex digits.
+fn gateway_key() -> String {
+    format!("gw-{}", uuid::Uuid::new_v4().simple())
+}
+
 async fn call<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, &'static str> {
     match timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(response)) => Ok(response.into_inner()),

@@ -50,6 +50,8 @@ pub struct Sockets {
     pub hub: Arc<Hub>,
     pub users: Arc<UserHub>,
     pub presence: Presence,
+    /// Changes each time this gateway's NATS connection comes back.
+    pub nats_reconnects: tokio::sync::watch::Receiver<u64>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub deliveries: Counter,

@@ -14,6 +14,7 @@ APP_ENV: {{ .Values.appEnv | quote }}
 GRPC_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.coreSvc.port) | quote }}
 METRICS_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int .Values.coreSvc.metricsPort) | quote }}
 DATABASE_MAX_CONNECTIONS: {{ int64 .Values.postgres.maxConnections | quote }}
+DATABASE_ACQUIRE_TIMEOUT_MS: {{ int64 .Values.postgres.acquireTimeoutMs | quote }}
 REDIS_KEY_PREFIX: {{ .Values.redis.keyPrefix | quote }}
 TOKEN_LIFETIME_SECS: {{ int64 .Values.auth.tokenLifetimeSeconds | quote }}
 KAFKA_BROKERS: {{ join "," .Values.kafka.brokers | quote }}
@@ -36,6 +37,8 @@ TRUSTED_PROXIES: {{ join "," $c.trustedProxies | quote }}
 PASSWORD_HASHES_AT_ONCE: {{ int64 $c.passwordHashesAtOnce | quote }}
 {{- end }}
 PASSWORD_HASH_WAIT_MS: {{ int64 $c.passwordHashWaitMs | quote }}
+GRPC_MAX_IN_FLIGHT: {{ int64 $c.grpcMaxInFlight | quote }}
+GRPC_CALL_TIMEOUT_MS: {{ int64 $c.grpcCallTimeoutMs | quote }}
 {{- end }}
 
 {{- define "chat.trustForwardedFor" -}}
@@ -56,6 +59,14 @@ REDIS_KEY_PREFIX: {{ .Values.redis.keyPrefix | quote }}
 PRESENCE_LEASE_SECS: {{ int64 .Values.presence.leaseSeconds | quote }}
 WS_QUEUE_FRAMES: {{ int64 .Values.gateway.config.wsQueueFrames | quote }}
 TRUST_FORWARDED_FOR: {{ include "chat.trustForwardedFor" . | quote }}
+{{- with .Values.gateway.config }}
+CORE_RESOLVE_INTERVAL_MS: {{ int64 .coreResolveIntervalMs | quote }}
+CORE_PROBE_INTERVAL_MS: {{ int64 .coreProbeIntervalMs | quote }}
+CORE_DEADLINE_MS: {{ int64 .coreDeadlineMs | quote }}
+CORE_MAX_IN_FLIGHT: {{ int64 .coreMaxInFlight | quote }}
+CORE_MAX_IN_FLIGHT_PER_REPLICA: {{ int64 .coreMaxInFlightPerReplica | quote }}
+CORE_RETRY_PERCENT: {{ int64 .coreRetryPercent | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "chat.config.archiver" -}}

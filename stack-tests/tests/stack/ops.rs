@@ -59,19 +59,18 @@ async fn readyz_reports_a_shared_outage_but_stays_ready() {
 
 #[tokio::test]
 async fn readyz_is_503_naming_core_svc_when_it_is_unreachable() {
-    let gateway = gateway::Application::build(gateway::Config {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        core_grpc_addr: "http://127.0.0.1:1".into(),
-        nats_url: testkit::nats_url(),
-        nats_subject_prefix: testkit::unique_prefix(),
-        redis_url: testkit::redis_url(),
-        redis_key_prefix: format!("{}:", testkit::unique_prefix()),
-        presence_lease_secs: 30,
-        ws_queue_frames: 16,
-        trust_forwarded_for: false,
-    })
-    .await
-    .unwrap();
+    // No database, broker or topic: the gateway uses none of them.
+    let shared = Shared {
+        database_url: String::new(),
+        redis_prefix: format!("{}:", testkit::unique_prefix()),
+        kafka_brokers: String::new(),
+        topic: String::new(),
+        nats_prefix: testkit::unique_prefix(),
+    };
+    let settings = Settings { ws_queue_frames: 16, ..Settings::default() };
+    let unreachable_core = "127.0.0.1:1".parse().unwrap();
+    let config = stack_tests::gateway_config(&shared, &settings, unreachable_core);
+    let gateway = gateway::Application::build(config).await.unwrap();
     let base = format!("http://{}", gateway.local_addr());
     tokio::spawn(gateway.run_until_stopped(std::future::pending()));
     let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
