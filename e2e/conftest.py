@@ -149,8 +149,9 @@ def start_stack(env: dict | None = None, env_for: dict | None = None):
     for name in ("core-svc", "gateway", "archiver"):
         stack.start(name)
     log_dir = stack.log_dir
-    wait_ready(f"{base}/readyz", "the stack", log_dir)
     try:
+        # Inside: a stack that never becomes ready is stopped all the same.
+        wait_ready(f"{base}/readyz", "the stack", log_dir)
         yield stack
     finally:
         # A graceful stop on SIGTERM exits 0: the gateways first, core-svc last.
