@@ -12,13 +12,25 @@
 //!   each socket gets per second and the gateway's CPU.
 //! - `reads`: `GET /unread` and `GET /search` on a million messages
 //!   ([`reads`]).
+//! - `rest`: `GET /messages` in closed loops: reads per second, or sheds
+//!   under overload ([`rest`]).
+//! - `chaos`: a steady load while faults are injected, and what each lost,
+//!   duplicated or disturbed ([`chaos`]).
+//! - `soak`: the fan-out for a long while, watching every process's memory
+//!   and open files ([`soak`]).
+//!
+//! `--gateway` takes several gateways (comma-separated): sockets and
+//! requests are spread over them.
 
+mod chaos;
 mod reads;
+mod rest;
+mod soak;
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -36,15 +48,15 @@ use tokio_tungstenite::{
 
 #[derive(Parser)]
 struct Args {
-    /// The gateway's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    gateway: String,
-    /// The gateway's process id, to read its memory and CPU time.
-    #[arg(long)]
-    gateway_pid: u32,
-    /// core-svc's process id, to read its CPU time (the fan-out and `reads` scenarios).
-    #[arg(long)]
-    core_pid: Option<u32>,
+    /// The gateways' base URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    gateway: Vec<String>,
+    /// The gateways' process ids, to read their memory and CPU time (summed).
+    #[arg(long, value_delimiter = ',', required = true)]
+    gateway_pid: Vec<u32>,
+    /// The core-svc replicas' process ids, to read their CPU time (summed).
+    #[arg(long, value_delimiter = ',')]
+    core_pid: Vec<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -112,6 +124,57 @@ enum Scenario {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    Rest {
+        /// Requests in flight at once (each loop sends its next when answered).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    Chaos {
+        /// The cluster's database, read once the archiver has caught up.
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 30)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Sends per second of each room's one sender.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 4)]
+        rest_readers: usize,
+        /// A fault, in turn: `NAME=SHELL COMMAND` (repeat the flag).
+        #[arg(long = "fault", required = true)]
+        faults: Vec<String>,
+        /// Seconds of load before each fault, and at least after it.
+        #[arg(long, default_value_t = 3)]
+        warmup: u64,
+        #[arg(long, default_value_t = 3)]
+        after: u64,
+        /// Print a line per second of each phase.
+        #[arg(long)]
+        per_second: bool,
+    },
+    Soak {
+        #[arg(long)]
+        rate: u32,
+        #[arg(long, default_value_t = 20)]
+        rooms: usize,
+        #[arg(long, default_value_t = 100)]
+        per_room: usize,
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Memory and open files are read after each slice of this many seconds.
+        #[arg(long, default_value_t = 20)]
+        slice: u64,
+        /// Growth is measured from the first slice after this.
+        #[arg(long, default_value_t = 60)]
+        warmup: u64,
+        /// A process to watch, `NAME=PID` (repeat the flag).
+        #[arg(long)]
+        watch: Vec<soak::Watched>,
+    },
 }
 
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
@@ -120,10 +183,12 @@ type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let gateway = Gateway {
-        base: args.gateway.clone(),
-        pid: args.gateway_pid,
-        core_pid: args.core_pid,
+        base: args.gateway[0].clone(),
+        bases: args.gateway.clone(),
+        pids: args.gateway_pid,
+        core_pids: args.core_pid,
         http: reqwest::Client::new(),
+        next_socket: AtomicUsize::new(0),
     };
     match args.scenario {
         Scenario::Fanout { rate, rooms, per_room, seconds } => {
@@ -160,15 +225,41 @@ async fn main() -> anyhow::Result<()> {
             let reads = reads::Reads { database_url, messages, users, rooms, members_per_room, seconds, concurrency };
             reads.run(&gateway).await?;
         }
+        Scenario::Rest { concurrency, seconds } => rest::run(&gateway, concurrency, seconds).await?,
+        Scenario::Chaos { database_url, users, rooms, rate, rest_readers, faults, warmup, after, per_second } => {
+            let faults = faults
+                .into_iter()
+                .map(|f| {
+                    let (name, command) = f.split_once('=').context("a fault is NAME=COMMAND")?;
+                    Ok(chaos::Fault { name: name.to_owned(), command: command.to_owned() })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let load = chaos::Load { users, rooms, rate, rest_readers };
+            let plan = chaos::Plan {
+                faults,
+                warmup: Duration::from_secs(warmup),
+                after: Duration::from_secs(after),
+                per_second,
+                database_url,
+            };
+            chaos::run(&gateway, load, plan).await?;
+        }
+        Scenario::Soak { rate, rooms, per_room, seconds, slice, warmup, watch } => {
+            soak::Soak { rate, rooms, per_room, seconds, slice, warmup, watch }.run(&gateway).await?
+        }
     }
     Ok(())
 }
 
 struct Gateway {
+    /// The first gateway, for setup.
     base: String,
-    pid: u32,
-    core_pid: Option<u32>,
+    bases: Vec<String>,
+    pids: Vec<u32>,
+    core_pids: Vec<u32>,
     http: reqwest::Client,
+    /// Sockets are spread over `bases` in turn.
+    next_socket: AtomicUsize,
 }
 
 /// The CPU time a process has used so far, in seconds (`/proc/<pid>/stat`,
@@ -183,30 +274,21 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 impl Gateway {
-    /// CPU seconds of the gateway and of core-svc (if its pid was given).
+    /// CPU seconds of the gateways and of the core-svc replicas (if their
+    /// pids were given).
     fn cpu_of_both(&self) -> [Option<f64>; 2] {
-        [Some(cpu_secs(self.pid)), self.core_pid.map(cpu_secs)]
+        let sum = |pids: &[u32]| (!pids.is_empty()).then(|| pids.iter().copied().map(cpu_secs).sum());
+        [sum(&self.pids), sum(&self.core_pids)]
     }
 
+    /// The gateways' resident memory, summed.
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|status| {
-                let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-                line.split_whitespace().nth(1)?.parse().ok()
-            })
-            .unwrap_or(0)
+        self.pids.iter().map(|pid| soak::footprint(*pid).0).sum()
     }
 
-    /// CPU time the gateway has used so far (user and system, all threads),
-    /// from `/proc` in clock ticks of 1/100 s (Linux's USER_HZ).
+    /// CPU time the gateways have used so far (user and system, all threads).
     fn cpu(&self) -> Duration {
-        let ticks = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok().and_then(|stat| {
-            // The fields after the command (which may hold spaces), from the 3rd on.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        });
-        Duration::from_millis(ticks.unwrap_or(0) * 10)
+        Duration::from_secs_f64(self.pids.iter().copied().map(cpu_secs).sum())
     }
 
     /// Registers (or logs in) a user; its token.
@@ -270,8 +352,14 @@ impl Gateway {
         Ok(room)
     }
 
+    /// A socket on the next gateway in turn.
     async fn connect(&self, token: &str) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
-        let url = format!("{}/ws?token={token}", self.base.replacen("http", "ws", 1));
+        let n = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        self.connect_to(token, n % self.bases.len()).await
+    }
+
+    async fn connect_to(&self, token: &str, n: usize) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+        let url = format!("{}/ws?token={token}", self.bases[n].replacen("http", "ws", 1));
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
         let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
         ws.next().await.context("lobby frame")??;

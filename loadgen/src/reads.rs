@@ -19,7 +19,7 @@ use serde_json::Value;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::Mutex;
 
-use crate::{Gateway, cpu_secs};
+use crate::Gateway;
 
 pub struct Reads {
     pub database_url: String,
@@ -199,7 +199,7 @@ impl Reads {
         let next = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds")));
-        let cpu_before = (cpu_secs(gateway.pid), gateway.core_pid.map(cpu_secs), machine_ticks());
+        let cpu_before = (gateway.cpu_of_both(), machine_ticks());
         let begin = Instant::now();
         let workers: Vec<_> = (0..self.concurrency)
             .map(|_| {
@@ -232,13 +232,14 @@ impl Reads {
         let elapsed = begin.elapsed().as_secs_f64();
         let latencies = latencies.lock().await;
         let q = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
-        let gateway_cpu = (cpu_secs(gateway.pid) - cpu_before.0) / elapsed * 100.0;
-        let core_cpu = match (gateway.core_pid, cpu_before.1) {
-            (Some(pid), Some(before)) => format!(", core-svc {:.0}%", (cpu_secs(pid) - before) / elapsed * 100.0),
+        let cpu_after = gateway.cpu_of_both();
+        let gateway_cpu = (cpu_after[0].unwrap_or(0.0) - cpu_before.0[0].unwrap_or(0.0)) / elapsed * 100.0;
+        let core_cpu = match (cpu_after[1], cpu_before.0[1]) {
+            (Some(after), Some(before)) => format!(", core-svc {:.0}%", (after - before) / elapsed * 100.0),
             _ => String::new(),
         };
         let (busy, total) = machine_ticks();
-        let machine = (busy - cpu_before.2.0) as f64 / (total - cpu_before.2.1).max(1) as f64 * 100.0;
+        let machine = (busy - cpu_before.1.0) as f64 / (total - cpu_before.1.1).max(1) as f64 * 100.0;
         println!(
             "{name}: {} in {elapsed:.1}s, {:.0}/s with {} at a time; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}; {} failed; CPU: gateway {gateway_cpu:.0}%{core_cpu}, machine {machine:.0}% busy",
             latencies.len(),
