@@ -14,7 +14,9 @@
 # controller P+41).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CLUSTER_PORT="${CLUSTER_PORT:-41000}"
+# Below Linux's ephemeral range (32768 and up), where an outgoing
+# connection may hold a port just when a restarted engine binds it again.
+CLUSTER_PORT="${CLUSTER_PORT:-23000}"
 CLUSTER_GATEWAYS="${CLUSTER_GATEWAYS:-2}"
 CLUSTER_CORES="${CLUSTER_CORES:-3}"
 CLUSTER_NATS_NODES="${CLUSTER_NATS_NODES:-3}"
