@@ -82,8 +82,8 @@ pub struct Connection {
     removed_meanwhile: Vec<i64>,
     /// Changes each time the NATS connection comes back.
     nats_reconnects: watch::Receiver<u64>,
-    /// NATS came back while something was in flight: the room's refill
-    /// starts once it is done.
+    /// NATS came back and the room's refill has begun: its first page is
+    /// read once nothing else is in flight.
     refill_due: bool,
 }
 
@@ -260,6 +260,7 @@ impl Connection {
         let mut expiry = std::pin::pin!(tokio::time::sleep(lifetime.unwrap_or_default()));
         let mut in_flight: Option<InFlight> = None;
         loop {
+            self.reconnected();
             if self.refill_due && in_flight.is_none() {
                 self.refill_due = false;
                 in_flight = self.refill();
@@ -292,6 +293,18 @@ impl Connection {
                     }
                 }
                 frame = next_frame(&mut self.room) => match frame {
+                    // NATS may have come back while the frame came: it may
+                    // be the new connection's first, newer than what was
+                    // lost meanwhile, so it goes through the refill's replay.
+                    Ok(frame) if self.reconnected() => {
+                        let frame = match self.room.as_mut().and_then(|room| room.replay.as_mut()) {
+                            Some(replay) => replay.live(frame),
+                            None => Some(frame),
+                        };
+                        if let Some(frame) = frame {
+                            self.send_frame(socket, frame).await?;
+                        }
+                    }
                     Ok(frame) => self.send_frame(socket, frame).await?,
                     Err(error) => return Err(feed_error(error)),
                 },
@@ -300,7 +313,7 @@ impl Connection {
                         self.send(socket, WsMessage::Text(frame.json)).await?;
                     }
                 }
-                Ok(()) = self.nats_reconnects.changed() => self.refill_due = true,
+                Ok(()) = self.nats_reconnects.changed() => self.begin_refill(),
                 removal = next_removal(&mut self.removals) => match removal {
                     Ok(removal) => self.on_removal(socket, removal, in_flight.is_some()).await?,
                     // Only removals were lost; rare enough to pass over.
@@ -346,18 +359,45 @@ impl Connection {
         self.deliver(socket, frame.json).await
     }
 
+    /// Whether NATS came back since this was last asked; if so, the
+    /// room's refill begins.
+    fn reconnected(&mut self) -> bool {
+        if !self.nats_reconnects.has_changed().unwrap_or(false) {
+            return false;
+        }
+        self.nats_reconnects.mark_unchanged();
+        self.begin_refill();
+        true
+    }
+
     /// NATS is at most once: what was published while this gateway's
     /// connection was down never comes. So the room's history after the
     /// newest id written is replayed, as for a client's `LastID`, with the
-    /// same care for live frames meanwhile (no gap, no duplicate). A socket
-    /// that has written nothing of its room yet has no id to start from and
-    /// is not refilled; one already replaying reads on through history.
-    fn refill(&mut self) -> Option<InFlight> {
-        let room = self.room.as_mut().filter(|room| room.replay.is_none() && room.last_id > 0)?;
+    /// same care for live frames meanwhile (no gap, no duplicate). The
+    /// replay begins at once, so that no live frame of the new connection
+    /// is written before what history gives: a replica whose own connection
+    /// was down publishes what it held back only once it is back, after
+    /// newer events from other replicas (the fault suite saw those come
+    /// out of order). Its first page is read once nothing else is in
+    /// flight; live frames wait for it meanwhile, or are read from history
+    /// in their turn. A socket that has written nothing of its room yet has
+    /// no id to start from and is not refilled; one already replaying
+    /// reads on through history.
+    fn begin_refill(&mut self) {
+        let Some(room) = self.room.as_mut().filter(|room| room.replay.is_none() && room.last_id > 0) else {
+            return;
+        };
         tracing::debug!(uid = self.uid, room_id = room.id, after = room.last_id, "refilling after a NATS reconnect");
         room.replay = Some(Replay::new(room.last_id, room.limit));
-        let (room_id, after) = (room.id, room.last_id);
-        let read = self.page_after(room_id, after);
+        self.refill_due = true;
+    }
+
+    /// The refill's first page, if it is still due (the socket may have
+    /// left the room, or entered another, meanwhile).
+    fn refill(&mut self) -> Option<InFlight> {
+        let room = self.room.as_ref()?;
+        let after = room.replay.as_ref()?.read_to;
+        let read = self.page_after(room.id, after);
         Some(InFlight {
             step: Box::pin(async move { Done::Page(read.await) }),
             reference: None,
@@ -504,6 +544,8 @@ impl Connection {
         }
         let (replay, page) = replay.unzip();
         let last_id = replay.as_ref().map_or(0, |replay: &Replay| replay.read_to);
+        // A refill of the room it was in is no longer due.
+        self.refill_due = false;
         self.room = Some(InRoom {
             id: room_id,
             uid: self.uid,
@@ -588,6 +630,7 @@ impl Connection {
 
     /// Out of the room, and of its presence and typing.
     fn leave_room(&mut self) {
+        self.refill_due = false;
         self.room = None;
         self.live = None;
     }
