@@ -154,6 +154,7 @@ cluster_start_nats() {
 cluster_start_kafka() {
   ensure_kafka
   mv "$ENGINES/kafka-$KAFKA_PORT.pid" "$CLUSTER_DIR/kafka.pid"
+  disown -a
 }
 
 # cluster_start [VAR=VALUE...]: the engines, new and empty, then the

@@ -304,12 +304,11 @@ impl Subscription {
     /// Whether NATS came back since this was last asked; if so, the replay
     /// begins.
     fn reconnected(&mut self) -> bool {
-        if !self.nats_reconnects.has_changed().unwrap_or(false) {
-            return false;
+        let came_back = service_kit::feeds::came_back(&mut self.nats_reconnects);
+        if came_back {
+            self.replay_from_newest();
         }
-        self.nats_reconnects.mark_unchanged();
-        self.replay_from_newest();
-        true
+        came_back
     }
 
     /// NATS is at most once, so after it comes back the stream replays

@@ -538,26 +538,9 @@ pub async fn run(gateway: &Gateway, load: Load, plan: Plan) -> anyhow::Result<()
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
     println!();
-    println!(
-        "| fault | acknowledged | lost (history / deliveries) | duplicated (history / deliveries) | out of order | client errors (undocumented) | time to normal (the fault took) |"
-    );
-    println!("|---|---|---|---|---|---|---|");
+    println!("{TABLE_HEADER}");
     for (name, row) in &rows {
-        let errors: Vec<String> = row.errors.iter().map(|(e, n)| format!("{n} {e}")).collect();
-        println!(
-            "| {name} | {} | {} / {} | {} / {} | {} | {} ({}){} | {} ({:.1} s) |",
-            row.acknowledged,
-            row.lost_history,
-            row.lost_deliveries,
-            row.duplicated_history,
-            row.duplicated_deliveries,
-            row.out_of_order,
-            row.errors.values().sum::<usize>(),
-            row.undocumented,
-            if errors.is_empty() { String::new() } else { format!(": {}", errors.join(", ")) },
-            row.to_normal.map_or("-".to_owned(), |(d, _)| format!("{:.1} s", d.as_secs_f64())),
-            row.fault_took.as_secs_f64(),
-        );
+        println!("{}", row.cells(name));
     }
     // Each fault is a check that passed or failed.
     println!("chaos: {} passed, {failed} failed", rows.len() - failed);
@@ -670,23 +653,35 @@ async fn check(
     Ok(row)
 }
 
+const TABLE_HEADER: &str = "| fault | acknowledged | lost (history / deliveries) | duplicated (history / deliveries) | out of order | client errors (undocumented) | time to normal (the fault took) |\n|---|---|---|---|---|---|---|";
+
+impl Row {
+    /// The row of the table.
+    fn cells(&self, name: &str) -> String {
+        let errors: Vec<String> = self.errors.iter().map(|(e, n)| format!("{n} {e}")).collect();
+        format!(
+            "| {name} | {} | {} / {} | {} / {} | {} | {} ({}){} | {} ({:.1} s) |",
+            self.acknowledged,
+            self.lost_history,
+            self.lost_deliveries,
+            self.duplicated_history,
+            self.duplicated_deliveries,
+            self.out_of_order,
+            self.errors.values().sum::<usize>(),
+            self.undocumented,
+            if errors.is_empty() { String::new() } else { format!(": {}", errors.join(", ")) },
+            self.to_normal.map_or("-".to_owned(), |(d, _)| format!("{:.1} s", d.as_secs_f64())),
+            self.fault_took.as_secs_f64(),
+        )
+    }
+}
+
+/// A phase's row as it ends, with what its last disruption was.
 fn print_row(name: &str, row: &Row) {
-    println!(
-        "{name}: {} acknowledged; lost {} in history, {} deliveries; duplicated {} in history, {} deliveries; {} out of order; client errors {:?} ({} undocumented); normal after {} (the fault took {:.1} s)",
-        row.acknowledged,
-        row.lost_history,
-        row.lost_deliveries,
-        row.duplicated_history,
-        row.duplicated_deliveries,
-        row.out_of_order,
-        row.errors,
-        row.undocumented,
-        row.to_normal.map_or("no disruption".to_owned(), |(d, what)| format!(
-            "{:.1} s (the last disruption: {what})",
-            d.as_secs_f64()
-        )),
-        row.fault_took.as_secs_f64(),
-    );
+    println!("{}", row.cells(name));
+    if let Some((_, what)) = row.to_normal {
+        println!("  (the last disruption: {what})");
+    }
 }
 
 /// A line per second of the phase: sends acknowledged, client errors,

@@ -61,16 +61,24 @@ struct Args {
     scenario: Scenario,
 }
 
+/// The fan-out's rooms: `rooms` rooms of the same `per_room` users, a
+/// socket per user and room.
+#[derive(clap::Args)]
+struct Rooms {
+    #[arg(long, default_value_t = 20)]
+    rooms: usize,
+    #[arg(long, default_value_t = 100)]
+    per_room: usize,
+}
+
 #[derive(Subcommand)]
 enum Scenario {
     Fanout {
         /// Messages sent per second, in total.
         #[arg(long)]
         rate: u32,
-        #[arg(long, default_value_t = 20)]
-        rooms: usize,
-        #[arg(long, default_value_t = 100)]
-        per_room: usize,
+        #[command(flatten)]
+        rooms: Rooms,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
@@ -98,10 +106,8 @@ enum Scenario {
         seconds: u64,
     },
     Ramp {
-        #[arg(long, default_value_t = 20)]
-        rooms: usize,
-        #[arg(long, default_value_t = 100)]
-        per_room: usize,
+        #[command(flatten)]
+        rooms: Rooms,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
@@ -157,14 +163,13 @@ enum Scenario {
         per_second: bool,
     },
     Soak {
-        #[arg(long)]
-        rate: u32,
-        #[arg(long, default_value_t = 20)]
-        rooms: usize,
-        #[arg(long, default_value_t = 100)]
-        per_room: usize,
         #[arg(long, default_value_t = 600)]
         seconds: u64,
+        /// Messages sent per second, in total.
+        #[arg(long)]
+        rate: u32,
+        #[command(flatten)]
+        rooms: Rooms,
         /// Memory and open files are read after each slice of this many seconds.
         #[arg(long, default_value_t = 20)]
         slice: u64,
@@ -191,12 +196,12 @@ async fn main() -> anyhow::Result<()> {
         next_socket: AtomicUsize::new(0),
     };
     match args.scenario {
-        Scenario::Fanout { rate, rooms, per_room, seconds } => {
+        Scenario::Fanout { rate, rooms: Rooms { rooms, per_room }, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;
             let result = setup.run(&gateway, rate, Duration::from_secs(seconds)).await;
             result.print(&gateway);
         }
-        Scenario::Ramp { rooms, per_room, seconds } => {
+        Scenario::Ramp { rooms: Rooms { rooms, per_room }, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;
             let mut best: Option<RunResult> = None;
             for rate in [300, 450, 600, 750, 900, 1050, 1200, 1500, 2000, 3000] {
@@ -244,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
             };
             chaos::run(&gateway, load, plan).await?;
         }
-        Scenario::Soak { rate, rooms, per_room, seconds, slice, warmup, watch } => {
+        Scenario::Soak { seconds, rate, rooms: Rooms { rooms, per_room }, slice, warmup, watch } => {
             soak::Soak { rate, rooms, per_room, seconds, slice, warmup, watch }.run(&gateway).await?
         }
     }

@@ -362,12 +362,11 @@ impl Connection {
     /// Whether NATS came back since this was last asked; if so, the
     /// room's refill begins.
     fn reconnected(&mut self) -> bool {
-        if !self.nats_reconnects.has_changed().unwrap_or(false) {
-            return false;
+        let came_back = service_kit::feeds::came_back(&mut self.nats_reconnects);
+        if came_back {
+            self.begin_refill();
         }
-        self.nats_reconnects.mark_unchanged();
-        self.begin_refill();
-        true
+        came_back
     }
 
     /// NATS is at most once: what was published while this gateway's
