@@ -204,4 +204,6 @@ cluster_stop() {
   done
   if [ -f "$CLUSTER_DIR/postgres.pid" ]; then cluster_stop_postgres fast || true; fi
   rm -rf "$CLUSTER_PG_DATA" "$KAFKA_DATA"
+  # The data folder's own folder, when root's is outside the clone (empty now).
+  rmdir "$(dirname "$CLUSTER_PG_DATA")" 2>/dev/null || true
 }
