@@ -56,6 +56,9 @@ impl TokenKeys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        // A token that says it is not valid yet is not (jsonwebtoken does
+        // not look by default).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
     }

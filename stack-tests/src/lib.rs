@@ -71,6 +71,8 @@ pub struct Settings {
     pub login_per_ip: u32,
     pub login_max_failures: u32,
     pub send_per_second: u32,
+    /// The other writes' limits, each per minute.
+    pub writes: Writes,
     /// 0: one per CPU.
     pub password_hashes_at_once: usize,
     pub password_hash_wait_ms: u64,
@@ -91,6 +93,7 @@ impl Default for Settings {
             login_per_ip: 10_000,
             login_max_failures: 5,
             send_per_second: 10_000,
+            writes: Writes::default(),
             password_hashes_at_once: 0,
             password_hash_wait_ms: 10_000,
             ws_queue_frames: 512,
@@ -99,6 +102,29 @@ impl Default for Settings {
             archiver: true,
         }
     }
+}
+
+/// How many of each write (beyond sends and logins) one client may make per
+/// minute: by default more than any test makes.
+#[derive(Clone, Copy)]
+pub struct Writes {
+    pub register_per_ip: u32,
+    pub create_room: u32,
+    pub invite: u32,
+    pub direct: u32,
+    pub react: u32,
+    pub search: u32,
+}
+
+impl Default for Writes {
+    fn default() -> Self {
+        let many = 100_000;
+        Self { register_per_ip: many, create_room: many, invite: many, direct: many, react: many, search: many }
+    }
+}
+
+fn per_minute(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).expect("a limit above zero")
 }
 
 /// Starts core-svc in this process; stops when the sender is dropped.
@@ -129,6 +155,12 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         nats_subject_prefix: shared.nats_prefix.clone(),
         send_rate_per_second: NonZeroU32::new(settings.send_per_second).unwrap(),
         send_burst: NonZeroU32::new(settings.send_per_second).unwrap(),
+        register_per_minute_per_ip: per_minute(settings.writes.register_per_ip),
+        create_room_per_minute: per_minute(settings.writes.create_room),
+        invite_per_minute: per_minute(settings.writes.invite),
+        direct_per_minute: per_minute(settings.writes.direct),
+        react_per_minute: per_minute(settings.writes.react),
+        search_per_minute: per_minute(settings.writes.search),
         subscribe_queue_messages: settings.subscribe_queue,
         presence_lease_secs: settings.presence_lease_secs,
         cors_allowed_origins: vec![],
@@ -397,6 +429,27 @@ impl TestApp {
         auth: Option<&str>,
         body: Option<&str>,
     ) -> (StatusCode, Value) {
+        self.answer(method, path, auth, body).await.0
+    }
+
+    /// [`TestApp::call`] with a JSON body, and the answer's `Retry-After`.
+    pub async fn call_with_retry_after(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+        body: &Value,
+    ) -> ((StatusCode, Value), Option<u64>) {
+        self.answer(method, path, auth, Some(&body.to_string())).await
+    }
+
+    async fn answer(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&str>,
+    ) -> ((StatusCode, Value), Option<u64>) {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(auth) = auth {
             request = request.header("Authorization", auth);
@@ -405,10 +458,10 @@ impl TestApp {
             request = request.body(body.to_owned());
         }
         let response = request.send().await.expect("the gateway answers");
+        let retry_after = response.headers().get("retry-after").and_then(|value| value.to_str().ok()?.parse().ok());
         let status = response.status();
         let text = response.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
+        ((status, serde_json::from_str(&text).unwrap_or(Value::String(text))), retry_after)
     }
 
     pub async fn get(&self, path: &str, auth: Option<&str>) -> (StatusCode, Value) {

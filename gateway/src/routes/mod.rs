@@ -117,28 +117,30 @@ fn parse_entry_path(raw: EntryPath) -> Result<(i64, i64), ApiError> {
     Ok((positive_id(room, "room")?, positive_id(entry, "message")?))
 }
 
-fn positive_id(raw: Option<String>, what: &str) -> Result<i64, ApiError> {
+/// A positive id from a path segment (already percent-decoded); anything
+/// else is `invalid <what> id`. Public for the fuzz targets (`fuzz/`).
+pub fn positive_id(raw: Option<String>, what: &str) -> Result<i64, ApiError> {
     raw.and_then(|raw| raw.parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
 }
 
 /// A request's query parameters, their names matched case-insensitively
-/// as a body's fields are.
-struct QueryParams(HashMap<String, String>);
+/// as a body's fields are. Public for the fuzz targets (`fuzz/`).
+pub struct QueryParams(HashMap<String, String>);
 
 impl QueryParams {
-    fn new(Query(query): Query<HashMap<String, String>>) -> Self {
+    pub fn new(Query(query): Query<HashMap<String, String>>) -> Self {
         Self(query.into_iter().map(|(name, value)| (name.to_lowercase(), value)).collect())
     }
 
     /// The value of the first of `names` (lower case) that is present.
-    fn text(&self, names: &[&str]) -> Option<&str> {
+    pub fn text(&self, names: &[&str]) -> Option<&str> {
         names.iter().find_map(|name| self.0.get(*name)).map(String::as_str)
     }
 
     /// A number that is not negative; `invalid <what>` otherwise.
-    fn number(&self, names: &[&str], what: &str) -> Result<Option<i64>, ApiError> {
+    pub fn number(&self, names: &[&str], what: &str) -> Result<Option<i64>, ApiError> {
         self.text(names)
             .map(|value| {
                 value
@@ -151,7 +153,7 @@ impl QueryParams {
     }
 
     /// `Limit`, 1 to 100; 0 (core-svc's default, 100) when absent.
-    fn limit(&self) -> Result<u32, ApiError> {
+    pub fn limit(&self) -> Result<u32, ApiError> {
         match self.number(&["limit"], "Limit")? {
             None => Ok(0),
             Some(limit @ 1..=100) => Ok(limit as u32),

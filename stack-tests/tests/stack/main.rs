@@ -24,6 +24,7 @@ mod read_state;
 mod rooms;
 mod search;
 mod sends;
+mod tokens;
 mod trace_context;
 mod typing;
 mod users;
