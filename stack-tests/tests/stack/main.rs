@@ -4,6 +4,7 @@
 //! binary, so the stack is linked once.
 
 mod archiver;
+mod authorization;
 mod cache;
 mod changes;
 mod cross;
