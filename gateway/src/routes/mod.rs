@@ -26,6 +26,7 @@ use crate::{
 };
 
 mod fields;
+mod links;
 mod messages;
 mod ops;
 mod presence;
@@ -66,7 +67,7 @@ impl Modify for TokenAuth {
 }
 
 pub fn router(state: AppState) -> Router {
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(users::routes())
         .merge(rooms::routes())
         .merge(presence::routes())
@@ -75,6 +76,8 @@ pub fn router(state: AppState) -> Router {
         .merge(search::routes())
         .merge(ops::routes())
         .split_for_parts();
+    // Once every route is in: links name operations on both ends.
+    links::Links.modify(&mut api);
     let api = Arc::new(api);
     router
         .route("/openapi.json", get(move || async move { Json(api.as_ref().clone()) }))
