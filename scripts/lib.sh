@@ -225,6 +225,24 @@ ensure_jaeger() {
   mv "$JAEGER.partial" "$JAEGER"
 }
 
+# --- cargo-fuzz, for the fuzz targets in fuzz/ (scripts/fuzz) ---------------
+
+# Built from crates.io once into the tool cache. The targets need a nightly
+# toolchain (the sanitizers), which rustup must have already: it is not on
+# a registry the scripts may reach.
+CARGO_FUZZ_VERSION=0.13.2
+CARGO_FUZZ="$TOOLS/cargo-fuzz-$CARGO_FUZZ_VERSION/bin/cargo-fuzz"
+ensure_cargo_fuzz() {
+  rustup run nightly rustc --version >/dev/null 2>&1 ||
+    die "the fuzz targets need a nightly Rust toolchain (rustup toolchain install nightly)"
+  [ -x "$CARGO_FUZZ" ] && return 0
+  log "building cargo-fuzz $CARGO_FUZZ_VERSION from crates.io (once)"
+  CARGO_TARGET_DIR="$TOOLS/cargo-fuzz-build" cargo install --quiet --locked --version "$CARGO_FUZZ_VERSION" \
+    --root "$TOOLS/cargo-fuzz-$CARGO_FUZZ_VERSION" cargo-fuzz >>"$RUN_DIR/cargo-fuzz.log" 2>&1 ||
+    die "building cargo-fuzz failed; see $RUN_DIR/cargo-fuzz.log"
+  rm -rf "$TOOLS/cargo-fuzz-build"
+}
+
 ensure_engines() {
   ensure_postgres
   ensure_redis

@@ -139,6 +139,18 @@ mod tests {
     }
 
     #[test]
+    fn a_token_not_yet_valid_is_refused() {
+        let now = Utc::now().timestamp();
+        let claims = |nbf: i64| serde_json::json!({"UID": 1, "exp": now + 7200, "iat": now, "nbf": nbf});
+        let sign = |claims| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"test secret"))
+                .unwrap()
+        };
+        assert_eq!(keys().verify(&sign(claims(now + 3600))), Err(TokenError::Invalid));
+        assert_eq!(keys().verify(&sign(claims(now - 10))).map(|token| token.uid), Ok(1));
+    }
+
+    #[test]
     fn unsigned_tokens_are_refused() {
         // {"alg":"none"} with a UID claim and no signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJVSUQiOjEsImV4cCI6NDEwMjQ0NDgwMH0.";

@@ -58,12 +58,16 @@ fn hostile_tokens(uid: i64) -> Vec<(&'static str, String, &'static str)> {
         ("expired", signed(secret, json!({"UID": uid, "exp": now() - 60, "iat": now() - 3600})), "token expired"),
         (
             "not yet valid",
-            signed(secret, json!({"UID": uid, "exp": now() + 7200, "nbf": now() + 3600})),
+            signed(secret, json!({"UID": uid, "exp": now() + 7200, "iat": now(), "nbf": now() + 3600})),
             "invalid token",
         ),
         ("no UID", signed(secret, json!({"exp": now() + 3600, "iat": now()})), "invalid token"),
-        ("UID 0", signed(secret, json!({"UID": 0, "exp": now() + 3600})), "invalid token"),
-        ("no such user", signed(secret, json!({"UID": uid + 1000, "exp": now() + 3600})), "invalid token"),
+        ("UID 0", signed(secret, json!({"UID": 0, "exp": now() + 3600, "iat": now()})), "invalid token"),
+        (
+            "no such user",
+            signed(secret, json!({"UID": uid + 1000, "exp": now() + 3600, "iat": now()})),
+            "invalid token",
+        ),
     ]
 }
 
@@ -74,6 +78,10 @@ async fn a_hostile_token_is_refused_alike_over_rest_websocket_and_grpc() {
     let ws_url = format!("{}/ws", app.base.replacen("http", "ws", 1));
     let mut grpc = app.grpc().await;
     let mut socket = Ws::connect(&app.base, &alice.token).await;
+    // The claims each bad token starts from are good ones: signed with the
+    // secret, they are accepted, so each refusal is for what was changed.
+    let good = signed(JWT_SECRET.as_bytes(), json!({"UID": alice.uid, "exp": now() + 3600, "iat": now()}));
+    assert_eq!(app.get("/profile", Some(&good)).await.0, StatusCode::OK);
     for (what, token, text) in hostile_tokens(alice.uid) {
         for auth in [token.clone(), format!("Bearer {token}")] {
             for path in ["/profile", "/rooms"] {
