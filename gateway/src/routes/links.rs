@@ -2,147 +2,77 @@
 //! operation takes (the room a `create-room` made is the one to join, read
 //! and invite into; the account `register` made is the one to log in to and
 //! look up). Clients read them as documentation; schemathesis's stateful
-//! phase follows them to chain calls.
+//! phase follows them to chain calls. Written into the document as JSON:
+//! utoipa's own link type names its fields in snake case, which no reader
+//! of OpenAPI understands.
 
-use serde_json::{Value, json};
-use utoipa::{
-    Modify,
-    openapi::{
-        OpenApi, RefOr,
-        link::{Link, LinkBuilder},
-    },
-};
+use serde_json::{Map, Value, json};
 
-pub struct Links;
-
-/// A link to `operation_id` with these parameters and body.
-fn link(operation_id: &str, description: &str, parameters: &[(&str, &str)], body: Option<Value>) -> Link {
-    let link = LinkBuilder::new().operation_id(operation_id).description(description).request_body(body);
-    parameters.iter().fold(link, |link, (name, value)| link.parameter(*name, *value)).build()
+/// Adds the links to `document`, the serialised OpenAPI document.
+pub fn add(document: &mut Value) {
+    let created_room = "$response.body#/RoomID";
+    let joined_room = "$request.body#/RoomID";
+    #[rustfmt::skip]
+    let links = [
+        ("/register", "post", "201", "Login", json!({"operationId": "login", "description": "Log in to the account just made",
+            "requestBody": {"Email": "$request.body#/Email", "Password": "$request.body#/Password"}})),
+        ("/register", "post", "201", "Profile", json!({"operationId": "profile", "description": "The account just made",
+            "parameters": {"UID": "$response.body#/UID"}})),
+        ("/login", "put", "200", "Profile", json!({"operationId": "profile", "description": "The account logged in to",
+            "parameters": {"UID": "$response.body#/UID"}})),
+        ("/create-room", "post", "201", "Join", json!({"operationId": "join", "description": "Join the room just made",
+            "requestBody": {"RoomID": created_room}})),
+        ("/create-room", "post", "201", "Room", json!({"operationId": "room", "description": "The room just made",
+            "parameters": {"roomID": created_room}})),
+        ("/create-room", "post", "201", "Messages", json!({"operationId": "history", "description": "Its history",
+            "parameters": {"roomID": created_room}})),
+        ("/create-room", "post", "201", "Online", json!({"operationId": "online", "description": "Who is in it",
+            "parameters": {"roomID": created_room}})),
+        ("/join", "put", "200", "Messages", json!({"operationId": "history", "description": "The joined room's history",
+            "parameters": {"roomID": joined_room}})),
+        ("/join", "put", "200", "Leave", json!({"operationId": "leave", "description": "Leave it again",
+            "requestBody": {"RoomID": joined_room}})),
+        ("/direct", "post", "200", "Messages", json!({"operationId": "history", "description": "The direct room's history",
+            "parameters": {"roomID": created_room}})),
+    ];
+    for (path, method, status, name, link) in links {
+        let response = document
+            .pointer_mut(&format!("/paths/{}/{method}/responses/{status}", path.replace('~', "~0").replace('/', "~1")))
+            .and_then(Value::as_object_mut)
+            .unwrap_or_else(|| panic!("no {status} answer of {method} {path} to link from"));
+        let links = response.entry("links").or_insert_with(|| Value::Object(Map::new()));
+        links.as_object_mut().expect("links are an object").insert(name.to_owned(), link);
+    }
 }
 
-impl Modify for Links {
-    fn modify(&self, openapi: &mut OpenApi) {
-        let created_room = "$response.body#/RoomID";
-        let joined_room = "$request.body#/RoomID";
-        let links = [
-            (
-                "/register",
-                "POST",
-                "201",
-                "Login",
-                link(
-                    "login",
-                    "Log in to the account just made",
-                    &[],
-                    Some(json!({"Email": "$request.body#/Email", "Password": "$request.body#/Password"})),
-                ),
-            ),
-            (
-                "/register",
-                "POST",
-                "201",
-                "Profile",
-                link("profile", "The account just made", &[("UID", "$response.body#/UID")], None),
-            ),
-            (
-                "/login",
-                "PUT",
-                "200",
-                "Profile",
-                link("profile", "The account logged in to", &[("UID", "$response.body#/UID")], None),
-            ),
-            (
-                "/create-room",
-                "POST",
-                "201",
-                "Join",
-                link("join", "Join the room just made", &[], Some(json!({"RoomID": created_room}))),
-            ),
-            (
-                "/create-room",
-                "POST",
-                "201",
-                "Room",
-                link("room", "The room just made", &[("roomID", created_room)], None),
-            ),
-            (
-                "/create-room",
-                "POST",
-                "201",
-                "Messages",
-                link("history", "Its history", &[("roomID", created_room)], None),
-            ),
-            (
-                "/create-room",
-                "POST",
-                "201",
-                "Online",
-                link("online", "Who is in it", &[("roomID", created_room)], None),
-            ),
-            (
-                "/create-room",
-                "POST",
-                "201",
-                "Invite",
-                link("invite", "Invite someone into it", &[], Some(json!({"RoomID": created_room, "UID": 1}))),
-            ),
-            (
-                "/join",
-                "PUT",
-                "200",
-                "Messages",
-                link("history", "The joined room's history", &[("roomID", joined_room)], None),
-            ),
-            (
-                "/join",
-                "PUT",
-                "200",
-                "Leave",
-                link("leave", "Leave it again", &[], Some(json!({"RoomID": joined_room}))),
-            ),
-            (
-                "/direct",
-                "POST",
-                "200",
-                "Messages",
-                link("history", "The direct room's history", &[("roomID", created_room)], None),
-            ),
-            (
-                "/messages/{roomID}",
-                "GET",
-                "200",
-                "Edit",
-                link(
-                    "edit",
-                    "Edit the newest entry",
-                    &[("roomID", "$request.path.roomID"), ("messageID", "$response.body#/0/ID")],
-                    None,
-                ),
-            ),
-            (
-                "/messages/{roomID}",
-                "GET",
-                "200",
-                "React",
-                link(
-                    "react",
-                    "React to the newest entry",
-                    &[("roomID", "$request.path.roomID"), ("messageID", "$response.body#/0/ID")],
-                    None,
-                ),
-            ),
-        ];
-        for (path, method, status, name, link) in links {
-            let operation = openapi.paths.paths.get_mut(path).and_then(|item| match method {
-                "GET" => item.get.as_mut(),
-                "PUT" => item.put.as_mut(),
-                "POST" => item.post.as_mut(),
-                _ => unreachable!("only these are linked from"),
-            });
-            let response = operation.and_then(|operation| operation.responses.responses.get_mut(status));
-            let Some(RefOr::T(response)) = response else { panic!("no {status} answer of {method} {path} to link") };
-            response.links.insert(name.to_owned(), RefOr::T(link));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_link_names_an_operation_of_the_document() {
+        let (_, api) = super::super::documented_routes().split_for_parts();
+        let mut document = serde_json::to_value(api).expect("the document serialises");
+        add(&mut document);
+        let operations: Vec<&str> = document["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|operation| operation["operationId"].as_str())
+            .collect();
+        let mut linked = 0;
+        for item in document["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                for response in operation["responses"].as_object().into_iter().flat_map(|r| r.values()) {
+                    for link in response["links"].as_object().into_iter().flat_map(|l| l.values()) {
+                        let target = link["operationId"].as_str().expect("an operationId");
+                        assert!(operations.contains(&target), "a link to {target}, which is no operation");
+                        linked += 1;
+                    }
+                }
+            }
         }
+        assert_eq!(linked, 10);
     }
 }
