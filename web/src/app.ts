@@ -27,7 +27,7 @@ export function startApp(root: HTMLElement, session: Session, loggedOut: (notice
   };
   let chat: ChatView | null = null;
   const status = h("p", { class: "status", role: "status", "data-testid": "connection" }, STATUS_WORDS.connecting);
-  const main = h("main", { class: "room-pane", id: "main" }, h("p", { class: "placeholder" }, "Pick a room, or create one."));
+  const main = h("main", { class: "room-pane", id: "main", tabindex: -1 }, h("p", { class: "placeholder" }, "Pick a room, or create one."));
 
   const socket = new ChatSocket(
     () => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws?token=${encodeURIComponent(session.token)}`,
