@@ -242,7 +242,9 @@ build_web() {
   local sources built="$WEB/node_modules/.built-sources"
   sources=$(cd "$WEB" && find index.html package-lock.json tsconfig.json vite.config.ts public src -type f -print0 |
     sort -z | xargs -0 sha256sum | sha256sum)
-  [ -s "$WEB/dist/index.html" ] && [ "$(cat "$built" 2>/dev/null)" = "$sources" ] && return 0
+  # A build by hand since (dist newer than the record) is rebuilt too.
+  [ -s "$WEB/dist/index.html" ] && [ "$(cat "$built" 2>/dev/null)" = "$sources" ] &&
+    [ ! "$WEB/dist/index.html" -nt "$built" ] && return 0
   log "building the web client (web/dist)"
   (cd "$WEB" && npm run --silent build) >"$RUN_DIR/web-build.log" 2>&1 ||
     { tail -n 30 "$RUN_DIR/web-build.log" >&2; die "the web client did not build; see $RUN_DIR/web-build.log"; }

@@ -173,6 +173,8 @@ mod tests {
         }
         Config { nats_subject_prefix: "test-1.chat".into(), ..defaults() }.validate().unwrap();
         assert_refused(Config { redis_url: "127.0.0.1:6379".into(), ..defaults() }.validate(), "REDIS_URL");
+        // An empty folder would be the working directory, served to anyone.
+        assert_refused(Config { web_dir: "".into(), ..defaults() }.validate(), "WEB_DIR must name a folder");
     }
 
     #[test]

@@ -96,7 +96,7 @@ mod tests {
         (parts.status, parts.headers, body)
     }
 
-    fn header<'a>(headers: &'a header::HeaderMap, name: header::HeaderName) -> &'a str {
+    fn header(headers: &header::HeaderMap, name: header::HeaderName) -> &str {
         headers.get(name).map_or("", |value| value.to_str().unwrap())
     }
 

@@ -21,6 +21,16 @@ export function h<K extends keyof HTMLElementTagNameMap>(
   return element;
 }
 
+/** A labelled field: the label above its input. */
+export function field(label: string, input: HTMLInputElement): HTMLElement {
+  return h("p", { class: "field" }, h("label", { for: input.id }, label), input);
+}
+
+/** An input for a room's or a user's number. */
+export function numberInput(id: string): HTMLInputElement {
+  return h("input", { id, type: "number", min: 1, required: true, inputmode: "numeric" });
+}
+
 /** A short local time, with the full date and time as a tooltip. */
 export function time(timestamp: string | null | undefined): HTMLTimeElement | null {
   if (!timestamp) return null;

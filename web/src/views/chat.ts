@@ -4,7 +4,7 @@
 // everyone (the author included) sees them when their live event arrives.
 import * as api from "../api";
 import type { Entry, Room } from "../api";
-import { h, time } from "../dom";
+import { h, numberInput, time } from "../dom";
 import { restWords, socketWords } from "../errors";
 import { nameOf, nameSpan } from "../names";
 import type { RoomLog } from "../room-log";
@@ -514,7 +514,7 @@ export class ChatView {
   }
 
   private inviteForm(): HTMLElement {
-    const uid = h("input", { id: "invite-uid", type: "number", min: 1, required: true, inputmode: "numeric" });
+    const uid = numberInput("invite-uid");
     const form = h(
       "form",
       { class: "invite" },

@@ -1,6 +1,6 @@
 // The first screen: log in, or register and then log in.
 import { register } from "../api";
-import { h } from "../dom";
+import { field, h } from "../dom";
 import { restWords } from "../errors";
 import { Session } from "../session";
 
@@ -13,8 +13,8 @@ export function loginView(done: (session: Session) => void, notice = ""): HTMLEl
     "form",
     { "aria-labelledby": "login-title" },
     h("h2", { id: "login-title" }, "Log in"),
-    field("login-email", "E-mail", { type: "email", autocomplete: "username", required: true }),
-    field("login-password", "Password", { type: "password", autocomplete: "current-password", required: true }),
+    input("login-email", "E-mail", { type: "email", autocomplete: "username", required: true }),
+    input("login-password", "Password", { type: "password", autocomplete: "current-password", required: true }),
     h("button", { type: "submit" }, "Log in"),
   );
   logInForm.addEventListener("submit", async (event) => {
@@ -33,10 +33,10 @@ export function loginView(done: (session: Session) => void, notice = ""): HTMLEl
     "form",
     { "aria-labelledby": "register-title" },
     h("h2", { id: "register-title" }, "New here? Register"),
-    field("register-name", "Username", { autocomplete: "username", required: true, minlength: 3, maxlength: 20 }),
+    input("register-name", "Username", { autocomplete: "username", required: true, minlength: 3, maxlength: 20 }),
     h("p", { class: "hint", id: "register-name-hint" }, "3 to 20 letters, digits or _"),
-    field("register-email", "E-mail", { type: "email", autocomplete: "email", required: true }),
-    field("register-password", "Password", {
+    input("register-email", "E-mail", { type: "email", autocomplete: "email", required: true }),
+    input("register-password", "Password", {
       type: "password",
       autocomplete: "new-password",
       required: true,
@@ -71,8 +71,8 @@ export function loginView(done: (session: Session) => void, notice = ""): HTMLEl
   );
 }
 
-function field(id: string, label: string, attributes: Record<string, string | number | boolean>): HTMLElement {
-  return h("p", { class: "field" }, h("label", { for: id }, label), h("input", { id, name: id, ...attributes }));
+function input(id: string, label: string, attributes: Record<string, string | number | boolean>): HTMLElement {
+  return field(label, h("input", { id, name: id, ...attributes }));
 }
 
 function value(id: string): string {

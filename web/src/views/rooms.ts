@@ -3,7 +3,7 @@
 // conversation.
 import * as api from "../api";
 import type { Room } from "../api";
-import { h } from "../dom";
+import { field, h, numberInput } from "../dom";
 import { restWords } from "../errors";
 import { nameOf } from "../names";
 
@@ -131,21 +131,19 @@ export class RoomList {
   private createForm(): HTMLElement {
     const name = h("input", { id: "new-room-name", required: true, maxlength: 100, autocomplete: "off" });
     const isPrivate = h("input", { id: "new-room-private", type: "checkbox" });
-    return this.form("Create a room", "Create", [
-      h("p", { class: "field" }, h("label", { for: "new-room-name" }, "Name"), name),
-      h("p", { class: "check" }, isPrivate, h("label", { for: "new-room-private" }, "Private (members join by invitation)")),
-    ], async () => {
+    const fields = [
+      field("Name", name),
+      h("p", { class: "check" }, isPrivate, h("label", { for: isPrivate.id }, "Private (members join by invitation)")),
+    ];
+    return this.form("Create a room", "Create", fields, async () => {
       const { RoomID } = await api.createRoom(this.token(), name.value.trim(), isPrivate.checked);
-      name.value = "";
       return RoomID;
     });
   }
 
   private joinForm(): HTMLElement {
-    const id = h("input", { id: "join-room-id", type: "number", min: 1, required: true, inputmode: "numeric" });
-    return this.form("Join a room", "Join", [
-      h("p", { class: "field" }, h("label", { for: "join-room-id" }, "Room number"), id),
-    ], async () => {
+    const id = numberInput("join-room-id");
+    return this.form("Join a room", "Join", [field("Room number", id)], async () => {
       const roomId = Number(id.value);
       try {
         await api.join(this.token(), roomId);
@@ -153,20 +151,16 @@ export class RoomList {
         // Already a member: open it all the same.
         if (!(error instanceof api.ApiError && error.status === 409)) throw error;
       }
-      id.value = "";
       return roomId;
     });
   }
 
   private directForm(): HTMLElement {
-    const uid = h("input", { id: "direct-uid", type: "number", min: 1, required: true, inputmode: "numeric" });
-    return this.form("Message someone directly", "Open", [
-      h("p", { class: "field" }, h("label", { for: "direct-uid" }, "Their user number"), uid),
-    ], async () => {
+    const uid = numberInput("direct-uid");
+    return this.form("Message someone directly", "Open", [field("Their user number", uid)], async () => {
       const other = Number(uid.value);
       const { RoomID } = await api.direct(this.token(), other);
       this.partners.set(RoomID, other);
-      uid.value = "";
       return RoomID;
     });
   }
@@ -183,6 +177,7 @@ export class RoomList {
       try {
         const roomId = await run();
         await this.add(roomId);
+        form.reset();
         details.open = false;
         this.open(roomId);
       } catch (error) {
