@@ -1,7 +1,7 @@
 //! The load generator: fixed scenarios against a running stack, printing
-//! throughput, latency percentiles, the gateway's memory, and the CPU the
-//! gateway and core-svc used. Run through `scripts/bench`, which starts the
-//! stack for it.
+//! throughput, latency percentiles, the gateway's memory, and the CPU each
+//! process of the stack used per delivery or request ([`cpu`]). Run
+//! through `scripts/bench`, which starts the stack for it.
 //!
 //! - `fanout`: sockets in rooms, senders spread evenly over time; every
 //!   delivery's send→receive latency is recorded.
@@ -12,8 +12,12 @@
 //!   each socket gets per second and the gateway's CPU.
 //! - `reads`: `GET /unread` and `GET /search` on a million messages
 //!   ([`reads`]).
+//! - `rest`: the cached `GET /profile/{UID}` and a room's first history
+//!   page, by `wrk` ([`rest`]).
 
+mod cpu;
 mod reads;
+mod rest;
 
 use std::{
     sync::{
@@ -42,9 +46,13 @@ struct Args {
     /// The gateway's process id, to read its memory and CPU time.
     #[arg(long)]
     gateway_pid: u32,
-    /// core-svc's process id, to read its CPU time (the fan-out and `reads` scenarios).
+    /// core-svc's process id, to read its CPU time.
     #[arg(long)]
     core_pid: Option<u32>,
+    /// Another process whose CPU time to report, as NAME=PID (the archiver,
+    /// the engines); the processes under it count too.
+    #[arg(long = "process", value_parser = cpu::named_pid)]
+    processes: Vec<(String, u32)>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -112,6 +120,14 @@ enum Scenario {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    Rest {
+        /// Connections `wrk` keeps open.
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        /// How long each request is measured.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
@@ -119,10 +135,13 @@ type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut named = vec![("gateway".to_owned(), args.gateway_pid)];
+    named.extend(args.core_pid.map(|pid| ("core-svc".to_owned(), pid)));
+    named.extend(args.processes);
     let gateway = Gateway {
         base: args.gateway.clone(),
         pid: args.gateway_pid,
-        core_pid: args.core_pid,
+        processes: cpu::Processes::new(named),
         http: reqwest::Client::new(),
     };
     match args.scenario {
@@ -160,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             let reads = reads::Reads { database_url, messages, users, rooms, members_per_room, seconds, concurrency };
             reads.run(&gateway).await?;
         }
+        Scenario::Rest { connections, seconds } => rest::run(&gateway, connections, seconds).await?,
     }
     Ok(())
 }
@@ -167,27 +187,12 @@ async fn main() -> anyhow::Result<()> {
 struct Gateway {
     base: String,
     pid: u32,
-    core_pid: Option<u32>,
+    /// The stack's processes, whose CPU time each scenario reports.
+    processes: cpu::Processes,
     http: reqwest::Client,
 }
 
-/// The CPU time a process has used so far, in seconds (`/proc/<pid>/stat`,
-/// in ticks of 1/100 s).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name, which is in parentheses and may hold spaces:
-    // the state is field 3, utime and stime fields 14 and 15.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |n: usize| fields.get(n - 3).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(14) + ticks(15)) / 100.0
-}
-
 impl Gateway {
-    /// CPU seconds of the gateway and of core-svc (if its pid was given).
-    fn cpu_of_both(&self) -> [Option<f64>; 2] {
-        [Some(cpu_secs(self.pid)), self.core_pid.map(cpu_secs)]
-    }
-
     fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .ok()
@@ -198,15 +203,9 @@ impl Gateway {
             .unwrap_or(0)
     }
 
-    /// CPU time the gateway has used so far (user and system, all threads),
-    /// from `/proc` in clock ticks of 1/100 s (Linux's USER_HZ).
+    /// CPU time the gateway has used so far.
     fn cpu(&self) -> Duration {
-        let ticks = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok().and_then(|stat| {
-            // The fields after the command (which may hold spaces), from the 3rd on.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        });
-        Duration::from_millis(ticks.unwrap_or(0) * 10)
+        Duration::from_secs_f64(cpu::secs(self.pid))
     }
 
     /// Registers (or logs in) a user; its token.
@@ -549,9 +548,9 @@ struct RunResult {
     delivered: u64,
     elapsed: Duration,
     latencies: Histogram<u64>,
-    /// Of one core, during the run (its last deliveries included): the
-    /// gateway's and core-svc's.
-    cpu_percent: [Option<f64>; 2],
+    /// What each process spent per delivery during the run (its last
+    /// deliveries included).
+    cpu: String,
 }
 
 impl Fanout {
@@ -559,7 +558,7 @@ impl Fanout {
     /// sender on its own phase so that sends are spread evenly in time.
     async fn run(&self, gateway: &Gateway, rate: u32, duration: Duration) -> RunResult {
         self.latencies.lock().await.reset();
-        let cpu_before = gateway.cpu_of_both();
+        let cpu_before = gateway.processes.sample();
         let wall = Instant::now();
         let rooms = self.senders.len();
         let per_room_rate = rate as f64 / rooms as f64;
@@ -596,14 +595,9 @@ impl Fanout {
         let delivered = self.received.load(Ordering::Relaxed) - count_before;
         let latencies = self.latencies.lock().await.clone();
         let wall = wall.elapsed().as_secs_f64();
-        let cpu_after = gateway.cpu_of_both();
-        let cpu_percent = [0, 1].map(|i| Some((cpu_after[i]? - cpu_before[i]?) / wall * 100.0));
-        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies, cpu_percent }
+        let cpu = gateway.processes.report(&cpu_before, &gateway.processes.sample(), wall, delivered, "delivery");
+        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies, cpu }
     }
-}
-
-fn percent(value: Option<f64>) -> String {
-    value.map_or_else(|| "unknown".to_owned(), |value| format!("{value:.1}%"))
 }
 
 impl RunResult {
@@ -618,7 +612,7 @@ impl RunResult {
     fn print(&self, gateway: &Gateway) {
         let q = |q: f64| self.latencies.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "fanout {} sends/s: sent {} in {:.1}s, delivered {}/{} ({:.0} deliveries/s); latency ms p50 {:.1} p99 {:.1} p999 {:.1} max {:.1}; gateway RSS {} MiB; CPU of one core: gateway {}, core-svc {}",
+            "fanout {} sends/s: sent {} in {:.1}s, delivered {}/{} ({:.0} deliveries/s); latency ms p50 {:.1} p99 {:.1} p999 {:.1} max {:.1}; gateway RSS {} MiB; {}",
             self.rate,
             self.sent,
             self.elapsed.as_secs_f64(),
@@ -630,8 +624,7 @@ impl RunResult {
             q(0.999),
             self.latencies.max() as f64 / 1000.0,
             gateway.rss_kib() / 1024,
-            percent(self.cpu_percent[0]),
-            percent(self.cpu_percent[1]),
+            self.cpu,
         );
     }
 }

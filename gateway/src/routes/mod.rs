@@ -104,7 +104,9 @@ pub(crate) fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
     if time.is_none() {
         tracing::error!(?at, "core-svc sent no valid timestamp");
     }
-    Some(time?.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+    // Not `format` with a pattern: that parses the pattern on every call,
+    // and a history page writes a hundred timestamps or more.
+    Some(time?.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
 /// A path parameter as it came, so that one that is not UTF-8 gets the

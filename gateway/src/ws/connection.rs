@@ -17,6 +17,7 @@ use chat_proto::{
         TypingRequest, TypingResponse,
     },
 };
+use futures::SinkExt;
 use service_kit::{
     feeds::{Feed, Removal},
     live::Cursor,
@@ -57,6 +58,8 @@ const REPLAY_PAGE: u32 = 100;
 /// was read, so among the newest the replay wrote: two pages cover a live
 /// feed that runs a whole page read behind history.
 const REPLAYED_KEPT: usize = 2 * REPLAY_PAGE as usize;
+/// The most room frames written in one go (before one flush).
+const BATCH: usize = 64;
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The longest token an `auth` frame may carry (a JWT of this API is a few
@@ -292,13 +295,11 @@ impl Connection {
                     }
                 }
                 frame = next_frame(&mut self.room) => match frame {
-                    Ok(frame) => self.send_frame(socket, frame).await?,
+                    Ok(frame) => self.send_queued(socket, frame).await?,
                     Err(error) => return Err(feed_error(error)),
                 },
                 frames = next_live(&mut self.live) => {
-                    for frame in frames {
-                        self.send(socket, WsMessage::Text(frame.json)).await?;
-                    }
+                    self.send_all(socket, frames.into_iter().map(|frame| WsMessage::Text(frame.json))).await?;
                 }
                 Ok(()) = self.nats_reconnects.changed() => self.refill_due = true,
                 removal = next_removal(&mut self.removals) => match removal {
@@ -330,20 +331,37 @@ impl Connection {
     /// Writes what the room had already queued for this socket.
     async fn flush(&mut self, socket: &mut WebSocket) -> Step {
         while let Some(frame) = self.room.as_mut().and_then(InRoom::try_next) {
-            self.send_frame(socket, frame).await?;
+            self.send_queued(socket, frame).await?;
         }
-        for frame in self.live.as_mut().map(Cursor::take).unwrap_or_default() {
-            self.send(socket, WsMessage::Text(frame.json)).await?;
-        }
-        Ok(())
+        let live = self.live.as_mut().map(Cursor::take).unwrap_or_default();
+        self.send_all(socket, live.into_iter().map(|frame| WsMessage::Text(frame.json))).await
     }
 
-    /// Writes one of the room's frames, minding its id for a refill.
-    async fn send_frame(&mut self, socket: &mut WebSocket, frame: Frame) -> Step {
+    /// Writes one of the room's frames and those queued behind it (up to
+    /// [`BATCH`]) in one go: a frame per socket per event costs a write
+    /// and a flush each, and a busy room queues several between two turns
+    /// of the socket's task.
+    async fn send_queued(&mut self, socket: &mut WebSocket, first: Frame) -> Step {
+        let mut batch = vec![first];
         if let Some(room) = self.room.as_mut() {
-            room.last_id = room.last_id.max(frame.id);
+            while batch.len() < BATCH
+                && let Some(frame) = room.try_next()
+            {
+                batch.push(frame);
+            }
         }
-        self.deliver(socket, frame.json).await
+        self.deliver(socket, batch).await
+    }
+
+    /// Writes room frames, minding the newest id for a refill.
+    async fn deliver(&mut self, socket: &mut WebSocket, frames: Vec<Frame>) -> Step {
+        if let Some(room) = self.room.as_mut() {
+            room.last_id = frames.iter().map(|frame| frame.id).fold(room.last_id, i64::max);
+        }
+        let count = frames.len() as u64;
+        self.send_all(socket, frames.into_iter().map(|frame| WsMessage::Text(frame.json))).await?;
+        self.sockets.deliveries.increment(count);
+        Ok(())
     }
 
     /// NATS is at most once: what was published while this gateway's
@@ -545,9 +563,7 @@ impl Connection {
             tracing::warn!(room_id = room.id, "history lacks a live event; the replay stops");
             return self.leave(socket, problem, reference).await;
         }
-        for frame in page.into_iter().filter_map(Frame::of) {
-            self.send_frame(socket, frame).await?;
-        }
+        self.deliver(socket, page.into_iter().filter_map(Frame::of).collect()).await?;
         let room = self.room.as_mut().expect("a replay is in a room");
         let Some(replay) = room.replay.as_mut() else {
             return Ok(None);
@@ -731,13 +747,25 @@ impl Connection {
         self.write(socket, ServerFrame::Auth { expires_at, reference }).await
     }
 
-    /// Writes to the client. While the write waits, the room's frames are
-    /// taken from its queue and held for after it, up to the queue's limit:
-    /// a client that stops reading is closed as `too slow` once its room has
-    /// run that far ahead, and the write timeout is left for a connection
-    /// that hangs.
+    /// Writes to the client.
     async fn send(&mut self, socket: &mut WebSocket, message: WsMessage) -> Step {
-        let mut write = std::pin::pin!(timeout(WRITE_TIMEOUT, socket.send(message)));
+        self.send_all(socket, [message]).await
+    }
+
+    /// Writes messages to the client, all before one flush (the socket's
+    /// write buffer holds them meanwhile). While the write waits, the
+    /// room's frames are taken from its queue and held for after it, up to
+    /// the queue's limit: a client that stops reading is closed as `too
+    /// slow` once its room has run that far ahead, and the write timeout is
+    /// left for a connection that hangs.
+    async fn send_all(&mut self, socket: &mut WebSocket, messages: impl IntoIterator<Item = WsMessage>) -> Step {
+        let written = async move {
+            for message in messages {
+                socket.feed(message).await?;
+            }
+            socket.flush().await
+        };
+        let mut write = std::pin::pin!(timeout(WRITE_TIMEOUT, written));
         loop {
             tokio::select! {
                 biased;
@@ -756,13 +784,6 @@ impl Connection {
                 }
             }
         }
-    }
-
-    /// Writes one of the room's events.
-    async fn deliver(&mut self, socket: &mut WebSocket, json: Utf8Bytes) -> Step {
-        self.send(socket, WsMessage::Text(json)).await?;
-        self.sockets.deliveries.increment(1);
-        Ok(())
     }
 
     async fn write(&mut self, socket: &mut WebSocket, frame: ServerFrame<'_>) -> Step {

@@ -31,6 +31,12 @@ const READ_LIMIT: usize = 64 * 1024;
 /// it is read. (4 KiB gave 11.1 KiB of RSS per idle socket, 1 KiB 8.1.)
 const READ_BUFFER: usize = 1024;
 
+/// What a socket's writes gather before they go out; a flush sends the
+/// rest. The frames queued for a socket are fed into it and flushed once,
+/// so they leave in one write (and one TCP segment) rather than one each.
+/// Between writes it is empty (keeping the capacity of the largest batch).
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// This gateway's room feeds: one NATS subscription per room with sockets
 /// in it, each event serialised once.
 pub type Hub = service_kit::feeds::Hub<frames::Frame>;
@@ -78,7 +84,7 @@ pub async fn upgrade(
         .max_message_size(READ_LIMIT)
         .max_frame_size(READ_LIMIT)
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             tracker.track_future(connection::Connection::new(uid, token, core, sockets).run(socket))
         }))
