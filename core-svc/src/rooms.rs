@@ -26,6 +26,7 @@ use crate::{
     domain::{RoomName, parse_id, timestamp},
     error::{Error, Result, ResultExt},
     events::Events,
+    membership::MemberLookups,
 };
 
 const ROOM_NOT_FOUND: Error = Error::NotFound("room not found");
@@ -74,6 +75,7 @@ struct UnreadRow {
 
 pub struct Rooms {
     db: PgPool,
+    lookups: MemberLookups,
     cache: Arc<Cache>,
     events: Arc<Events>,
     presence: Presence,
@@ -81,7 +83,7 @@ pub struct Rooms {
 
 impl Rooms {
     pub fn new(db: PgPool, cache: Arc<Cache>, events: Arc<Events>, presence: Presence) -> Self {
-        Self { db, cache, events, presence }
+        Self { lookups: MemberLookups::new(db.clone()), db, cache, events, presence }
     }
 
     /// Tells the room that `uid` joined. The membership is committed already;
@@ -116,13 +118,7 @@ impl Rooms {
         if self.cache.get::<bool>(&key).await == Some(true) {
             return Ok(true);
         }
-        let member: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)")
-                .bind(room_id)
-                .bind(uid)
-                .fetch_one(&self.db)
-                .instrument(db::postgres("SELECT room_members"))
-                .await?;
+        let member = self.lookups.is_member(room_id, uid).await?;
         if member {
             self.cache.set(&key, &true).await;
         }
