@@ -13,7 +13,10 @@ use service_kit::{
     presence::Presence,
     telemetry,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{
     classify::{
@@ -31,7 +34,7 @@ use crate::{
     core_client::CoreClient,
     extract::{BODY_LIMIT, TrustForwardedFor},
     routes::{self, AppState},
-    ws::{Hub, Sockets, USER_FEED_QUEUE, UserHub, frames::Frame},
+    ws::{ENTERS_AT_ONCE, Hub, Sockets, USER_FEED_QUEUE, UserHub, frames::Frame},
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -78,6 +81,7 @@ impl Application {
             )),
             hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event, WS)),
             presence,
+            enters: Arc::new(Semaphore::new(ENTERS_AT_ONCE)),
             nats_reconnects,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
