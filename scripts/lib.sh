@@ -225,6 +225,32 @@ ensure_jaeger() {
   mv "$JAEGER.partial" "$JAEGER"
 }
 
+# --- The browser client --------------------------------------------------
+
+# Builds web/ into web/dist, which the gateway serves (WEB_DIR): `npm ci`
+# when its lock changed, then `npm run build` (tsc and Vite) when its
+# sources changed since the last build; otherwise nothing, in a second.
+WEB="$ROOT/web"
+build_web() {
+  command -v npm >/dev/null || die "building the web client needs Node.js (20.19 or newer) with npm"
+  # A copy of the lock inside node_modules says what was installed last.
+  if ! cmp -s "$WEB/package-lock.json" "$WEB/node_modules/.package-lock.stamp" 2>/dev/null; then
+    log "npm ci in web/"
+    (cd "$WEB" && npm ci --silent --no-audit --no-fund) || die "npm ci in web/ failed"
+    cp "$WEB/package-lock.json" "$WEB/node_modules/.package-lock.stamp"
+  fi
+  local sources built="$WEB/node_modules/.built-sources"
+  sources=$(cd "$WEB" && find index.html package-lock.json tsconfig.json vite.config.ts public src -type f -print0 |
+    sort -z | xargs -0 sha256sum | sha256sum)
+  # A build by hand since (dist newer than the record) is rebuilt too.
+  [ -s "$WEB/dist/index.html" ] && [ "$(cat "$built" 2>/dev/null)" = "$sources" ] &&
+    [ ! "$WEB/dist/index.html" -nt "$built" ] && return 0
+  log "building the web client (web/dist)"
+  (cd "$WEB" && npm run --silent build) >"$RUN_DIR/web-build.log" 2>&1 ||
+    { tail -n 30 "$RUN_DIR/web-build.log" >&2; die "the web client did not build; see $RUN_DIR/web-build.log"; }
+  echo "$sources" >"$built"
+}
+
 ensure_engines() {
   ensure_postgres
   ensure_redis

@@ -1,7 +1,7 @@
 //! Access tokens: HS256 JWTs whose claims carry the user id (`UID`) and the
 //! expiry (`exp`), as the original Go server issued them.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +62,9 @@ impl TokenKeys {
 
     pub fn issue(&self, uid: i64, lifetime: Duration) -> IssuedToken {
         let now = Utc::now();
-        let expires_at = now + lifetime;
+        // `exp` holds whole seconds: the time told to the client is the one the
+        // token really expires at, not up to a second after it.
+        let expires_at = (now + lifetime).trunc_subsecs(0);
         let claims = Claims { uid, exp: expires_at.timestamp(), iat: now.timestamp() };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail");
@@ -110,6 +112,7 @@ mod tests {
         let issued = keys().issue(42, Duration::hours(1));
         let verified = keys().verify(&issued.token).unwrap();
         assert_eq!((verified.uid, verified.expires_at), (42, issued.expires_at.timestamp()));
+        assert_eq!(issued.expires_at.timestamp_subsec_nanos(), 0, "the expiry told is the token's own");
         assert!(issued.expires_at > Utc::now());
     }
 

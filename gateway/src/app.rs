@@ -101,7 +101,7 @@ impl Application {
                 }
             },
         );
-        let router = routes::router(state)
+        let router = routes::router(state, &config.web_dir)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(30)))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))

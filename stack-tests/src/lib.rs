@@ -180,6 +180,7 @@ pub fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) ->
         presence_lease_secs: settings.presence_lease_secs,
         ws_queue_frames: settings.ws_queue_frames,
         trust_forwarded_for: false,
+        web_dir: "web/dist".into(),
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{
     core_client::CoreClient,
     error::ApiError,
     extract::TrustForwardedFor,
-    metrics,
+    metrics, web,
     ws::{self, Sockets},
 };
 
@@ -65,7 +65,7 @@ impl Modify for TokenAuth {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(users::routes())
         .merge(rooms::routes())
@@ -81,7 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/metrics", get(metrics::render))
         .route_layer(axum::middleware::from_fn(metrics::track))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        // Everything else: the web client's files, or the API's 404.
+        .fallback_service(web::files(web_dir))
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response()
         })
