@@ -86,6 +86,9 @@ pub struct Settings {
     /// its connections.
     pub database_max_connections: u32,
     pub database_acquire_timeout_ms: u64,
+    /// How often the gateway probes core-svc, and how long a probe may take
+    /// before the replica is ejected.
+    pub core_probe_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -103,6 +106,7 @@ impl Default for Settings {
             archiver: true,
             database_max_connections: 5,
             database_acquire_timeout_ms: 3000,
+            core_probe_interval_ms: 1000,
         }
     }
 }
@@ -168,7 +172,7 @@ pub fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) ->
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         core_grpc_addr: format!("http://{core}"),
         core_resolve_interval_ms: 5000,
-        core_probe_interval_ms: 1000,
+        core_probe_interval_ms: settings.core_probe_interval_ms,
         core_deadline_ms: 10_000,
         core_max_in_flight: 1024,
         core_max_in_flight_per_replica: 256,
