@@ -147,7 +147,7 @@ async fn a_stale_not_a_member_in_the_cache_never_keeps_a_member_out() {
 
 /// A big room coming online: its members enter at once, none of them in the
 /// cache yet. With one query each, the checks queued for the pool's two
-/// connections and most waited past the pool's timeout (about 210 of 220
+/// connections and most waited past the pool's timeout (160 to 210 of 220
 /// were refused here); sharing one query per room, every check is answered,
 /// and the strangers among them are still told they are none.
 #[tokio::test]
