@@ -27,6 +27,7 @@ use crate::{
     error::{Error, Result, ResultExt},
     events::Events,
     limits::WriteLimits,
+    membership::MemberLookups,
 };
 
 const ROOM_NOT_FOUND: Error = Error::NotFound("room not found");
@@ -75,6 +76,7 @@ struct UnreadRow {
 
 pub struct Rooms {
     db: PgPool,
+    lookups: MemberLookups,
     cache: Arc<Cache>,
     events: Arc<Events>,
     presence: Presence,
@@ -90,7 +92,7 @@ impl Rooms {
         presence: Presence,
         writes: Arc<WriteLimits>,
     ) -> Self {
-        Self { db, cache, events, presence, writes }
+        Self { lookups: MemberLookups::new(db.clone()), db, cache, events, presence, writes }
     }
 
     /// Tells the room that `uid` joined. The membership is committed already;
@@ -125,13 +127,7 @@ impl Rooms {
         if self.cache.get::<bool>(&key).await == Some(true) {
             return Ok(true);
         }
-        let member: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)")
-                .bind(room_id)
-                .bind(uid)
-                .fetch_one(&self.db)
-                .instrument(db::postgres("SELECT room_members"))
-                .await?;
+        let member = self.lookups.is_member(room_id, uid).await?;
         if member {
             self.cache.set(&key, &true).await;
         }

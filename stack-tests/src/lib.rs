@@ -84,6 +84,13 @@ pub struct Settings {
     /// Whether the archiver starts with the rest ([`TestApp::start_archiver`]
     /// starts it later).
     pub archiver: bool,
+    /// core-svc's PostgreSQL pool, and how long a call waits for one of
+    /// its connections.
+    pub database_max_connections: u32,
+    pub database_acquire_timeout_ms: u64,
+    /// How often the gateway probes core-svc, and how long a probe may take
+    /// before the replica is ejected.
+    pub core_probe_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -100,6 +107,9 @@ impl Default for Settings {
             subscribe_queue: 512,
             presence_lease_secs: 30,
             archiver: true,
+            database_max_connections: 5,
+            database_acquire_timeout_ms: 3000,
+            core_probe_interval_ms: 1000,
         }
     }
 }
@@ -133,8 +143,8 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: shared.database_url.clone(),
-        database_max_connections: 5,
-        database_acquire_timeout_ms: 3000,
+        database_max_connections: settings.database_max_connections,
+        database_acquire_timeout_ms: settings.database_acquire_timeout_ms,
         grpc_max_in_flight: 1024,
         grpc_call_timeout_ms: 30_000,
         redis_url: settings.redis_url.clone(),
@@ -194,7 +204,7 @@ pub fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) ->
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         core_grpc_addr: format!("http://{core}"),
         core_resolve_interval_ms: 5000,
-        core_probe_interval_ms: 1000,
+        core_probe_interval_ms: settings.core_probe_interval_ms,
         core_deadline_ms: 10_000,
         core_max_in_flight: 1024,
         core_max_in_flight_per_replica: 256,
@@ -513,6 +523,28 @@ impl TestApp {
             .execute(&mut db)
             .await
             .expect("deleted");
+    }
+
+    /// `count` new members of a room, written straight to PostgreSQL with
+    /// tokens signed as core-svc signs them: registering them would hash
+    /// two passwords each. None of them is in the cache yet.
+    pub async fn members(&self, room_id: i64, count: usize) -> Vec<User> {
+        let mut db = sqlx::PgConnection::connect(&self.shared.database_url).await.expect("the test database");
+        let uids: Vec<i64> = sqlx::query_scalar(
+            "WITH added AS (
+                 INSERT INTO users (username, email, password_hash)
+                 SELECT format('member-%s-%s', $1, n), format('member-%s-%s@example.com', $1, n), 'not a hash'
+                   FROM generate_series(1, $2) n RETURNING id),
+             joined AS (INSERT INTO room_members (room_id, user_id) SELECT $1, id FROM added)
+             SELECT id FROM added ORDER BY id",
+        )
+        .bind(room_id)
+        .bind(count as i64)
+        .fetch_all(&mut db)
+        .await
+        .expect("members added");
+        let keys = core_svc::token::TokenKeys::new(JWT_SECRET.as_bytes());
+        uids.into_iter().map(|uid| User { uid, token: keys.issue(uid, chrono::Duration::hours(1)).token }).collect()
     }
 
     /// The Redis key of a cache entry: core-svc puts this test's prefix and

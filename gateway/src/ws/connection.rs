@@ -455,6 +455,7 @@ impl Connection {
     ) -> impl Future<Output = Result<Entered, &'static str>> + Send + use<> {
         let mut rooms = self.core.rooms.clone();
         let membership = self.token.request(CheckMembershipRequest { room_id });
+        let enters = self.sockets.enters.clone();
         let hub = self.sockets.hub.clone();
         let (presence, uid) = (self.sockets.presence.clone(), self.uid);
         let users = self.removals.is_none().then(|| (self.sockets.users.clone(), self.uid));
@@ -469,7 +470,12 @@ impl Connection {
                 ),
                 None => None,
             };
-            if !call(rooms.check_membership(membership)).await?.member {
+            // The wait for a turn is not the call's: it is as long as the
+            // checks of the enters before this one.
+            let turn = enters.acquire_owned().await.expect("the turns are never closed");
+            let member = call(rooms.check_membership(membership)).await?.member;
+            drop(turn);
+            if !member {
                 return Err("not room member");
             }
             let feed = subscribed(hub.feed(room_id), "a room").await?;
