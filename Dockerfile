@@ -11,7 +11,8 @@
 #
 # Stages: `chef` (the toolchain, the C build tools and cargo-chef),
 # `planner` (the dependency recipe), `builder` (dependencies, then the
-# workspace) and the runtime image, built from scratch.
+# workspace), `web` (the browser client, built with Node.js) and the
+# runtime image, built from scratch.
 #
 # Why cargo-chef for the dependency cache: `cargo chef cook` builds every
 # dependency from recipe.json, which holds only the manifests and
@@ -24,6 +25,7 @@
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=trixie
+ARG NODE_VERSION=22
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS chef
 # librdkafka is built from source by rdkafka-sys (its bundled configure and
@@ -53,6 +55,16 @@ RUN cargo chef cook --release --locked --bins ${PACKAGES} --recipe-path recipe.j
 COPY . .
 RUN cargo build --release --locked --bins ${PACKAGES}
 
+# The browser client: static files, which the gateway serves at / from
+# WEB_DIR. Only its sources and lock file are copied in, so the npm layer
+# is rebuilt only when the lock changes.
+FROM node:${NODE_VERSION}-${DEBIAN_RELEASE}-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY web/ ./
+RUN npm run build
+
 # The runtime's root file system, assembled here where there is a shell:
 # the binaries, the shared libraries they load (found by ldd, so taken from
 # the very glibc they were linked against: no version skew between build
@@ -81,8 +93,8 @@ RUN set -eu; \
       chroot --userspec=65532:65532 /rootfs "/usr/local/bin/$bin" --help >/dev/null; \
     done
 
-# No shell, no package manager: the binaries, their libraries and the few
-# files above (about 50 MB in all).
+# No shell, no package manager: the binaries, their libraries, the few
+# files above and the web client (about 50 MB in all).
 FROM scratch AS runtime
 ARG VERSION=0.1.0
 ARG REVISION=unknown
@@ -96,7 +108,8 @@ LABEL org.opencontainers.image.title="chat" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="${SOURCE}"
 COPY --from=builder /rootfs/ /
-ENV PATH=/usr/local/bin
+COPY --from=web /web/dist/ /usr/share/chat/web/
+ENV PATH=/usr/local/bin WEB_DIR=/usr/share/chat/web
 USER 65532:65532
 # gateway :8080 (REST, WebSocket, /metrics), core-svc :50051 (gRPC,
 # grpc-web) and :9090 (/metrics), archiver :8081 (/healthz, /readyz,

@@ -25,6 +25,39 @@ PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"]
 PROTO_ROOT = pathlib.Path(__file__).resolve().parent.parent / "proto"
 
 
+# Where the binaries' logs go: a folder of its own for each stack, under
+# $CHAT_E2E_LOG_DIR when it is set (scripts/test sets it, and scans the
+# logs for secrets at the end: scripts/scan-logs), else under the system's
+# temporary folder.
+LOG_ROOT = os.environ.get("CHAT_E2E_LOG_DIR")
+JWT_SECRET = "end-to-end-test-secret-0123456789abcdef"
+
+
+def record_canary(value: str) -> None:
+    if LOG_ROOT:
+        os.makedirs(LOG_ROOT, exist_ok=True)
+        with open(os.path.join(LOG_ROOT, "canaries.txt"), "a") as canaries:
+            canaries.write(value + "\n")
+
+
+# The token secret of every stack is one of them.
+record_canary(JWT_SECRET)
+
+
+def new_log_dir(prefix: str) -> pathlib.Path:
+    if LOG_ROOT:
+        os.makedirs(LOG_ROOT, exist_ok=True)
+    return pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir=LOG_ROOT))
+
+
+def canary(kind: str) -> str:
+    """A value the tests send on purpose (a password, a message text, a
+    bad token) and which no log may hold: listed for scripts/scan-logs."""
+    value = f"canary-{kind}-{uuid.uuid4().hex[:12]}"
+    record_canary(value)
+    return value
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,12 +125,18 @@ def run_env(run_id: str, database: str) -> dict:
         **os.environ,
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
         "REDIS_KEY_PREFIX": f"e2e-{run_id}:",
-        "JWT_SECRET": "end-to-end-test-secret-0123456789abcdef",
+        "JWT_SECRET": JWT_SECRET,
         "KAFKA_TOPIC": f"e2e-{run_id}.messages",
         "KAFKA_GROUP": f"e2e-{run_id}-archiver",
         "NATS_SUBJECT_PREFIX": f"e2e-{run_id}",
         "SEND_RATE_PER_SECOND": "100000",
         "SEND_BURST": "100000",
+        "REGISTER_PER_MINUTE_PER_IP": "100000",
+        "CREATE_ROOM_PER_MINUTE": "100000",
+        "INVITE_PER_MINUTE": "100000",
+        "DIRECT_PER_MINUTE": "100000",
+        "REACT_PER_MINUTE": "100000",
+        "SEARCH_PER_MINUTE": "100000",
         "LOG_FORMAT": "json",
     }
 
@@ -142,7 +181,7 @@ def start_stack(env: dict | None = None, env_for: dict | None = None):
         grpc=f"127.0.0.1:{core_port}",
         database=database,
         env=env,
-        log_dir=pathlib.Path(tempfile.mkdtemp(prefix="chat-e2e-logs-")),
+        log_dir=new_log_dir("chat-e2e-logs-"),
         processes={},
         env_for=env_for or {},
     )

@@ -401,4 +401,9 @@ def test_the_image_runs_as_nonroot_without_a_shell():
     labels = set(re.findall(r"org\.opencontainers\.image\.(\w+)=", runtime))
     assert {"title", "description", "licenses", "version", "revision"} <= labels
     assert "cargo build --release --locked --bins" in dockerfile
+    # The web client, built in a stage of its own, is served from the image.
+    assert "COPY --from=web /web/dist/ /usr/share/chat/web/" in runtime
+    assert re.search(r"^ENV .*\bWEB_DIR=/usr/share/chat/web\b", runtime, re.M)
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "!web/" in ignored and "web/node_modules/" in ignored
     assert everything()["migrate"]["build"]["target"] == "runtime"

@@ -33,7 +33,7 @@ import requests
 import websockets
 import yaml
 
-from conftest import PSQL, free_port
+from conftest import PSQL, free_port, new_log_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.expanduser("~/.cache/chat-tools")
@@ -195,13 +195,14 @@ def test_the_deployed_configuration_starts_a_stack_that_carries_a_message_to_his
         migrate = mapped[("core-svc", "migrate")]
         done = subprocess.run([binary_path("core-svc"), "migrate"], env=clean(migrate), capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
+        logs = new_log_dir(f"chat-e2e-deploy-{source}-")
         for binary in BINARIES:
-            log = open(tmp_path / f"{binary}.log", "w")
+            log = open(logs / f"{binary}.log", "w")
             processes.append(subprocess.Popen([binary_path(binary)], env=clean(mapped[(binary,)]), stdout=log,
                                               stderr=subprocess.STDOUT))
         gateway_listen = mapped[("gateway",)].get("HTTP_LISTEN_ADDR", "127.0.0.1:8080")
         base = f"http://{gateway_listen}"
-        wait_ready(base, tmp_path)
+        wait_ready(base, logs)
         message_id, room = asyncio.run(socket_to_history(base))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -213,7 +214,7 @@ def test_the_deployed_configuration_starts_a_stack_that_carries_a_message_to_his
             if archived == "1":
                 break
             time.sleep(0.2)
-        assert archived == "1", f"{source}: the message never reached history; logs in {tmp_path}"
+        assert archived == "1", f"{source}: the message never reached history; logs in {logs}"
     finally:
         for process in processes:
             process.terminate()

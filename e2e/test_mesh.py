@@ -11,7 +11,6 @@ import pathlib
 import re
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -21,7 +20,7 @@ import pytest
 import requests
 import websockets
 
-from conftest import PSQL, free_port, run_env, wait_ready
+from conftest import PSQL, free_port, new_log_dir, run_env, wait_ready
 from test_live import recv, user
 
 # The deadline of every call to core-svc in this module: a call held by a
@@ -87,7 +86,7 @@ def wait_for(condition, what, logs, seconds=30):
 
 @pytest.fixture(scope="module")
 def mesh():
-    mesh = Mesh(pathlib.Path(tempfile.mkdtemp(prefix="chat-e2e-mesh-")))
+    mesh = Mesh(new_log_dir("chat-e2e-mesh-"))
     subprocess.run([*PSQL, f'CREATE DATABASE "{mesh.database}"'], check=True)
     try:
         for i in range(3):

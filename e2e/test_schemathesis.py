@@ -81,7 +81,7 @@ def test_the_api_answers_as_its_openapi_document_says(stack, tmp_path):
         "none",
     ]
     # In a directory of its own, which is where schemathesis leaves its files.
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stdout + run.stderr
 
 

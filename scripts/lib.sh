@@ -225,6 +225,50 @@ ensure_jaeger() {
   mv "$JAEGER.partial" "$JAEGER"
 }
 
+# --- cargo-fuzz, for the fuzz targets in fuzz/ (scripts/fuzz) ---------------
+
+# Built from crates.io once into the tool cache. The targets need a nightly
+# toolchain (the sanitizers), which rustup must have already: it is not on
+# a registry the scripts may reach.
+CARGO_FUZZ_VERSION=0.13.2
+CARGO_FUZZ="$TOOLS/cargo-fuzz-$CARGO_FUZZ_VERSION/bin/cargo-fuzz"
+ensure_cargo_fuzz() {
+  rustup run nightly rustc --version >/dev/null 2>&1 ||
+    die "the fuzz targets need a nightly Rust toolchain (rustup toolchain install nightly)"
+  [ -x "$CARGO_FUZZ" ] && return 0
+  log "building cargo-fuzz $CARGO_FUZZ_VERSION from crates.io (once)"
+  CARGO_TARGET_DIR="$TOOLS/cargo-fuzz-build" cargo install --quiet --locked --version "$CARGO_FUZZ_VERSION" \
+    --root "$TOOLS/cargo-fuzz-$CARGO_FUZZ_VERSION" cargo-fuzz >>"$RUN_DIR/cargo-fuzz.log" 2>&1 ||
+    die "building cargo-fuzz failed; see $RUN_DIR/cargo-fuzz.log"
+  rm -rf "$TOOLS/cargo-fuzz-build"
+}
+
+# --- The browser client --------------------------------------------------
+
+# Builds web/ into web/dist, which the gateway serves (WEB_DIR): `npm ci`
+# when its lock changed, then `npm run build` (tsc and Vite) when its
+# sources changed since the last build; otherwise nothing, in a second.
+WEB="$ROOT/web"
+build_web() {
+  command -v npm >/dev/null || die "building the web client needs Node.js (20.19 or newer) with npm"
+  # A copy of the lock inside node_modules says what was installed last.
+  if ! cmp -s "$WEB/package-lock.json" "$WEB/node_modules/.package-lock.stamp" 2>/dev/null; then
+    log "npm ci in web/"
+    (cd "$WEB" && npm ci --silent --no-audit --no-fund) || die "npm ci in web/ failed"
+    cp "$WEB/package-lock.json" "$WEB/node_modules/.package-lock.stamp"
+  fi
+  local sources built="$WEB/node_modules/.built-sources"
+  sources=$(cd "$WEB" && find index.html package-lock.json tsconfig.json vite.config.ts public src -type f -print0 |
+    sort -z | xargs -0 sha256sum | sha256sum)
+  # A build by hand since (dist newer than the record) is rebuilt too.
+  [ -s "$WEB/dist/index.html" ] && [ "$(cat "$built" 2>/dev/null)" = "$sources" ] &&
+    [ ! "$WEB/dist/index.html" -nt "$built" ] && return 0
+  log "building the web client (web/dist)"
+  (cd "$WEB" && npm run --silent build) >"$RUN_DIR/web-build.log" 2>&1 ||
+    { tail -n 30 "$RUN_DIR/web-build.log" >&2; die "the web client did not build; see $RUN_DIR/web-build.log"; }
+  echo "$sources" >"$built"
+}
+
 ensure_engines() {
   ensure_postgres
   ensure_redis

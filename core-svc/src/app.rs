@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{
     codegen::http::{HeaderName, Method},
-    service::interceptor::InterceptedService,
     transport::Server,
 };
 use tonic_web::GrpcWebLayer;
@@ -27,14 +26,14 @@ use tower_http::cors::CorsLayer;
 
 use crate::{
     archive::ArchiveProgress,
-    auth::Authenticator,
+    auth::AuthLayer,
     cache::Cache,
     config::Config,
     events::{Events, KafkaSettings},
     health,
     history::HistoryStore,
     ids::{IdGenerator, NodeLease},
-    limits::RateLimit,
+    limits::{RateLimit, WriteLimits},
     messages::{self, Feeds, Live, MessageParts, Messages, SendLimit, UserFeeds},
     password::Hasher,
     rooms::Rooms,
@@ -69,7 +68,7 @@ const USER_FEED_QUEUE: usize = 16;
 /// What every call passes through before its service: CORS, then the
 /// grpc-web translation, then its span and metrics (which read the status
 /// in gRPC's own trailers), then load shedding (so a shed call is counted).
-type Layers = Stack<ShedLayer, Stack<CallLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>>;
+type Layers = Stack<AuthLayer, Stack<ShedLayer, Stack<CallLayer, Stack<GrpcWebLayer, Stack<CorsLayer, Identity>>>>>;
 
 /// What a browser's grpc-web call sends and may read back.
 const GRPC_WEB_REQUEST_HEADERS: [&str; 5] =
@@ -173,6 +172,7 @@ impl Application {
             ),
             trusted_proxies: config.trusted_proxies.clone(),
         };
+        let writes = Arc::new(WriteLimits::new(&cache, config.writes_per_minute()));
         let hashes_at_once = config
             .password_hashes_at_once
             .or_else(|| std::thread::available_parallelism().ok())
@@ -185,9 +185,10 @@ impl Application {
             chrono::Duration::seconds(config.token_lifetime_secs.into()),
             login_limits,
             hasher,
+            writes.clone(),
         )
         .await?;
-        let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone(), presence.clone()));
+        let rooms = Arc::new(Rooms::new(db.clone(), cache.clone(), events.clone(), presence.clone(), writes.clone()));
         let streams_shutdown = CancellationToken::new();
         let keys = SendKeys::new(db.clone());
         tokio::spawn({
@@ -208,9 +209,9 @@ impl Application {
             parts,
             cache,
             SendLimit { per_second: config.send_rate_per_second, burst: config.send_burst },
+            writes,
             streams_shutdown.clone(),
         );
-        let auth = Authenticator::new(TokenKeys::new(&secret));
 
         let cors = CorsLayer::new()
             .allow_origin(config.allowed_origins()?)
@@ -227,12 +228,13 @@ impl Application {
             .layer(GrpcWebLayer::new())
             .layer(grpc::SERVER)
             .layer(ShedLayer::new(config.grpc_max_in_flight))
+            .layer(AuthLayer::new(TokenKeys::new(&secret), db.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(UserServiceServer::with_interceptor(users, auth.clone()))
-            .add_service(InterceptedService::new(RoomServiceServer::from_arc(rooms), auth.clone()))
-            .add_service(MessageServiceServer::with_interceptor(messages, auth));
+            .add_service(UserServiceServer::new(users))
+            .add_service(RoomServiceServer::from_arc(rooms))
+            .add_service(MessageServiceServer::new(messages));
 
         let listener =
             TcpListener::bind(config.listen_addr).await.with_context(|| format!("binding {}", config.listen_addr))?;

@@ -130,6 +130,31 @@ pub struct Config {
     #[arg(long, env = "SEND_BURST", default_value = "30")]
     pub send_burst: NonZeroU32,
 
+    /// Registrations one client address may make per minute, across every
+    /// replica (a burst of as many at once).
+    #[arg(long, env = "REGISTER_PER_MINUTE_PER_IP", default_value = "10")]
+    pub register_per_minute_per_ip: NonZeroU32,
+
+    /// Rooms one user may create per minute, across every replica.
+    #[arg(long, env = "CREATE_ROOM_PER_MINUTE", default_value = "10")]
+    pub create_room_per_minute: NonZeroU32,
+
+    /// Invitations one user may make per minute.
+    #[arg(long, env = "INVITE_PER_MINUTE", default_value = "60")]
+    pub invite_per_minute: NonZeroU32,
+
+    /// Direct rooms one user may open (or look up) per minute.
+    #[arg(long, env = "DIRECT_PER_MINUTE", default_value = "30")]
+    pub direct_per_minute: NonZeroU32,
+
+    /// Reactions one user may add or take back per minute.
+    #[arg(long, env = "REACT_PER_MINUTE", default_value = "120")]
+    pub react_per_minute: NonZeroU32,
+
+    /// Searches one user may make per minute.
+    #[arg(long, env = "SEARCH_PER_MINUTE", default_value = "60")]
+    pub search_per_minute: NonZeroU32,
+
     /// How many live events a `Subscribe` stream may fall behind before it
     /// is cut off.
     #[arg(long, env = "SUBSCRIBE_QUEUE_MESSAGES", default_value_t = 1024)]
@@ -212,6 +237,18 @@ impl Config {
 }
 
 impl Config {
+    /// The limits of the writes beyond sends and logins.
+    pub fn writes_per_minute(&self) -> crate::limits::WritesPerMinute {
+        crate::limits::WritesPerMinute {
+            register_per_ip: self.register_per_minute_per_ip,
+            create_room: self.create_room_per_minute,
+            invite: self.invite_per_minute,
+            direct: self.direct_per_minute,
+            react: self.react_per_minute,
+            search: self.search_per_minute,
+        }
+    }
+
     /// Which browser origins may call the API (see `cors_allowed_origins`).
     pub fn allowed_origins(&self) -> anyhow::Result<AllowOrigin> {
         let origins: Vec<&str> = self.cors_allowed_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();

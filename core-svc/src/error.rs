@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use chat_proto::reason;
 use tonic::{Code, Status};
 
@@ -66,12 +68,20 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        match error {
+        Arc::new(error).into()
+    }
+}
+
+/// A database error that several calls share (those of one membership
+/// lookup), each with an error of its own.
+impl From<Arc<sqlx::Error>> for Error {
+    fn from(error: Arc<sqlx::Error>) -> Self {
+        match *error {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::warn!(%error, "database unavailable");
                 Self::Unavailable("database unavailable, retry later")
             }
-            error => Self::Internal(error.into()),
+            _ => Self::Internal(error.into()),
         }
     }
 }

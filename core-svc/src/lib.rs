@@ -17,6 +17,8 @@
 //! - [`limits`]: rate limits shared by every replica (through Redis).
 //! - [`token`], [`password`]: access tokens and password hashes.
 //! - [`cache`]: Redis in front of the hot reads; never the source of truth.
+//! - [`membership`]: membership lookups in PostgreSQL, one query for the
+//!   concurrent checks of a room.
 //! - [`archive`]: how far the archiver has stored the message log, so that
 //!   history knows what PostgreSQL holds.
 //! - [`health`]: the `grpc.health.v1` status, from probing the dependencies.
@@ -36,6 +38,7 @@ pub mod health;
 pub mod history;
 pub mod ids;
 pub mod limits;
+pub mod membership;
 pub mod messages;
 pub mod metrics;
 pub mod password;

@@ -68,3 +68,40 @@ impl RateLimit {
         })
     }
 }
+
+/// The limits of every write beyond sends and logins, each of its own
+/// setting (`*_PER_MINUTE`), and each a burst of as many at once: per client
+/// address for registrations (there is no user yet), per user otherwise.
+pub struct WriteLimits {
+    pub register: RateLimit,
+    pub create_room: RateLimit,
+    pub invite: RateLimit,
+    pub direct: RateLimit,
+    pub react: RateLimit,
+    pub search: RateLimit,
+}
+
+/// How many of each write one client may make per minute.
+#[derive(Debug, Clone, Copy)]
+pub struct WritesPerMinute {
+    pub register_per_ip: NonZeroU32,
+    pub create_room: NonZeroU32,
+    pub invite: NonZeroU32,
+    pub direct: NonZeroU32,
+    pub react: NonZeroU32,
+    pub search: NonZeroU32,
+}
+
+impl WriteLimits {
+    pub fn new(cache: &Arc<Cache>, per_minute: WritesPerMinute) -> Self {
+        let limit = |name, refusal, n| RateLimit::new(name, refusal, cache.clone(), n, Duration::from_secs(60), n);
+        Self {
+            register: limit("register", "too many registrations, try again later", per_minute.register_per_ip),
+            create_room: limit("create_room", "too many rooms created, try again later", per_minute.create_room),
+            invite: limit("invite", "too many invitations, try again later", per_minute.invite),
+            direct: limit("direct", "too many direct rooms opened, try again later", per_minute.direct),
+            react: limit("react", "reacting too often, try again later", per_minute.react),
+            search: limit("search", "too many searches, try again later", per_minute.search),
+        }
+    }
+}

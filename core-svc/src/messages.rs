@@ -44,7 +44,7 @@ use crate::{
     error::{Error, Result},
     events::Events,
     history::{HistoryStore, MAX_PAGE},
-    limits::RateLimit,
+    limits::{RateLimit, WriteLimits},
     metrics::GRPC_STREAMS,
     rooms::{RoomRow, Rooms},
     send_keys::SendKeys,
@@ -76,11 +76,13 @@ pub struct Messages {
     user_feeds: Arc<UserFeeds>,
     live: Live,
     nats_reconnects: watch::Receiver<u64>,
-    /// Per user, shared by every replica: every write to a room's log
-    /// (sends, edits, deletions, reactions) counts.
+    /// Per user, shared by every replica: every write to a room's log but
+    /// reactions (sends, edits, deletions) counts.
     send_limit: RateLimit,
     /// Per user and room, shared by every replica.
     typing_limit: RateLimit,
+    /// Reactions and searches, per user.
+    writes: Arc<WriteLimits>,
     /// Cancelled when the server starts to shut down; ends every stream.
     shutdown: CancellationToken,
 }
@@ -115,7 +117,13 @@ pub struct MessageParts {
 }
 
 impl Messages {
-    pub fn new(parts: MessageParts, cache: Arc<Cache>, limit: SendLimit, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        parts: MessageParts,
+        cache: Arc<Cache>,
+        limit: SendLimit,
+        writes: Arc<WriteLimits>,
+        shutdown: CancellationToken,
+    ) -> Self {
         // One relayed per user and room every 3 s, across every replica
         // (or, while Redis is away, per replica); the rest are dropped.
         let once = NonZeroU32::MIN;
@@ -134,6 +142,7 @@ impl Messages {
             nats_reconnects,
             send_limit,
             typing_limit,
+            writes,
             shutdown,
         }
     }
@@ -153,9 +162,9 @@ impl Messages {
         }
     }
 
-    /// Logs a change to an entry by `uid`; its event id.
-    async fn change(&self, room_id: i64, uid: i64, kind: Kind) -> Result<i64> {
-        self.send_limit.check(&uid.to_string()).await?;
+    /// Logs a change to an entry by `uid`, counted by `limit`; its event id.
+    async fn change(&self, room_id: i64, uid: i64, kind: Kind, limit: &RateLimit) -> Result<i64> {
+        limit.check(&uid.to_string()).await?;
         Ok(self.events.publish(room_id, uid, kind).await?.id)
     }
 }
@@ -462,7 +471,7 @@ impl MessageService for Messages {
             return Err(Error::PermissionDenied("not author").into());
         }
         let edited = Edited { message_id: message.id, text: text.into_inner() };
-        let event_id = self.change(room.id, uid, Kind::Edited(edited)).await?;
+        let event_id = self.change(room.id, uid, Kind::Edited(edited), &self.send_limit).await?;
         Ok(Response::new(EditResponse { event_id }))
     }
 
@@ -474,7 +483,8 @@ impl MessageService for Messages {
         if message.uid != uid && room.creator_id != uid {
             return Err(Error::PermissionDenied("not author").into());
         }
-        let event_id = self.change(room.id, uid, Kind::Deleted(Deleted { message_id: message.id })).await?;
+        let deleted = Kind::Deleted(Deleted { message_id: message.id });
+        let event_id = self.change(room.id, uid, deleted, &self.send_limit).await?;
         Ok(Response::new(DeleteResponse { event_id }))
     }
 
@@ -490,7 +500,7 @@ impl MessageService for Messages {
             return Err(Error::FailedPrecondition("too many reactions").into());
         }
         let reacted = Reacted { message_id: message.id, emoji: emoji.into_inner(), added };
-        let event_id = self.change(room.id, uid, Kind::Reacted(reacted)).await?;
+        let event_id = self.change(room.id, uid, Kind::Reacted(reacted), &self.writes.react).await?;
         Ok(Response::new(ReactResponse { event_id }))
     }
 
@@ -506,6 +516,7 @@ impl MessageService for Messages {
 
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
         let uid = auth::required(&request)?;
+        self.writes.search.check(&uid.to_string()).await?;
         let SearchRequest { query, room_id, last_id, limit } = request.into_inner();
         let query = SearchQuery::parse(query);
         let room_id = if room_id >= 0 { Ok(room_id) } else { Err("invalid room id".to_owned()) };

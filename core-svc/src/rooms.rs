@@ -26,6 +26,8 @@ use crate::{
     domain::{RoomName, parse_id, timestamp},
     error::{Error, Result, ResultExt},
     events::Events,
+    limits::WriteLimits,
+    membership::MemberLookups,
 };
 
 const ROOM_NOT_FOUND: Error = Error::NotFound("room not found");
@@ -74,14 +76,23 @@ struct UnreadRow {
 
 pub struct Rooms {
     db: PgPool,
+    lookups: MemberLookups,
     cache: Arc<Cache>,
     events: Arc<Events>,
     presence: Presence,
+    /// Room creations, invitations and direct rooms, per user.
+    writes: Arc<WriteLimits>,
 }
 
 impl Rooms {
-    pub fn new(db: PgPool, cache: Arc<Cache>, events: Arc<Events>, presence: Presence) -> Self {
-        Self { db, cache, events, presence }
+    pub fn new(
+        db: PgPool,
+        cache: Arc<Cache>,
+        events: Arc<Events>,
+        presence: Presence,
+        writes: Arc<WriteLimits>,
+    ) -> Self {
+        Self { lookups: MemberLookups::new(db.clone()), db, cache, events, presence, writes }
     }
 
     /// Tells the room that `uid` joined. The membership is committed already;
@@ -116,13 +127,7 @@ impl Rooms {
         if self.cache.get::<bool>(&key).await == Some(true) {
             return Ok(true);
         }
-        let member: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)")
-                .bind(room_id)
-                .bind(uid)
-                .fetch_one(&self.db)
-                .instrument(db::postgres("SELECT room_members"))
-                .await?;
+        let member = self.lookups.is_member(room_id, uid).await?;
         if member {
             self.cache.set(&key, &true).await;
         }
@@ -287,6 +292,7 @@ fn two_ids((a, what_a): (i64, &'static str), (b, what_b): (i64, &'static str)) -
 impl RoomService for Rooms {
     async fn create_room(&self, request: Request<CreateRoomRequest>) -> Result<Response<CreateRoomResponse>, Status> {
         let uid = auth::required(&request)?;
+        self.writes.create_room.check(&uid.to_string()).await?;
         let CreateRoomRequest { name, is_private } = request.into_inner();
         let name = RoomName::parse(&name).map_err(Error::invalid)?;
         let mut tx = self.db.begin().await.map_err(Error::from)?;
@@ -331,6 +337,7 @@ impl RoomService for Rooms {
 
     async fn invite(&self, request: Request<InviteRequest>) -> Result<Response<InviteResponse>, Status> {
         let caller = auth::required(&request)?;
+        self.writes.invite.check(&caller.to_string()).await?;
         let InviteRequest { room_id, uid } = *request.get_ref();
         let (room_id, uid) = two_ids((room_id, "room"), (uid, "user"))?;
         let room = self.visible(room_id, Some(caller)).await?;
@@ -395,6 +402,7 @@ impl RoomService for Rooms {
 
     async fn open_direct(&self, request: Request<OpenDirectRequest>) -> Result<Response<OpenDirectResponse>, Status> {
         let caller = auth::required(&request)?;
+        self.writes.direct.check(&caller.to_string()).await?;
         let other = parse_id(request.get_ref().uid, "user").map_err(Error::invalid)?;
         if other == caller {
             return Err(Error::invalid("cannot open a direct room with oneself").into());

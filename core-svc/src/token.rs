@@ -1,7 +1,7 @@
 //! Access tokens: HS256 JWTs whose claims carry the user id (`UID`) and the
 //! expiry (`exp`), as the original Go server issued them.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -56,13 +56,18 @@ impl TokenKeys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        // A token that says it is not valid yet is not (jsonwebtoken does
+        // not look by default).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
     }
 
     pub fn issue(&self, uid: i64, lifetime: Duration) -> IssuedToken {
         let now = Utc::now();
-        let expires_at = now + lifetime;
+        // `exp` holds whole seconds: the time told to the client is the one the
+        // token really expires at, not up to a second after it.
+        let expires_at = (now + lifetime).trunc_subsecs(0);
         let claims = Claims { uid, exp: expires_at.timestamp(), iat: now.timestamp() };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail");
@@ -110,6 +115,7 @@ mod tests {
         let issued = keys().issue(42, Duration::hours(1));
         let verified = keys().verify(&issued.token).unwrap();
         assert_eq!((verified.uid, verified.expires_at), (42, issued.expires_at.timestamp()));
+        assert_eq!(issued.expires_at.timestamp_subsec_nanos(), 0, "the expiry told is the token's own");
         assert!(issued.expires_at > Utc::now());
     }
 
@@ -133,6 +139,18 @@ mod tests {
         tampered.insert(tampered.len() / 2, 'x');
         assert_eq!(keys().verify(&tampered), Err(TokenError::Invalid));
         assert_eq!(keys().verify("not.a.jwt"), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_refused() {
+        let now = Utc::now().timestamp();
+        let claims = |nbf: i64| serde_json::json!({"UID": 1, "exp": now + 7200, "iat": now, "nbf": nbf});
+        let sign = |claims| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"test secret"))
+                .unwrap()
+        };
+        assert_eq!(keys().verify(&sign(claims(now + 3600))), Err(TokenError::Invalid));
+        assert_eq!(keys().verify(&sign(claims(now - 10))).map(|token| token.uid), Ok(1));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     cache::{Cache, key},
     domain::{Email, Password, Username, parse_id, timestamp},
     error::{Error, Result, ResultExt},
-    limits::RateLimit,
+    limits::{RateLimit, WriteLimits},
     metrics::{LOGIN_FAILURES, RATE_LIMITED},
     password::Hasher,
     token::TokenKeys,
@@ -62,6 +62,7 @@ pub struct Users {
     per_address: RateLimit,
     trusted_proxies: Vec<IpNet>,
     hasher: Hasher,
+    writes: Arc<WriteLimits>,
     /// Verified against when the e-mail is unknown, so that a wrong e-mail
     /// takes as long as a wrong password and does not reveal who has an account.
     decoy_hash: String,
@@ -75,10 +76,22 @@ impl Users {
         token_lifetime: chrono::Duration,
         limits: LoginLimits,
         hasher: Hasher,
+        writes: Arc<WriteLimits>,
     ) -> anyhow::Result<Self> {
         let decoy_hash = hasher.hash(Password::parse("decoy password").expect("valid")).await?;
         let LoginLimits { failures: login_limit, per_address, trusted_proxies } = limits;
-        Ok(Self { db, cache, tokens, token_lifetime, login_limit, per_address, trusted_proxies, hasher, decoy_hash })
+        Ok(Self {
+            db,
+            cache,
+            tokens,
+            token_lifetime,
+            login_limit,
+            per_address,
+            trusted_proxies,
+            hasher,
+            writes,
+            decoy_hash,
+        })
     }
 
     pub async fn find(&self, uid: i64) -> Result<Option<User>> {
@@ -143,6 +156,9 @@ impl Users {
 #[tonic::async_trait]
 impl UserService for Users {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        if let Some(address) = auth::client_address(&request, &self.trusted_proxies) {
+            self.writes.register.check(&address.to_string()).await?;
+        }
         let request = request.into_inner();
         let (username, email, password) = match (
             Username::parse(&request.username),

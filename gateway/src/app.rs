@@ -13,9 +13,16 @@ use service_kit::{
     presence::Presence,
     telemetry,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{
+    classify::{
+        ClassifiedResponse, ClassifyResponse, NeverClassifyEos, ServerErrorsAsFailures, ServerErrorsFailureClass,
+        SharedClassifier,
+    },
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::TraceLayer,
@@ -27,7 +34,7 @@ use crate::{
     core_client::CoreClient,
     extract::{BODY_LIMIT, TrustForwardedFor},
     routes::{self, AppState},
-    ws::{Hub, Sockets, USER_FEED_QUEUE, UserHub, frames::Frame},
+    ws::{ENTERS_AT_ONCE, Hub, Sockets, USER_FEED_QUEUE, UserHub, frames::Frame},
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -74,6 +81,7 @@ impl Application {
             )),
             hub: Arc::new(Hub::rooms(nats, config.nats_subject_prefix, config.ws_queue_frames, Frame::of_event, WS)),
             presence,
+            enters: Arc::new(Semaphore::new(ENTERS_AT_ONCE)),
             nats_reconnects,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -85,7 +93,7 @@ impl Application {
             sockets: sockets.clone(),
             trust_forwarded_for: TrustForwardedFor(config.trust_forwarded_for),
         };
-        let trace = TraceLayer::new_for_http().make_span_with(http_span).on_response(
+        let trace = TraceLayer::new(SharedClassifier::new(Faults)).make_span_with(http_span).on_response(
             |response: &Response<_>, _: Duration, span: &Span| {
                 span.record("http.response.status_code", i64::from(response.status().as_u16()));
                 if response.status().is_server_error() {
@@ -93,7 +101,7 @@ impl Application {
                 }
             },
         );
-        let router = routes::router(state)
+        let router = routes::router(state, &config.web_dir)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(30)))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -152,6 +160,30 @@ fn http_span<B>(request: &Request<B>) -> Span {
     span
 }
 
+/// The trace layer's failure classifier: a 5xx answer is a failure, which
+/// the layer logs at ERROR, except a 503. That one is an expected answer,
+/// not a fault: `/readyz` while the gateway starts or core-svc is out of
+/// reach, or a call whose dependency is down (logged at WARN where it is
+/// seen). Its span is still marked as an error.
+#[derive(Clone, Copy)]
+struct Faults;
+
+impl ClassifyResponse for Faults {
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn classify_response<B>(self, response: &Response<B>) -> ClassifiedResponse<Self::FailureClass, Self::ClassifyEos> {
+        if response.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+            return ClassifiedResponse::Ready(Ok(()));
+        }
+        ServerErrorsAsFailures::new().classify_response(response)
+    }
+
+    fn classify_error<E: std::fmt::Display + 'static>(self, error: &E) -> Self::FailureClass {
+        ServerErrorsAsFailures::new().classify_error(error)
+    }
+}
+
 /// The listener, setting `TCP_NODELAY` on every accepted socket: a frame
 /// leaves as soon as it is written instead of waiting on Nagle's algorithm
 /// for the client's delayed ACK (in the fan-out benchmark at 30,000
@@ -180,6 +212,17 @@ mod tests {
         };
         let error = Application::build(config).await.err().expect("refused");
         assert!(error.to_string().contains("WS_QUEUE_FRAMES must be 1 to 65536, not 0"), "{error:#}");
+    }
+
+    #[test]
+    fn a_503_is_no_failure_but_other_server_errors_are() {
+        let failure = |status: u16| {
+            let response = Response::builder().status(status).body(()).unwrap();
+            matches!(Faults.classify_response(&response), ClassifiedResponse::Ready(Err(_)))
+        };
+        assert!(!failure(503), "not ready, or a dependency down: expected");
+        assert!(failure(500) && failure(502) && failure(504));
+        assert!(!failure(200) && !failure(404));
     }
 
     #[tokio::test]

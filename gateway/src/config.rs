@@ -1,6 +1,4 @@
-use std::net::SocketAddr;
-
-use std::time::Duration;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use service_kit::settings::Problems;
@@ -84,6 +82,11 @@ pub struct Config {
     /// (`LOGIN_ATTEMPTS_PER_MINUTE_PER_IP`) across every gateway.
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false)]
     pub trust_forwarded_for: bool,
+
+    /// The built web client (`web/`'s `npm run build`), served at `/`;
+    /// without an `index.html` there, `/` is a 404 like any unknown path.
+    #[arg(long, env = "WEB_DIR", default_value = "web/dist")]
+    pub web_dir: PathBuf,
 }
 
 impl Config {
@@ -107,6 +110,8 @@ impl Config {
         problems.nats_subject_prefix(&self.nats_subject_prefix);
         problems.redis_url(&self.redis_url);
         problems.presence_lease_secs(self.presence_lease_secs);
+        // An empty path would serve the working directory.
+        problems.check(!self.web_dir.as_os_str().is_empty(), || "WEB_DIR must name a folder".to_owned());
         problems.into_result()
     }
 
@@ -168,6 +173,8 @@ mod tests {
         }
         Config { nats_subject_prefix: "test-1.chat".into(), ..defaults() }.validate().unwrap();
         assert_refused(Config { redis_url: "127.0.0.1:6379".into(), ..defaults() }.validate(), "REDIS_URL");
+        // An empty folder would be the working directory, served to anyone.
+        assert_refused(Config { web_dir: "".into(), ..defaults() }.validate(), "WEB_DIR must name a folder");
     }
 
     #[test]

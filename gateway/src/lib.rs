@@ -15,6 +15,7 @@
 //! - [`extract`]: what handlers take from a request: JSON bodies with
 //!   case-insensitive field names, the caller's token, the client's address.
 //! - [`metrics`]: `GET /metrics`, counters in the Prometheus text format.
+//! - [`web`]: the browser chat client's files (`web/`), served at `/`.
 //! - [`error`]: the one error type and its JSON body.
 
 pub mod app;
@@ -25,6 +26,7 @@ pub mod extract;
 pub mod mesh;
 pub mod metrics;
 pub mod routes;
+pub mod web;
 pub mod wire;
 pub mod ws;
 

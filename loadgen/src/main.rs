@@ -1,7 +1,7 @@
 //! The load generator: fixed scenarios against a running stack, printing
-//! throughput, latency percentiles, the gateway's memory, and the CPU the
-//! gateway and core-svc used. Run through `scripts/bench`, which starts the
-//! stack for it.
+//! throughput, latency percentiles, the gateway's memory, and the CPU each
+//! process of the stack used per delivery or request ([`cpu`]). Run
+//! through `scripts/bench`, which starts the stack for it.
 //!
 //! - `fanout`: sockets in rooms, senders spread evenly over time; every
 //!   delivery's send→receive latency is recorded.
@@ -12,8 +12,10 @@
 //!   each socket gets per second and the gateway's CPU.
 //! - `reads`: `GET /unread` and `GET /search` on a million messages
 //!   ([`reads`]).
-//! - `rest`: `GET /messages` in closed loops: reads per second, or sheds
-//!   under overload ([`rest`]).
+//! - `rest`: REST reads: the cached `GET /profile/{UID}` and a room's
+//!   first history page by `wrk`, or with `--loops`, `GET /messages` in
+//!   closed loops over every gateway: reads per second, or shedding under
+//!   overload ([`rest`]).
 //! - `chaos`: a steady load while faults are injected, and what each lost,
 //!   duplicated or disturbed ([`chaos`]).
 //! - `soak`: the fan-out for a long while, watching every process's memory
@@ -23,6 +25,7 @@
 //! requests are spread over them.
 
 mod chaos;
+mod cpu;
 mod reads;
 mod rest;
 mod soak;
@@ -51,12 +54,16 @@ struct Args {
     /// The gateways' base URLs, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
     gateway: Vec<String>,
-    /// The gateways' process ids, to read their memory and CPU time (summed).
+    /// The gateways' process ids, to read their memory and CPU time.
     #[arg(long, value_delimiter = ',', required = true)]
     gateway_pid: Vec<u32>,
-    /// The core-svc replicas' process ids, to read their CPU time (summed).
+    /// The core-svc replicas' process ids, to read their CPU time.
     #[arg(long, value_delimiter = ',')]
     core_pid: Vec<u32>,
+    /// Another process whose CPU time to report, as NAME=PID (the archiver,
+    /// the engines); the processes under it count too.
+    #[arg(long = "process", value_parser = cpu::named_pid)]
+    processes: Vec<(String, u32)>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -90,12 +97,11 @@ enum Scenario {
         /// Sockets in the room, one member each.
         #[arg(long, default_value_t = 5_000)]
         sockets: usize,
-        /// How many sockets a second enter the room when they all come.
-        /// (All 5,000 in one go make as many membership checks at once,
-        /// which exhaust core-svc's database pool: the first check of each
-        /// member after a join is not cached yet.)
-        #[arg(long, default_value_t = 1_000)]
-        arrivals: u32,
+        /// How many sockets a second enter the room when they all come;
+        /// without it, all at once (as many membership checks at once, none
+        /// cached yet: each member's first since joining).
+        #[arg(long)]
+        arrivals: Option<u32>,
         /// Members per second who leave the room (each comes back 2 s later).
         #[arg(long, default_value_t = 5)]
         churn: u32,
@@ -131,9 +137,15 @@ enum Scenario {
         concurrency: usize,
     },
     Rest {
-        /// Requests in flight at once (each loop sends its next when answered).
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
+        /// Connections `wrk` keeps open.
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        /// Instead of `wrk`, this many closed loops of the load generator's
+        /// own over every gateway (each sends its next request when
+        /// answered), with `GET /healthz` probed meanwhile.
+        #[arg(long)]
+        loops: Option<usize>,
+        /// How long each request is measured.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
@@ -176,9 +188,6 @@ enum Scenario {
         /// Growth is measured from the first slice after this.
         #[arg(long, default_value_t = 60)]
         warmup: u64,
-        /// A process to watch, `NAME=PID` (repeat the flag).
-        #[arg(long)]
-        watch: Vec<soak::Watched>,
     },
 }
 
@@ -187,11 +196,14 @@ type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut named = numbered("gateway", &args.gateway_pid);
+    named.extend(numbered("core-svc", &args.core_pid));
+    named.extend(args.processes);
     let gateway = Gateway {
         base: args.gateway[0].clone(),
-        bases: args.gateway.clone(),
+        bases: args.gateway,
         pids: args.gateway_pid,
-        core_pids: args.core_pid,
+        processes: cpu::Processes::new(named),
         http: reqwest::Client::new(),
         next_socket: AtomicUsize::new(0),
     };
@@ -230,7 +242,8 @@ async fn main() -> anyhow::Result<()> {
             let reads = reads::Reads { database_url, messages, users, rooms, members_per_room, seconds, concurrency };
             reads.run(&gateway).await?;
         }
-        Scenario::Rest { concurrency, seconds } => rest::run(&gateway, concurrency, seconds).await?,
+        Scenario::Rest { connections, loops: None, seconds } => rest::wrk(&gateway, connections, seconds).await?,
+        Scenario::Rest { loops: Some(loops), seconds, .. } => rest::loops(&gateway, loops, seconds).await?,
         Scenario::Chaos { database_url, users, rooms, rate, rest_readers, faults, warmup, after, per_second } => {
             let faults = faults
                 .into_iter()
@@ -249,11 +262,20 @@ async fn main() -> anyhow::Result<()> {
             };
             chaos::run(&gateway, load, plan).await?;
         }
-        Scenario::Soak { seconds, rate, rooms: Rooms { rooms, per_room }, slice, warmup, watch } => {
-            soak::Soak { rate, rooms, per_room, seconds, slice, warmup, watch }.run(&gateway).await?
+        Scenario::Soak { seconds, rate, rooms: Rooms { rooms, per_room }, slice, warmup } => {
+            soak::Soak { rate, rooms, per_room, seconds, slice, warmup }.run(&gateway).await?
         }
     }
     Ok(())
+}
+
+/// Names for the processes of one kind: `gateway` alone, or `gateway-0`,
+/// `gateway-1`, ... in the order given.
+fn numbered(kind: &str, pids: &[u32]) -> Vec<(String, u32)> {
+    match pids {
+        [pid] => vec![(kind.to_owned(), *pid)],
+        _ => pids.iter().enumerate().map(|(n, pid)| (format!("{kind}-{n}"), *pid)).collect(),
+    }
 }
 
 struct Gateway {
@@ -261,39 +283,22 @@ struct Gateway {
     base: String,
     bases: Vec<String>,
     pids: Vec<u32>,
-    core_pids: Vec<u32>,
+    /// The stack's processes, whose CPU time each scenario reports.
+    processes: cpu::Processes,
     http: reqwest::Client,
     /// Sockets are spread over `bases` in turn.
     next_socket: AtomicUsize,
 }
 
-/// The CPU time a process has used so far, in seconds (`/proc/<pid>/stat`,
-/// in ticks of 1/100 s).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name, which is in parentheses and may hold spaces:
-    // the state is field 3, utime and stime fields 14 and 15.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |n: usize| fields.get(n - 3).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(14) + ticks(15)) / 100.0
-}
-
 impl Gateway {
-    /// CPU seconds of the gateways and of the core-svc replicas (if their
-    /// pids were given).
-    fn cpu_of_both(&self) -> [Option<f64>; 2] {
-        let sum = |pids: &[u32]| (!pids.is_empty()).then(|| pids.iter().copied().map(cpu_secs).sum());
-        [sum(&self.pids), sum(&self.core_pids)]
-    }
-
     /// The gateways' resident memory, summed.
     fn rss_kib(&self) -> u64 {
         self.pids.iter().map(|pid| soak::footprint(*pid).0).sum()
     }
 
-    /// CPU time the gateways have used so far (user and system, all threads).
+    /// CPU time the gateways have used so far.
     fn cpu(&self) -> Duration {
-        Duration::from_secs_f64(self.pids.iter().copied().map(cpu_secs).sum())
+        Duration::from_secs_f64(cpu::secs(&self.pids))
     }
 
     /// Registers (or logs in) a user; its token.
@@ -461,7 +466,7 @@ struct Received {
 /// The presence scenario's load: see [`Scenario::Presence`].
 struct PresenceLoad {
     sockets: usize,
-    arrivals: u32,
+    arrivals: Option<u32>,
     churn: u32,
     typing: u32,
     duration: Duration,
@@ -491,9 +496,9 @@ impl Received {
 }
 
 impl Gateway {
-    /// One room of `sockets` members. First every socket enters, `arrivals`
-    /// a second (each member's first socket on the room: every other socket
-    /// hears of it); then, for `duration`, `churn` members a second leave
+    /// One room of `sockets` members. First every socket enters, all at
+    /// once or `arrivals` a second (each member's first socket on the room:
+    /// every other socket hears of it); then, for `duration`, `churn` members a second leave
     /// and come back 2 s later, and `typing` members a second type.
     async fn presence(&self, load: PresenceLoad) -> anyhow::Result<()> {
         let PresenceLoad { sockets, arrivals, churn, typing, duration } = load;
@@ -526,17 +531,19 @@ impl Gateway {
 
         // Everyone comes online.
         let (cpu_before, started) = (self.cpu(), Instant::now());
-        let mut arriving = tokio::time::interval(Duration::from_secs(1) / arrivals.max(1));
+        let mut arriving = arrivals.map(|rate| tokio::time::interval(Duration::from_secs(1) / rate.max(1)));
         for sink in &mut sinks {
-            arriving.tick().await;
+            if let Some(arriving) = &mut arriving {
+                arriving.tick().await;
+            }
             sink.send(enter(room)).await?;
         }
         let all_in = loop {
-            let [online, .., errors] = received.snapshot();
-            if errors > 0 {
-                bail!("{errors} sockets were refused (see the gateway's log); {online} entered");
-            }
-            if online as usize >= sockets {
+            let [online, .., refused] = received.snapshot();
+            if (online + refused) as usize >= sockets {
+                if refused > 0 {
+                    bail!("{refused} of {sockets} enters were refused (see the gateway's log); {online} entered");
+                }
                 break started.elapsed();
             }
             if started.elapsed() > Duration::from_secs(300) {
@@ -560,7 +567,7 @@ impl Gateway {
         let cpu = self.cpu() - cpu_before;
         let [_, presence, ..] = received.snapshot();
         println!(
-            "presence arrival: {sockets} sockets entered in {:.1}s; {presence} presence frames (about {expected} if \
+            "presence arrival: {sockets} sockets entered (0 refused) in {:.1}s; {presence} presence frames (about {expected} if \
              each socket hears of every member who came after it) in {:.1}s, {:.0} per socket; gateway CPU {:.1}s \
              ({:.0}% of a core); {} sockets closed; RSS {} MiB",
             all_in.as_secs_f64(),
@@ -642,9 +649,9 @@ struct RunResult {
     delivered: u64,
     elapsed: Duration,
     latencies: Histogram<u64>,
-    /// Of one core, during the run (its last deliveries included): the
-    /// gateway's and core-svc's.
-    cpu_percent: [Option<f64>; 2],
+    /// What each process spent per delivery during the run (its last
+    /// deliveries included).
+    cpu: String,
 }
 
 impl Fanout {
@@ -652,7 +659,7 @@ impl Fanout {
     /// sender on its own phase so that sends are spread evenly in time.
     async fn run(&self, gateway: &Gateway, rate: u32, duration: Duration) -> RunResult {
         self.latencies.lock().await.reset();
-        let cpu_before = gateway.cpu_of_both();
+        let cpu_before = gateway.processes.sample();
         let wall = Instant::now();
         let rooms = self.senders.len();
         let per_room_rate = rate as f64 / rooms as f64;
@@ -689,14 +696,9 @@ impl Fanout {
         let delivered = self.received.load(Ordering::Relaxed) - count_before;
         let latencies = self.latencies.lock().await.clone();
         let wall = wall.elapsed().as_secs_f64();
-        let cpu_after = gateway.cpu_of_both();
-        let cpu_percent = [0, 1].map(|i| Some((cpu_after[i]? - cpu_before[i]?) / wall * 100.0));
-        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies, cpu_percent }
+        let cpu = gateway.processes.report(&cpu_before, &gateway.processes.sample(), wall, delivered, "delivery");
+        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies, cpu }
     }
-}
-
-fn percent(value: Option<f64>) -> String {
-    value.map_or_else(|| "unknown".to_owned(), |value| format!("{value:.1}%"))
 }
 
 impl RunResult {
@@ -711,7 +713,7 @@ impl RunResult {
     fn print(&self, gateway: &Gateway) {
         let q = |q: f64| self.latencies.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "fanout {} sends/s: sent {} in {:.1}s, delivered {}/{} ({:.0} deliveries/s); latency ms p50 {:.1} p99 {:.1} p999 {:.1} max {:.1}; gateway RSS {} MiB; CPU of one core: gateway {}, core-svc {}",
+            "fanout {} sends/s: sent {} in {:.1}s, delivered {}/{} ({:.0} deliveries/s); latency ms p50 {:.1} p99 {:.1} p999 {:.1} max {:.1}; gateway RSS {} MiB; {}",
             self.rate,
             self.sent,
             self.elapsed.as_secs_f64(),
@@ -723,8 +725,7 @@ impl RunResult {
             q(0.999),
             self.latencies.max() as f64 / 1000.0,
             gateway.rss_kib() / 1024,
-            percent(self.cpu_percent[0]),
-            percent(self.cpu_percent[1]),
+            self.cpu,
         );
     }
 }

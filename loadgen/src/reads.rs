@@ -199,7 +199,7 @@ impl Reads {
         let next = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds")));
-        let cpu_before = (gateway.cpu_of_both(), machine_ticks());
+        let cpu_before = gateway.processes.sample();
         let begin = Instant::now();
         let workers: Vec<_> = (0..self.concurrency)
             .map(|_| {
@@ -232,16 +232,10 @@ impl Reads {
         let elapsed = begin.elapsed().as_secs_f64();
         let latencies = latencies.lock().await;
         let q = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
-        let cpu_after = gateway.cpu_of_both();
-        let gateway_cpu = (cpu_after[0].unwrap_or(0.0) - cpu_before.0[0].unwrap_or(0.0)) / elapsed * 100.0;
-        let core_cpu = match (cpu_after[1], cpu_before.0[1]) {
-            (Some(after), Some(before)) => format!(", core-svc {:.0}%", (after - before) / elapsed * 100.0),
-            _ => String::new(),
-        };
-        let (busy, total) = machine_ticks();
-        let machine = (busy - cpu_before.1.0) as f64 / (total - cpu_before.1.1).max(1) as f64 * 100.0;
+        let cpu =
+            gateway.processes.report(&cpu_before, &gateway.processes.sample(), elapsed, latencies.len(), "request");
         println!(
-            "{name}: {} in {elapsed:.1}s, {:.0}/s with {} at a time; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}; {} failed; CPU: gateway {gateway_cpu:.0}%{core_cpu}, machine {machine:.0}% busy",
+            "{name}: {} in {elapsed:.1}s, {:.0}/s with {} at a time; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}; {} failed; {cpu}",
             latencies.len(),
             latencies.len() as f64 / elapsed,
             self.concurrency,
@@ -252,15 +246,4 @@ impl Reads {
             failed.load(Ordering::Relaxed),
         );
     }
-}
-
-/// The machine's CPU time so far, in ticks: busy, and in all (`/proc/stat`).
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<u64> =
-        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect();
-    let total: u64 = ticks.iter().sum();
-    // idle and iowait
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    (total - idle, total)
 }

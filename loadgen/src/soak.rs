@@ -1,30 +1,15 @@
 //! The `soak` scenario: the fan-out at a steady rate for a long while, in
 //! slices of `slice` seconds back to back, and after each slice the
-//! resident memory and open files of every process watched. After the
-//! warm-up, neither may grow by 5 % or more, and every send must reach
-//! every member (no error).
+//! resident memory and open files of each of the stack's processes (the
+//! gateways, the core-svc replicas, each `--process`), and the CPU each
+//! spent per delivery. After the warm-up, neither memory nor open files may
+//! grow by 5 % or more, and every send must reach every member (no error).
 
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
 use crate::Gateway;
-
-/// A process to watch: a name for the report and its pid.
-#[derive(Clone)]
-pub struct Watched {
-    pub name: String,
-    pub pid: u32,
-}
-
-impl std::str::FromStr for Watched {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (name, pid) = s.split_once('=').ok_or("NAME=PID")?;
-        Ok(Self { name: name.to_owned(), pid: pid.parse().map_err(|_| "NAME=PID")? })
-    }
-}
 
 pub struct Soak {
     pub rate: u32,
@@ -33,7 +18,6 @@ pub struct Soak {
     pub seconds: u64,
     pub slice: u64,
     pub warmup: u64,
-    pub watch: Vec<Watched>,
 }
 
 /// VmRSS in KiB and the number of open files of a process (0, 0 once gone).
@@ -49,6 +33,7 @@ pub fn footprint(pid: u32) -> (u64, usize) {
 impl Soak {
     pub async fn run(&self, gateway: &Gateway) -> anyhow::Result<()> {
         let setup = gateway.fanout_setup(self.rooms, self.per_room).await?;
+        let watched = gateway.processes.stack();
         let begin = Instant::now();
         let mut baseline: Option<Vec<(u64, usize)>> = None;
         let mut last = Vec::new();
@@ -56,21 +41,21 @@ impl Soak {
         let mut worst_p99 = 0f64;
         while begin.elapsed() < Duration::from_secs(self.seconds) {
             let result = setup.run(gateway, self.rate, Duration::from_secs(self.slice)).await;
-            let now: Vec<(u64, usize)> = self.watch.iter().map(|w| footprint(w.pid)).collect();
-            let fmt: Vec<String> = self
-                .watch
+            let now: Vec<(u64, usize)> = watched.iter().map(|(_, pid)| footprint(*pid)).collect();
+            let fmt: Vec<String> = watched
                 .iter()
                 .zip(&now)
-                .map(|(w, (rss, files))| format!("{} {} MiB {} files", w.name, rss / 1024, files))
+                .map(|((name, _), (rss, files))| format!("{name} {} MiB {files} files", rss / 1024))
                 .collect();
             println!(
-                "soak {:>4}s: sent {} delivered {}/{} p99 {:.1} ms; {}",
+                "soak {:>4}s: sent {} delivered {}/{} p99 {:.1} ms; {}; {}",
                 begin.elapsed().as_secs(),
                 result.sent,
                 result.delivered,
                 result.expected,
                 result.p99_ms(),
-                fmt.join(", ")
+                fmt.join(", "),
+                result.cpu,
             );
             if begin.elapsed() >= Duration::from_secs(self.warmup) {
                 baseline.get_or_insert_with(|| now.clone());
@@ -87,15 +72,14 @@ impl Soak {
             self.rate, self.seconds, self.warmup
         );
         let mut grew = Vec::new();
-        for ((w, (rss0, files0)), (rss1, files1)) in self.watch.iter().zip(&baseline).zip(&last) {
+        for (((name, _), (rss0, files0)), (rss1, files1)) in watched.iter().zip(&baseline).zip(&last) {
             let growth = |a: u64, b: u64| (b as f64 - a as f64) / (a.max(1) as f64) * 100.0;
             let (rss_growth, files_growth) = (growth(*rss0, *rss1), growth(*files0 as u64, *files1 as u64));
             println!(
-                "  {}: RSS {} → {} KiB ({rss_growth:+.1} %), open files {files0} → {files1} ({files_growth:+.1} %)",
-                w.name, rss0, rss1
+                "  {name}: RSS {rss0} → {rss1} KiB ({rss_growth:+.1} %), open files {files0} → {files1} ({files_growth:+.1} %)"
             );
             if rss_growth >= 5.0 || files_growth >= 5.0 {
-                grew.push(w.name.clone());
+                grew.push(name.clone());
             }
         }
         if delivered != expected {

@@ -71,6 +71,8 @@ pub struct Settings {
     pub login_per_ip: u32,
     pub login_max_failures: u32,
     pub send_per_second: u32,
+    /// The other writes' limits, each per minute.
+    pub writes: Writes,
     /// 0: one per CPU.
     pub password_hashes_at_once: usize,
     pub password_hash_wait_ms: u64,
@@ -82,6 +84,13 @@ pub struct Settings {
     /// Whether the archiver starts with the rest ([`TestApp::start_archiver`]
     /// starts it later).
     pub archiver: bool,
+    /// core-svc's PostgreSQL pool, and how long a call waits for one of
+    /// its connections.
+    pub database_max_connections: u32,
+    pub database_acquire_timeout_ms: u64,
+    /// How often the gateway probes core-svc, and how long a probe may take
+    /// before the replica is ejected.
+    pub core_probe_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -91,14 +100,41 @@ impl Default for Settings {
             login_per_ip: 10_000,
             login_max_failures: 5,
             send_per_second: 10_000,
+            writes: Writes::default(),
             password_hashes_at_once: 0,
             password_hash_wait_ms: 10_000,
             ws_queue_frames: 512,
             subscribe_queue: 512,
             presence_lease_secs: 30,
             archiver: true,
+            database_max_connections: 5,
+            database_acquire_timeout_ms: 3000,
+            core_probe_interval_ms: 1000,
         }
     }
+}
+
+/// How many of each write (beyond sends and logins) one client may make per
+/// minute: by default more than any test makes.
+#[derive(Clone, Copy)]
+pub struct Writes {
+    pub register_per_ip: u32,
+    pub create_room: u32,
+    pub invite: u32,
+    pub direct: u32,
+    pub react: u32,
+    pub search: u32,
+}
+
+impl Default for Writes {
+    fn default() -> Self {
+        let many = 100_000;
+        Self { register_per_ip: many, create_room: many, invite: many, direct: many, react: many, search: many }
+    }
+}
+
+fn per_minute(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).expect("a limit above zero")
 }
 
 /// Starts core-svc in this process; stops when the sender is dropped.
@@ -107,8 +143,8 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: shared.database_url.clone(),
-        database_max_connections: 5,
-        database_acquire_timeout_ms: 3000,
+        database_max_connections: settings.database_max_connections,
+        database_acquire_timeout_ms: settings.database_acquire_timeout_ms,
         grpc_max_in_flight: 1024,
         grpc_call_timeout_ms: 30_000,
         redis_url: settings.redis_url.clone(),
@@ -129,6 +165,12 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         nats_subject_prefix: shared.nats_prefix.clone(),
         send_rate_per_second: NonZeroU32::new(settings.send_per_second).unwrap(),
         send_burst: NonZeroU32::new(settings.send_per_second).unwrap(),
+        register_per_minute_per_ip: per_minute(settings.writes.register_per_ip),
+        create_room_per_minute: per_minute(settings.writes.create_room),
+        invite_per_minute: per_minute(settings.writes.invite),
+        direct_per_minute: per_minute(settings.writes.direct),
+        react_per_minute: per_minute(settings.writes.react),
+        search_per_minute: per_minute(settings.writes.search),
         subscribe_queue_messages: settings.subscribe_queue,
         presence_lease_secs: settings.presence_lease_secs,
         cors_allowed_origins: vec![],
@@ -162,7 +204,7 @@ pub fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) ->
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         core_grpc_addr: format!("http://{core}"),
         core_resolve_interval_ms: 5000,
-        core_probe_interval_ms: 1000,
+        core_probe_interval_ms: settings.core_probe_interval_ms,
         core_deadline_ms: 10_000,
         core_max_in_flight: 1024,
         core_max_in_flight_per_replica: 256,
@@ -174,6 +216,7 @@ pub fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) ->
         presence_lease_secs: settings.presence_lease_secs,
         ws_queue_frames: settings.ws_queue_frames,
         trust_forwarded_for: false,
+        web_dir: "web/dist".into(),
     }
 }
 
@@ -397,6 +440,27 @@ impl TestApp {
         auth: Option<&str>,
         body: Option<&str>,
     ) -> (StatusCode, Value) {
+        self.answer(method, path, auth, body).await.0
+    }
+
+    /// [`TestApp::call`] with a JSON body, and the answer's `Retry-After`.
+    pub async fn call_with_retry_after(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+        body: &Value,
+    ) -> ((StatusCode, Value), Option<u64>) {
+        self.answer(method, path, auth, Some(&body.to_string())).await
+    }
+
+    async fn answer(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&str>,
+    ) -> ((StatusCode, Value), Option<u64>) {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(auth) = auth {
             request = request.header("Authorization", auth);
@@ -405,10 +469,10 @@ impl TestApp {
             request = request.body(body.to_owned());
         }
         let response = request.send().await.expect("the gateway answers");
+        let retry_after = response.headers().get("retry-after").and_then(|value| value.to_str().ok()?.parse().ok());
         let status = response.status();
         let text = response.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
+        ((status, serde_json::from_str(&text).unwrap_or(Value::String(text))), retry_after)
     }
 
     pub async fn get(&self, path: &str, auth: Option<&str>) -> (StatusCode, Value) {
@@ -459,6 +523,28 @@ impl TestApp {
             .execute(&mut db)
             .await
             .expect("deleted");
+    }
+
+    /// `count` new members of a room, written straight to PostgreSQL with
+    /// tokens signed as core-svc signs them: registering them would hash
+    /// two passwords each. None of them is in the cache yet.
+    pub async fn members(&self, room_id: i64, count: usize) -> Vec<User> {
+        let mut db = sqlx::PgConnection::connect(&self.shared.database_url).await.expect("the test database");
+        let uids: Vec<i64> = sqlx::query_scalar(
+            "WITH added AS (
+                 INSERT INTO users (username, email, password_hash)
+                 SELECT format('member-%s-%s', $1, n), format('member-%s-%s@example.com', $1, n), 'not a hash'
+                   FROM generate_series(1, $2) n RETURNING id),
+             joined AS (INSERT INTO room_members (room_id, user_id) SELECT $1, id FROM added)
+             SELECT id FROM added ORDER BY id",
+        )
+        .bind(room_id)
+        .bind(count as i64)
+        .fetch_all(&mut db)
+        .await
+        .expect("members added");
+        let keys = core_svc::token::TokenKeys::new(JWT_SECRET.as_bytes());
+        uids.into_iter().map(|uid| User { uid, token: keys.issue(uid, chrono::Duration::hours(1)).token }).collect()
     }
 
     /// The Redis key of a cache entry: core-svc puts this test's prefix and

@@ -21,11 +21,12 @@ use crate::{
     core_client::CoreClient,
     error::ApiError,
     extract::TrustForwardedFor,
-    metrics,
+    metrics, web,
     ws::{self, Sockets},
 };
 
 mod fields;
+mod links;
 mod messages;
 mod ops;
 mod presence;
@@ -65,8 +66,9 @@ impl Modify for TokenAuth {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// Every documented route, with its part of the OpenAPI document.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(users::routes())
         .merge(rooms::routes())
         .merge(presence::routes())
@@ -74,14 +76,20 @@ pub fn router(state: AppState) -> Router {
         .merge(read::routes())
         .merge(search::routes())
         .merge(ops::routes())
-        .split_for_parts();
-    let api = Arc::new(api);
+}
+
+pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
+    let (router, api) = documented_routes().split_for_parts();
+    let mut document = serde_json::to_value(api).expect("the OpenAPI document serialises");
+    links::add(&mut document);
+    let document = Arc::new(document);
     router
-        .route("/openapi.json", get(move || async move { Json(api.as_ref().clone()) }))
+        .route("/openapi.json", get(move || async move { Json(document.as_ref().clone()) }))
         .route("/ws", get(ws::upgrade))
         .route("/metrics", get(metrics::render))
         .route_layer(axum::middleware::from_fn(metrics::track))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        // Everything else: the web client's files, or the API's 404.
+        .fallback_service(web::files(web_dir))
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response()
         })
@@ -96,7 +104,9 @@ pub(crate) fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
     if time.is_none() {
         tracing::error!(?at, "core-svc sent no valid timestamp");
     }
-    Some(time?.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+    // Not `format` with a pattern: that parses the pattern on every call,
+    // and a history page writes a hundred timestamps or more.
+    Some(time?.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
 /// A path parameter as it came, so that one that is not UTF-8 gets the
@@ -117,28 +127,30 @@ fn parse_entry_path(raw: EntryPath) -> Result<(i64, i64), ApiError> {
     Ok((positive_id(room, "room")?, positive_id(entry, "message")?))
 }
 
-fn positive_id(raw: Option<String>, what: &str) -> Result<i64, ApiError> {
+/// A positive id from a path segment (already percent-decoded); anything
+/// else is `invalid <what> id`. Public for the fuzz targets (`fuzz/`).
+pub fn positive_id(raw: Option<String>, what: &str) -> Result<i64, ApiError> {
     raw.and_then(|raw| raw.parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
 }
 
 /// A request's query parameters, their names matched case-insensitively
-/// as a body's fields are.
-struct QueryParams(HashMap<String, String>);
+/// as a body's fields are. Public for the fuzz targets (`fuzz/`).
+pub struct QueryParams(HashMap<String, String>);
 
 impl QueryParams {
-    fn new(Query(query): Query<HashMap<String, String>>) -> Self {
+    pub fn new(Query(query): Query<HashMap<String, String>>) -> Self {
         Self(query.into_iter().map(|(name, value)| (name.to_lowercase(), value)).collect())
     }
 
     /// The value of the first of `names` (lower case) that is present.
-    fn text(&self, names: &[&str]) -> Option<&str> {
+    pub fn text(&self, names: &[&str]) -> Option<&str> {
         names.iter().find_map(|name| self.0.get(*name)).map(String::as_str)
     }
 
     /// A number that is not negative; `invalid <what>` otherwise.
-    fn number(&self, names: &[&str], what: &str) -> Result<Option<i64>, ApiError> {
+    pub fn number(&self, names: &[&str], what: &str) -> Result<Option<i64>, ApiError> {
         self.text(names)
             .map(|value| {
                 value
@@ -151,7 +163,7 @@ impl QueryParams {
     }
 
     /// `Limit`, 1 to 100; 0 (core-svc's default, 100) when absent.
-    fn limit(&self) -> Result<u32, ApiError> {
+    pub fn limit(&self) -> Result<u32, ApiError> {
         match self.number(&["limit"], "Limit")? {
             None => Ok(0),
             Some(limit @ 1..=100) => Ok(limit as u32),

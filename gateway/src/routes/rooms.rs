@@ -53,6 +53,8 @@ struct RoomIdBody {
     (status = 401, body = ErrorBody),
     (status = 409, description = "room name taken", body = ErrorBody),
     (status = 413, body = ErrorBody),
+    (status = 429, description = "over the limit of this write per user", body = ErrorBody,
+        headers(("Retry-After" = u64, description = "seconds until it may succeed"))),
 ))]
 async fn create_room(
     State(mut core): State<CoreClient>,
@@ -112,6 +114,8 @@ struct InviteBody {
     (status = 404, description = "no such room or user", body = ErrorBody),
     (status = 409, description = "already a member", body = ErrorBody),
     (status = 413, body = ErrorBody),
+    (status = 429, description = "over the limit of this write per user", body = ErrorBody,
+        headers(("Retry-After" = u64, description = "seconds until it may succeed"))),
 ))]
 async fn invite(
     State(mut core): State<CoreClient>,
@@ -253,6 +257,8 @@ struct DirectBody {
     (status = 401, body = ErrorBody),
     (status = 404, description = "no such user", body = ErrorBody),
     (status = 413, body = ErrorBody),
+    (status = 429, description = "over the limit of this write per user", body = ErrorBody,
+        headers(("Retry-After" = u64, description = "seconds until it may succeed"))),
 ))]
 async fn direct(
     State(mut core): State<CoreClient>,

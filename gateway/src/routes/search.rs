@@ -47,6 +47,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a member of the room `RoomID`", body = ErrorBody),
         (status = 404, description = "no room `RoomID`, or a private one and the caller is not a member", body = ErrorBody),
+        (status = 429, description = "too many searches", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until a search may succeed"))),
     ))]
 async fn search(
     State(mut core): State<CoreClient>,

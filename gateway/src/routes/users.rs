@@ -1,5 +1,7 @@
 //! Accounts and sessions: register, login, profiles, change name.
 
+use std::net::IpAddr;
+
 use axum::{Json, extract::State, http::StatusCode};
 use chat_proto::v1::{ChangeNameRequest, GetProfileRequest, LoginRequest, RegisterRequest};
 use serde::{Deserialize, Serialize};
@@ -49,13 +51,16 @@ struct UidBody {
     (status = 400, description = "invalid JSON or fields; every problem, joined by `; `", body = ErrorBody),
     (status = 409, description = "username or e-mail taken", body = ErrorBody),
     (status = 413, body = ErrorBody),
+    (status = 429, description = "too many registrations from this address", body = ErrorBody,
+        headers(("Retry-After" = u64, description = "seconds until a registration may succeed"))),
 ))]
 async fn register(
     State(mut core): State<CoreClient>,
+    ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<RegisterBody>,
 ) -> Result<(StatusCode, Json<UidBody>), ApiError> {
     let request = RegisterRequest { username: body.username, email: body.email, password: body.password };
-    let reply = core.users.register(request).await?.into_inner();
+    let reply = core.users.register(from_client(ip, request)).await?.into_inner();
     Ok((StatusCode::CREATED, Json(UidBody { uid: reply.uid })))
 }
 
@@ -95,12 +100,18 @@ async fn login(
     ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Result<Json<LoginReply>, ApiError> {
-    // core-svc limits attempts per client address across every gateway;
-    // to it, this gateway is a trusted proxy naming the client.
-    let mut request = tonic::Request::new(LoginRequest { email: body.email, password: body.password });
-    request.metadata_mut().insert("x-forwarded-for", ip.to_string().parse().expect("an address is ASCII"));
-    let reply = core.users.login(request).await?.into_inner();
+    let request = LoginRequest { email: body.email, password: body.password };
+    let reply = core.users.login(from_client(ip, request)).await?.into_inner();
     Ok(Json(LoginReply { token: reply.token, uid: reply.uid, expires_at: rfc3339(reply.expires_at) }))
+}
+
+/// A call for the client at `ip`: core-svc limits registrations and logins
+/// per client address across every gateway; to it, this gateway is a
+/// trusted proxy naming the client.
+fn from_client<T>(ip: IpAddr, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("x-forwarded-for", ip.to_string().parse().expect("an address is ASCII"));
+    request
 }
 
 #[derive(Serialize, ToSchema)]

@@ -17,6 +17,7 @@ use chat_proto::{
         TypingRequest, TypingResponse,
     },
 };
+use futures::SinkExt;
 use service_kit::{
     feeds::{Feed, Removal},
     live::Cursor,
@@ -57,6 +58,8 @@ const REPLAY_PAGE: u32 = 100;
 /// was read, so among the newest the replay wrote: two pages cover a live
 /// feed that runs a whole page read behind history.
 const REPLAYED_KEPT: usize = 2 * REPLAY_PAGE as usize;
+/// The most room frames written in one go (before one flush).
+const BATCH: usize = 64;
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The longest token an `auth` frame may carry (a JWT of this API is a few
@@ -80,11 +83,9 @@ pub struct Connection {
     /// The rooms the user was removed from while an enter was on its way:
     /// that enter, if into one of them, is undone once it succeeds.
     removed_meanwhile: Vec<i64>,
-    /// Changes each time the NATS connection comes back.
+    /// Changes each time the NATS connection comes back: wakes the socket
+    /// to begin its room's refill even if the room is quiet.
     nats_reconnects: watch::Receiver<u64>,
-    /// NATS came back and the room's refill has begun: its first page is
-    /// read once nothing else is in flight.
-    refill_due: bool,
 }
 
 /// The user's feed of removals from rooms (on any gateway's or replica's
@@ -110,9 +111,17 @@ struct InRoom {
     replayed: BTreeSet<i64>,
     /// How many frames `held` (and a replay's `waiting`) may hold.
     limit: usize,
-    /// The newest id written (or the client's `LastID`): a refill after
-    /// NATS comes back replays history from here.
+    /// The newest id taken to be written (written, or held or batched for
+    /// writing), or the client's `LastID`: a refill after NATS comes back
+    /// replays history from here.
     last_id: i64,
+    /// Changes each time the NATS connection comes back; looked at as each
+    /// frame is taken from the queue, so that the new connection's first
+    /// frame already goes through the refill's replay.
+    reconnects: watch::Receiver<u64>,
+    /// NATS came back and the refill's replay has begun: its first page is
+    /// read once nothing else is in flight.
+    refill_due: bool,
     _feed: Arc<Feed<Frame>>,
     /// Counts this socket in the room's presence while it is in the room.
     _here: Here,
@@ -208,6 +217,8 @@ struct Entered {
     here: Here,
     online: Vec<i64>,
     replay: Option<(Replay, Vec<Message>)>,
+    /// NATS's reconnections, from before the room's feed was subscribed.
+    reconnects: watch::Receiver<u64>,
 }
 
 impl Connection {
@@ -225,7 +236,6 @@ impl Connection {
             removals: None,
             removed_meanwhile: Vec::new(),
             nats_reconnects,
-            refill_due: false,
         }
     }
 
@@ -260,9 +270,7 @@ impl Connection {
         let mut expiry = std::pin::pin!(tokio::time::sleep(lifetime.unwrap_or_default()));
         let mut in_flight: Option<InFlight> = None;
         loop {
-            self.reconnected();
-            if self.refill_due && in_flight.is_none() {
-                self.refill_due = false;
+            if in_flight.is_none() && self.room.as_mut().is_some_and(|room| std::mem::take(&mut room.refill_due)) {
                 in_flight = self.refill();
             }
             tokio::select! {
@@ -293,27 +301,17 @@ impl Connection {
                     }
                 }
                 frame = next_frame(&mut self.room) => match frame {
-                    // NATS may have come back while the frame came: it may
-                    // be the new connection's first, newer than what was
-                    // lost meanwhile, so it goes through the refill's replay.
-                    Ok(frame) if self.reconnected() => {
-                        let frame = match self.room.as_mut().and_then(|room| room.replay.as_mut()) {
-                            Some(replay) => replay.live(frame),
-                            None => Some(frame),
-                        };
-                        if let Some(frame) = frame {
-                            self.send_frame(socket, frame).await?;
-                        }
-                    }
-                    Ok(frame) => self.send_frame(socket, frame).await?,
+                    Ok(frame) => self.send_queued(socket, frame).await?,
                     Err(error) => return Err(feed_error(error)),
                 },
                 frames = next_live(&mut self.live) => {
-                    for frame in frames {
-                        self.send(socket, WsMessage::Text(frame.json)).await?;
+                    self.send_all(socket, frames.into_iter().map(|frame| WsMessage::Text(frame.json))).await?;
+                }
+                Ok(()) = self.nats_reconnects.changed() => {
+                    if let Some(room) = self.room.as_mut() {
+                        room.reconnected();
                     }
                 }
-                Ok(()) = self.nats_reconnects.changed() => self.begin_refill(),
                 removal = next_removal(&mut self.removals) => match removal {
                     Ok(removal) => self.on_removal(socket, removal, in_flight.is_some()).await?,
                     // Only removals were lost; rare enough to pass over.
@@ -343,56 +341,37 @@ impl Connection {
     /// Writes what the room had already queued for this socket.
     async fn flush(&mut self, socket: &mut WebSocket) -> Step {
         while let Some(frame) = self.room.as_mut().and_then(InRoom::try_next) {
-            self.send_frame(socket, frame).await?;
+            self.send_queued(socket, frame).await?;
         }
-        for frame in self.live.as_mut().map(Cursor::take).unwrap_or_default() {
-            self.send(socket, WsMessage::Text(frame.json)).await?;
+        let live = self.live.as_mut().map(Cursor::take).unwrap_or_default();
+        self.send_all(socket, live.into_iter().map(|frame| WsMessage::Text(frame.json))).await
+    }
+
+    /// Writes one of the room's frames and those queued behind it (up to
+    /// [`BATCH`]) in one go: a frame per socket per event costs a write
+    /// and a flush each, and a busy room queues several between two turns
+    /// of the socket's task.
+    async fn send_queued(&mut self, socket: &mut WebSocket, first: Frame) -> Step {
+        let mut batch = vec![first];
+        if let Some(room) = self.room.as_mut() {
+            while batch.len() < BATCH
+                && let Some(frame) = room.try_next()
+            {
+                batch.push(frame);
+            }
         }
+        self.deliver(socket, batch).await
+    }
+
+    /// Writes room frames.
+    async fn deliver(&mut self, socket: &mut WebSocket, frames: Vec<Frame>) -> Step {
+        let count = frames.len() as u64;
+        self.send_all(socket, frames.into_iter().map(|frame| WsMessage::Text(frame.json))).await?;
+        self.sockets.deliveries.increment(count);
         Ok(())
     }
 
-    /// Writes one of the room's frames, minding its id for a refill.
-    async fn send_frame(&mut self, socket: &mut WebSocket, frame: Frame) -> Step {
-        if let Some(room) = self.room.as_mut() {
-            room.last_id = room.last_id.max(frame.id);
-        }
-        self.deliver(socket, frame.json).await
-    }
-
-    /// Whether NATS came back since this was last asked; if so, the
-    /// room's refill begins.
-    fn reconnected(&mut self) -> bool {
-        let came_back = service_kit::feeds::came_back(&mut self.nats_reconnects);
-        if came_back {
-            self.begin_refill();
-        }
-        came_back
-    }
-
-    /// NATS is at most once: what was published while this gateway's
-    /// connection was down never comes. So the room's history after the
-    /// newest id written is replayed, as for a client's `LastID`, with the
-    /// same care for live frames meanwhile (no gap, no duplicate). The
-    /// replay begins at once, so that no live frame of the new connection
-    /// is written before what history gives: a replica whose own connection
-    /// was down publishes what it held back only once it is back, after
-    /// newer events from other replicas (the fault suite saw those come
-    /// out of order). Its first page is read once nothing else is in
-    /// flight; live frames wait for it meanwhile, or are read from history
-    /// in their turn. A socket that has written nothing of its room yet has
-    /// no id to start from and is not refilled; one already replaying
-    /// reads on through history.
-    fn begin_refill(&mut self) {
-        let Some(room) = self.room.as_mut().filter(|room| room.replay.is_none() && room.last_id > 0) else {
-            return;
-        };
-        tracing::debug!(uid = self.uid, room_id = room.id, after = room.last_id, "refilling after a NATS reconnect");
-        room.replay = Some(Replay::new(room.last_id, room.limit));
-        self.refill_due = true;
-    }
-
-    /// The refill's first page, if it is still due (the socket may have
-    /// left the room, or entered another, meanwhile).
+    /// The refill's first page (see [`InRoom::begin_refill`]).
     fn refill(&mut self) -> Option<InFlight> {
         let room = self.room.as_ref()?;
         let after = room.replay.as_ref()?.read_to;
@@ -476,10 +455,13 @@ impl Connection {
     ) -> impl Future<Output = Result<Entered, &'static str>> + Send + use<> {
         let mut rooms = self.core.rooms.clone();
         let membership = self.token.request(CheckMembershipRequest { room_id });
+        let enters = self.sockets.enters.clone();
         let hub = self.sockets.hub.clone();
         let (presence, uid) = (self.sockets.presence.clone(), self.uid);
         let users = self.removals.is_none().then(|| (self.sockets.users.clone(), self.uid));
         let first_page = last_id.map(|after| (after, self.page_after(room_id, after)));
+        let mut reconnects = self.sockets.nats_reconnects.clone();
+        reconnects.mark_unchanged();
         async move {
             // Before membership is checked: a removal after the check is heard.
             let removals = match users {
@@ -490,7 +472,12 @@ impl Connection {
                 ),
                 None => None,
             };
-            if !call(rooms.check_membership(membership)).await?.member {
+            // The wait for a turn is not the call's: it is as long as the
+            // checks of the enters before this one.
+            let turn = enters.acquire_owned().await.expect("the turns are never closed");
+            let member = call(rooms.check_membership(membership)).await?.member;
+            drop(turn);
+            if !member {
                 return Err("not room member");
             }
             let feed = subscribed(hub.feed(room_id), "a room").await?;
@@ -510,7 +497,7 @@ impl Connection {
                 }
             };
             let Some((last_id, read)) = first_page else {
-                return Ok(Entered { room_id, removals, feed, frames, live, here, online, replay: None });
+                return Ok(Entered { room_id, removals, feed, frames, live, here, online, replay: None, reconnects });
             };
             let mut replay = Replay::new(last_id, hub.queue());
             let mut read = std::pin::pin!(read);
@@ -526,7 +513,8 @@ impl Connection {
                     },
                 }
             };
-            Ok(Entered { room_id, removals, feed, frames, live, here, online, replay: Some((replay, page)) })
+            let replay = Some((replay, page));
+            Ok(Entered { room_id, removals, feed, frames, live, here, online, replay, reconnects })
         }
     }
 
@@ -537,14 +525,12 @@ impl Connection {
         entered: Entered,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
-        let Entered { room_id, removals, feed, frames, live, here, online, replay } = entered;
+        let Entered { room_id, removals, feed, frames, live, here, online, replay, reconnects } = entered;
         if removals.is_some() {
             self.removals = removals;
         }
         let (replay, page) = replay.unzip();
         let last_id = replay.as_ref().map_or(0, |replay: &Replay| replay.read_to);
-        // A refill of the room it was in is no longer due.
-        self.refill_due = false;
         self.room = Some(InRoom {
             id: room_id,
             uid: self.uid,
@@ -554,6 +540,8 @@ impl Connection {
             replayed: BTreeSet::new(),
             limit: self.sockets.hub.queue(),
             last_id,
+            reconnects,
+            refill_due: false,
             _feed: feed,
             _here: here,
         });
@@ -586,9 +574,7 @@ impl Connection {
             tracing::warn!(room_id = room.id, "history lacks a live event; the replay stops");
             return self.leave(socket, problem, reference).await;
         }
-        for frame in page.into_iter().filter_map(Frame::of) {
-            self.send_frame(socket, frame).await?;
-        }
+        self.deliver(socket, page.into_iter().filter_map(Frame::of).collect()).await?;
         let room = self.room.as_mut().expect("a replay is in a room");
         let Some(replay) = room.replay.as_mut() else {
             return Ok(None);
@@ -629,7 +615,6 @@ impl Connection {
 
     /// Out of the room, and of its presence and typing.
     fn leave_room(&mut self) {
-        self.refill_due = false;
         self.room = None;
         self.live = None;
     }
@@ -773,13 +758,25 @@ impl Connection {
         self.write(socket, ServerFrame::Auth { expires_at, reference }).await
     }
 
-    /// Writes to the client. While the write waits, the room's frames are
-    /// taken from its queue and held for after it, up to the queue's limit:
-    /// a client that stops reading is closed as `too slow` once its room has
-    /// run that far ahead, and the write timeout is left for a connection
-    /// that hangs.
+    /// Writes to the client.
     async fn send(&mut self, socket: &mut WebSocket, message: WsMessage) -> Step {
-        let mut write = std::pin::pin!(timeout(WRITE_TIMEOUT, socket.send(message)));
+        self.send_all(socket, [message]).await
+    }
+
+    /// Writes messages to the client, all before one flush (the socket's
+    /// write buffer holds them meanwhile). While the write waits, the
+    /// room's frames are taken from its queue and held for after it, up to
+    /// the queue's limit: a client that stops reading is closed as `too
+    /// slow` once its room has run that far ahead, and the write timeout is
+    /// left for a connection that hangs.
+    async fn send_all(&mut self, socket: &mut WebSocket, messages: impl IntoIterator<Item = WsMessage>) -> Step {
+        let written = async move {
+            for message in messages {
+                socket.feed(message).await?;
+            }
+            socket.flush().await
+        };
+        let mut write = std::pin::pin!(timeout(WRITE_TIMEOUT, written));
         loop {
             tokio::select! {
                 biased;
@@ -798,13 +795,6 @@ impl Connection {
                 }
             }
         }
-    }
-
-    /// Writes one of the room's events.
-    async fn deliver(&mut self, socket: &mut WebSocket, json: Utf8Bytes) -> Step {
-        self.send(socket, WsMessage::Text(json)).await?;
-        self.sockets.deliveries.increment(1);
-        Ok(())
     }
 
     async fn write(&mut self, socket: &mut WebSocket, frame: ServerFrame<'_>) -> Step {
@@ -849,8 +839,12 @@ impl InRoom {
     }
 
     /// A live frame, unless the replay gives it (or gave it) from history,
-    /// or it is the socket's own user's live-only event.
+    /// or it is the socket's own user's live-only event. NATS may have come
+    /// back while the frame came: it may be the new connection's first,
+    /// newer than what was lost meanwhile, so it goes through the refill's
+    /// replay (as do the frames after it, in a batch or held).
     fn admit(&mut self, frame: Frame) -> Option<Frame> {
+        self.reconnected();
         if frame.hidden_from == Some(self.uid) {
             return None;
         }
@@ -858,7 +852,40 @@ impl InRoom {
             Some(replay) => replay.live(frame)?,
             None => frame,
         };
-        (!self.replayed.remove(&frame.id)).then_some(frame)
+        if self.replayed.remove(&frame.id) {
+            return None;
+        }
+        self.last_id = self.last_id.max(frame.id);
+        Some(frame)
+    }
+
+    /// Begins the refill if NATS came back since this was last asked.
+    fn reconnected(&mut self) {
+        if service_kit::feeds::came_back(&mut self.reconnects) {
+            self.begin_refill();
+        }
+    }
+
+    /// NATS is at most once: what was published while this gateway's
+    /// connection was down never comes. So the room's history after the
+    /// newest id taken to be written is replayed, as for a client's
+    /// `LastID`, with the same care for live frames meanwhile (no gap, no
+    /// duplicate). The replay begins at once, so that no live frame of the
+    /// new connection is written before what history gives: a replica whose
+    /// own connection was down publishes what it held back only once it is
+    /// back, after newer events from other replicas (the fault suite saw
+    /// those come out of order). Its first page is read once nothing else
+    /// is in flight; live frames wait for it meanwhile, or are read from
+    /// history in their turn. A socket that has taken nothing of its room
+    /// yet has no id to start from and is not refilled; one already
+    /// replaying reads on through history.
+    fn begin_refill(&mut self) {
+        if self.replay.is_some() || self.last_id == 0 {
+            return;
+        }
+        tracing::debug!(uid = self.uid, room_id = self.id, after = self.last_id, "refilling after a NATS reconnect");
+        self.replay = Some(Replay::new(self.last_id, self.limit));
+        self.refill_due = true;
     }
 
     /// Takes a page of the replay just read, leaving in it what is to be
@@ -872,6 +899,7 @@ impl InRoom {
             self.replay = None;
         }
         self.replayed.extend(page.iter().map(|message| message.id));
+        self.last_id = page.iter().map(|message| message.id).fold(self.last_id, i64::max);
         while self.replayed.len() > REPLAYED_KEPT {
             self.replayed.pop_first();
         }

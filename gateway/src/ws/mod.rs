@@ -14,6 +14,7 @@ use axum::{
 use chat_proto::v1::GetProfileRequest;
 use metrics::Counter;
 use service_kit::presence::Presence;
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{core_client::CoreClient, error::ApiError, extract::Token};
@@ -31,6 +32,12 @@ const READ_LIMIT: usize = 64 * 1024;
 /// it is read. (4 KiB gave 11.1 KiB of RSS per idle socket, 1 KiB 8.1.)
 const READ_BUFFER: usize = 1024;
 
+/// What a socket's writes gather before they go out; a flush sends the
+/// rest. The frames queued for a socket are fed into it and flushed once,
+/// so they leave in one write (and one TCP segment) rather than one each.
+/// Between writes it is empty (keeping the capacity of the largest batch).
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// This gateway's room feeds: one NATS subscription per room with sockets
 /// in it, each event serialised once.
 pub type Hub = service_kit::feeds::Hub<frames::Frame>;
@@ -42,6 +49,13 @@ pub type UserHub = service_kit::feeds::Hub<service_kit::feeds::Removal>;
 /// How many removals a user's feed may fall behind: they are rare.
 pub const USER_FEED_QUEUE: usize = 16;
 
+/// Enters whose membership check may be in flight to core-svc at once.
+/// When a big room comes online thousands of its members enter together;
+/// past the mesh's limit of calls in flight their checks would be refused
+/// at once. The others wait for a turn instead: each socket has at most one
+/// enter in flight, so the waiting are bounded by the sockets.
+pub const ENTERS_AT_ONCE: usize = 256;
+
 /// What every connection shares: the room and user feeds, presence, the
 /// signal and the tracker that let shutdown close every socket and wait for
 /// it, and the counters of every frame (made once, not looked up per frame).
@@ -50,6 +64,8 @@ pub struct Sockets {
     pub hub: Arc<Hub>,
     pub users: Arc<UserHub>,
     pub presence: Presence,
+    /// The turns of [`ENTERS_AT_ONCE`].
+    pub enters: Arc<Semaphore>,
     /// Changes each time this gateway's NATS connection comes back.
     pub nats_reconnects: tokio::sync::watch::Receiver<u64>,
     pub shutdown: CancellationToken,
@@ -78,7 +94,7 @@ pub async fn upgrade(
         .max_message_size(READ_LIMIT)
         .max_frame_size(READ_LIMIT)
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             tracker.track_future(connection::Connection::new(uid, token, core, sockets).run(socket))
         }))

@@ -32,6 +32,12 @@ CORS_ALLOWED_ORIGINS: {{ join "," . | quote }}
 LOGIN_MAX_FAILURES: {{ int64 $c.loginMaxFailures | quote }}
 LOGIN_LOCKOUT_SECS: {{ int64 $c.loginLockoutSeconds | quote }}
 LOGIN_ATTEMPTS_PER_MINUTE_PER_IP: {{ int64 $c.loginAttemptsPerMinutePerIp | quote }}
+REGISTER_PER_MINUTE_PER_IP: {{ int64 $c.registerPerMinutePerIp | quote }}
+CREATE_ROOM_PER_MINUTE: {{ int64 $c.createRoomPerMinute | quote }}
+INVITE_PER_MINUTE: {{ int64 $c.invitePerMinute | quote }}
+DIRECT_PER_MINUTE: {{ int64 $c.directPerMinute | quote }}
+REACT_PER_MINUTE: {{ int64 $c.reactPerMinute | quote }}
+SEARCH_PER_MINUTE: {{ int64 $c.searchPerMinute | quote }}
 TRUSTED_PROXIES: {{ join "," $c.trustedProxies | quote }}
 {{- if not (kindIs "invalid" $c.passwordHashesAtOnce) }}
 PASSWORD_HASHES_AT_ONCE: {{ int64 $c.passwordHashesAtOnce | quote }}

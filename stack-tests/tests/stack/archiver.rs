@@ -153,13 +153,17 @@ impl GroupOffsets {
     }
 
     /// Whether the group has committed, on every partition, the offset past
-    /// the last record: it has read, and so stored, everything.
+    /// the last record: it has read, and so stored, everything. A broker
+    /// error (the group's coordinator still loading, say) is a "not yet":
+    /// callers ask again.
     async fn caught_up(&self) -> bool {
         self.blocking(|consumer, topic| {
             let partitions = partitions(consumer, topic);
-            let committed = consumer.committed_offsets(partitions.clone(), KAFKA_CALL).expect("committed offsets");
+            let Ok(committed) = consumer.committed_offsets(partitions.clone(), KAFKA_CALL) else { return false };
             partitions.elements().iter().all(|partition| {
-                let (_, end) = consumer.fetch_watermarks(topic, partition.partition(), KAFKA_CALL).expect("watermarks");
+                let Ok((_, end)) = consumer.fetch_watermarks(topic, partition.partition(), KAFKA_CALL) else {
+                    return false;
+                };
                 let at = committed.find_partition(topic, partition.partition()).map(|p| p.offset());
                 end == 0 || at == Some(Offset::Offset(end))
             })

@@ -1,16 +1,20 @@
 //! Limits that hold for the whole deployment, not per replica: sends per
-//! user and logins per address are counted once however many core-svc
-//! replicas and gateways serve them, and password hashing is capped so that
+//! user, logins and registrations per address, and each other write per
+//! user are counted once however many core-svc replicas and gateways serve
+//! them, and password hashing is capped so that
 //! a burst of logins is shed instead of exhausting memory.
 
 use std::time::Instant;
 
-use chat_proto::{reason, v1::LoginRequest};
-use reqwest::StatusCode;
+use chat_proto::{
+    reason,
+    v1::{CreateRoomRequest, LoginRequest},
+};
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tonic::Code;
 
-use stack_tests::{Grpc, Settings, Shared, TestApp, spawn_archiver, spawn_core, spawn_gateway};
+use stack_tests::{Grpc, Settings, Shared, TestApp, Writes, authed, spawn_archiver, spawn_core, spawn_gateway};
 
 #[tokio::test]
 async fn a_users_send_rate_is_shared_by_every_core_replica() {
@@ -95,4 +99,97 @@ async fn a_burst_of_logins_beyond_the_hashing_cap_is_shed_not_queued_without_bou
     // Over REST the same is a 429 with Retry-After; the service goes on.
     let login = json!({"Email": "alice@example.com", "Password": "password"});
     assert_eq!(app.put("/login", None, login).await.0, StatusCode::OK);
+}
+
+/// Answered 429 with a `Retry-After` of a few seconds at most a minute.
+fn assert_limited((status, body): (StatusCode, serde_json::Value), retry_after: Option<u64>, what: &str) {
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{what}: {body}");
+    assert!(body["Error"].as_str().is_some_and(|text| text.contains("try again later")), "{what}: {body}");
+    assert!(retry_after.is_some_and(|secs| (1..=61).contains(&secs)), "{what}: Retry-After {retry_after:?}");
+}
+
+#[tokio::test]
+async fn every_write_is_limited_across_gateways_and_replicas_with_429_and_retry_after() {
+    let shared = Shared::new().await;
+    let writes = Writes { register_per_ip: 3, create_room: 2, invite: 2, direct: 2, react: 2, search: 2 };
+    let settings = Settings { writes, ..Settings::default() };
+    let (core_a, _stop_core_a) = spawn_core(&shared, &settings).await;
+    let (core_b, _stop_core_b) = spawn_core(&shared, &settings).await;
+    let (gateway_a, _stop_a) = spawn_gateway(&shared, &settings, core_a).await;
+    let (gateway_b, _stop_b) = spawn_gateway(&shared, &settings, core_b).await;
+    let _stop_archiver = spawn_archiver(&shared).await;
+    let (a, b) = (TestApp::at(gateway_a, core_a, &shared), TestApp::at(gateway_b, core_b, &shared));
+
+    // Registrations, per address: three from 127.0.0.1 over two gateways.
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let carol = a.register("carol").await;
+    let dave = json!({"Username": "dave", "Email": "dave@example.com", "Password": "password"});
+    let (answer, retry_after) = b.call_with_retry_after(Method::POST, "/register", None, &dave).await;
+    assert_limited(answer, retry_after, "the fourth registration");
+
+    // Each of alice's writes: two go through (one on each replica), the
+    // third is refused, whatever else it would have been answered.
+    let room = {
+        let answer = a.post("/create-room", Some(&alice.token), json!({"Name": "one", "IsPrivate": false})).await;
+        assert_eq!(answer.0, StatusCode::CREATED, "{}", answer.1);
+        answer.1["RoomID"].as_i64().unwrap()
+    };
+    let mut grpc = Grpc::connect(core_b).await;
+    let message = grpc.send(&alice, room, "react to this").await.expect("sends are not limited here");
+    // What each write may still do (the first room counts already), then
+    // the call over the limit; the calls alternate between the gateways.
+    let rows = [
+        (
+            "create-room",
+            Method::POST,
+            "/create-room".to_owned(),
+            vec![json!({"Name": "two"})],
+            json!({"Name": "three"}),
+        ),
+        (
+            "invite",
+            Method::PUT,
+            "/invite".to_owned(),
+            vec![json!({"RoomID": room, "UID": bob.uid}), json!({"RoomID": room, "UID": carol.uid})],
+            // bob is a member by then: the limit answers before the 409.
+            json!({"RoomID": room, "UID": bob.uid}),
+        ),
+        (
+            "direct",
+            Method::POST,
+            "/direct".to_owned(),
+            vec![json!({"UID": bob.uid}), json!({"UID": carol.uid})],
+            json!({"UID": bob.uid}),
+        ),
+        (
+            "reactions",
+            Method::PUT,
+            format!("/messages/{room}/{message}/reactions"),
+            vec![json!({"Emoji": "👍"}), json!({"Emoji": "👎"})],
+            json!({"Emoji": "🎉"}),
+        ),
+        ("search", Method::GET, "/search?q=react".to_owned(), vec![json!({}), json!({})], json!({})),
+    ];
+    for (what, method, path, allowed, over) in rows {
+        let gateways = [&b, &a].into_iter().cycle();
+        for (body, app) in allowed.iter().zip(gateways.clone()) {
+            let (answer, _) = app.call_with_retry_after(method.clone(), &path, Some(&alice.token), body).await;
+            assert!(answer.0.is_success(), "{what} under the limit: {answer:?}");
+        }
+        let app = gateways.clone().nth(allowed.len()).expect("endless");
+        let (answer, retry_after) = app.call_with_retry_after(method, &path, Some(&alice.token), &over).await;
+        assert_limited(answer, retry_after, what);
+    }
+
+    // Over gRPC the same counter answers RESOURCE_EXHAUSTED, with
+    // retry-after; another user is not held back by alice's count.
+    let refused =
+        grpc.rooms.create_room(authed(&alice, CreateRoomRequest { name: "four".into(), is_private: false })).await;
+    let refused = refused.expect_err("over the limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason::of(&refused).as_deref(), Some(reason::RATE_LIMITED));
+    assert!(refused.metadata().get("retry-after").is_some());
+    let answer = a.post("/create-room", Some(&bob.token), json!({"Name": "bobs"})).await;
+    assert_eq!(answer.0, StatusCode::CREATED, "{}", answer.1);
 }

@@ -4,6 +4,7 @@
 //! binary, so the stack is linked once.
 
 mod archiver;
+mod authorization;
 mod cache;
 mod changes;
 mod cross;
@@ -24,6 +25,7 @@ mod read_state;
 mod rooms;
 mod search;
 mod sends;
+mod tokens;
 mod trace_context;
 mod typing;
 mod users;
