@@ -67,9 +67,8 @@ cluster_env() {
   export REDIS_URL="redis://127.0.0.1:$CLUSTER_REDIS_PORT" KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
   export NATS_URL="$(IFS=,; echo "${nats[*]}")" CORE_GRPC_ADDR="$(IFS=,; echo "${cores[*]}")"
   export JWT_SECRET="$(cat "$CLUSTER_DIR/jwt_secret")"
-  # A benchmark logs many users in from one address and sends fast.
-  export LOGIN_ATTEMPTS_PER_MINUTE_PER_IP=1000000 LOGIN_MAX_FAILURES=1000000
-  export SEND_RATE_PER_SECOND=100000 SEND_BURST=100000 RUST_LOG="${RUST_LOG:-warn}"
+  export RUST_LOG="${RUST_LOG:-warn}"
+  raise_limits
 }
 
 # cluster_spawn NAME COMMAND...: COMMAND in the background in a session of
