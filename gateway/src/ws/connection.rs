@@ -563,18 +563,21 @@ impl Connection {
     async fn on_page(
         &mut self,
         socket: &mut WebSocket,
-        mut page: Vec<Message>,
+        page: Vec<Message>,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
         // The socket may have left the room meanwhile (removed from it).
         let Some(room) = self.room.as_mut() else {
             return Ok(None);
         };
-        if let Err(problem) = room.take_page(&mut page) {
-            tracing::warn!(room_id = room.id, "history lacks a live event; the replay stops");
-            return self.leave(socket, problem, reference).await;
-        }
-        self.deliver(socket, page.into_iter().filter_map(Frame::of).collect()).await?;
+        let frames = match room.take_page(page) {
+            Ok(frames) => frames,
+            Err(problem) => {
+                tracing::warn!(room_id = room.id, "history lacks a live event; the replay stops");
+                return self.leave(socket, problem, reference).await;
+            }
+        };
+        self.deliver(socket, frames).await?;
         let room = self.room.as_mut().expect("a replay is in a room");
         let Some(replay) = room.replay.as_mut() else {
             return Ok(None);
@@ -888,12 +891,14 @@ impl InRoom {
         self.refill_due = true;
     }
 
-    /// Takes a page of the replay just read, leaving in it what is to be
-    /// written. The live frames that waited for it go on after it unless it
-    /// holds them.
-    fn take_page(&mut self, page: &mut Vec<Message>) -> Result<(), &'static str> {
+    /// Takes a page of the replay just read; what to write now: the frames
+    /// held before it first (taken before the replay began, or older than
+    /// what history had given: older than the page either way), then what
+    /// of the page is to be written. The live frames that waited for it go
+    /// on after it unless it holds them.
+    fn take_page(&mut self, mut page: Vec<Message>) -> Result<Vec<Frame>, &'static str> {
         let replay = self.replay.as_mut().expect("a page belongs to a replay");
-        let done = replay.take(page)?;
+        let done = replay.take(&mut page)?;
         let waiting = std::mem::take(&mut replay.waiting);
         if done {
             self.replay = None;
@@ -903,12 +908,14 @@ impl InRoom {
         while self.replayed.len() > REPLAYED_KEPT {
             self.replayed.pop_first();
         }
+        let mut frames: Vec<Frame> = self.held.drain(..).collect();
+        frames.extend(page.into_iter().filter_map(Frame::of));
         for frame in waiting {
             if let Some(frame) = self.admit(frame) {
                 self.held.push_back(frame);
             }
         }
-        Ok(())
+        Ok(frames)
     }
 }
 
