@@ -248,6 +248,7 @@ impl Subscription {
 
     async fn step(&mut self) -> Result<Message, Status> {
         loop {
+            self.reconnected();
             while let Ok(removal) = self.removals.try_recv() {
                 self.check(removal)?;
             }
@@ -286,9 +287,7 @@ impl Subscription {
                         continue;
                     }
                     Ok(()) = self.nats_reconnects.changed() => {
-                        if self.last_id > 0 {
-                            self.replay_after = Some(self.last_id);
-                        }
+                        self.replay_from_newest();
                         continue;
                     }
                     () = &mut self.expiry => {
@@ -299,9 +298,39 @@ impl Subscription {
             if envelope::hidden_from(&event) == Some(self.uid) {
                 continue;
             }
+            // NATS may have come back while the event came: it may be the
+            // new connection's first, newer than what was lost meanwhile;
+            // the replay that begins gives it from history in its turn.
+            if self.reconnected() && self.replay_after.is_some_and(|after| event.id > after) {
+                continue;
+            }
             if !self.replayed.remove(&event.id) {
                 return Ok(Message::clone(&event));
             }
+        }
+    }
+
+    /// Whether NATS came back since this was last asked; if so, the replay
+    /// begins.
+    fn reconnected(&mut self) -> bool {
+        let came_back = service_kit::feeds::came_back(&mut self.nats_reconnects);
+        if came_back {
+            self.replay_from_newest();
+        }
+        came_back
+    }
+
+    /// NATS is at most once, so after it comes back the stream replays
+    /// history after the newest id it has (streamed, or read and about to
+    /// be), at once: a replica whose own connection was down publishes what
+    /// it held back only once it is back, after newer events from other
+    /// replicas, and a live event of the new connection streamed first
+    /// would put the replay past what was lost. One already replaying reads
+    /// on to history's end.
+    fn replay_from_newest(&mut self) {
+        let newest = self.replay_page.back().map_or(self.last_id, |message| message.id.max(self.last_id));
+        if self.replay_after.is_none() && newest > 0 {
+            self.replay_after = Some(newest);
         }
     }
 

@@ -24,6 +24,11 @@ impl Processes {
         Self { named }
     }
 
+    /// The stack's processes (all but the load generator): name and pid.
+    pub fn stack(&self) -> &[(String, u32)] {
+        &self.named[..self.named.len() - 1]
+    }
+
     pub fn sample(&self) -> Sample {
         let table = process_table();
         Sample { secs: self.named.iter().map(|(_, pid)| tree_secs(&table, *pid)).collect(), machine: machine_ticks() }
@@ -90,9 +95,10 @@ fn tree_secs(table: &HashMap<u32, (u32, f64)>, root: u32) -> f64 {
     total
 }
 
-/// CPU seconds of one process (and what is under it).
-pub fn secs(pid: u32) -> f64 {
-    tree_secs(&process_table(), pid)
+/// CPU seconds of some processes (and what is under them), summed.
+pub fn secs(pids: &[u32]) -> f64 {
+    let table = process_table();
+    pids.iter().map(|pid| tree_secs(&table, *pid)).sum()
 }
 
 /// The machine's CPU time so far, in ticks: busy, and in all (`/proc/stat`).

@@ -12,17 +12,28 @@
 //!   each socket gets per second and the gateway's CPU.
 //! - `reads`: `GET /unread` and `GET /search` on a million messages
 //!   ([`reads`]).
-//! - `rest`: the cached `GET /profile/{UID}` and a room's first history
-//!   page, by `wrk` ([`rest`]).
+//! - `rest`: REST reads: the cached `GET /profile/{UID}` and a room's
+//!   first history page by `wrk`, or with `--loops`, `GET /messages` in
+//!   closed loops over every gateway: reads per second, or shedding under
+//!   overload ([`rest`]).
+//! - `chaos`: a steady load while faults are injected, and what each lost,
+//!   duplicated or disturbed ([`chaos`]).
+//! - `soak`: the fan-out for a long while, watching every process's memory
+//!   and open files ([`soak`]).
+//!
+//! `--gateway` takes several gateways (comma-separated): sockets and
+//! requests are spread over them.
 
+mod chaos;
 mod cpu;
 mod reads;
 mod rest;
+mod soak;
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -40,15 +51,15 @@ use tokio_tungstenite::{
 
 #[derive(Parser)]
 struct Args {
-    /// The gateway's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    gateway: String,
-    /// The gateway's process id, to read its memory and CPU time.
-    #[arg(long)]
-    gateway_pid: u32,
-    /// core-svc's process id, to read its CPU time.
-    #[arg(long)]
-    core_pid: Option<u32>,
+    /// The gateways' base URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    gateway: Vec<String>,
+    /// The gateways' process ids, to read their memory and CPU time.
+    #[arg(long, value_delimiter = ',', required = true)]
+    gateway_pid: Vec<u32>,
+    /// The core-svc replicas' process ids, to read their CPU time.
+    #[arg(long, value_delimiter = ',')]
+    core_pid: Vec<u32>,
     /// Another process whose CPU time to report, as NAME=PID (the archiver,
     /// the engines); the processes under it count too.
     #[arg(long = "process", value_parser = cpu::named_pid)]
@@ -57,16 +68,24 @@ struct Args {
     scenario: Scenario,
 }
 
+/// The fan-out's rooms: `rooms` rooms of the same `per_room` users, a
+/// socket per user and room.
+#[derive(clap::Args)]
+struct Rooms {
+    #[arg(long, default_value_t = 20)]
+    rooms: usize,
+    #[arg(long, default_value_t = 100)]
+    per_room: usize,
+}
+
 #[derive(Subcommand)]
 enum Scenario {
     Fanout {
         /// Messages sent per second, in total.
         #[arg(long)]
         rate: u32,
-        #[arg(long, default_value_t = 20)]
-        rooms: usize,
-        #[arg(long, default_value_t = 100)]
-        per_room: usize,
+        #[command(flatten)]
+        rooms: Rooms,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
@@ -93,10 +112,8 @@ enum Scenario {
         seconds: u64,
     },
     Ramp {
-        #[arg(long, default_value_t = 20)]
-        rooms: usize,
-        #[arg(long, default_value_t = 100)]
-        per_room: usize,
+        #[command(flatten)]
+        rooms: Rooms,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
@@ -123,9 +140,54 @@ enum Scenario {
         /// Connections `wrk` keeps open.
         #[arg(long, default_value_t = 64)]
         connections: u32,
+        /// Instead of `wrk`, this many closed loops of the load generator's
+        /// own over every gateway (each sends its next request when
+        /// answered), with `GET /healthz` probed meanwhile.
+        #[arg(long)]
+        loops: Option<usize>,
         /// How long each request is measured.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    Chaos {
+        /// The cluster's database, read once the archiver has caught up.
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 30)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Sends per second of each room's one sender.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 4)]
+        rest_readers: usize,
+        /// A fault, in turn: `NAME=SHELL COMMAND` (repeat the flag).
+        #[arg(long = "fault", required = true)]
+        faults: Vec<String>,
+        /// Seconds of load before each fault, and at least after it.
+        #[arg(long, default_value_t = 3)]
+        warmup: u64,
+        #[arg(long, default_value_t = 3)]
+        after: u64,
+        /// Print a line per second of each phase.
+        #[arg(long)]
+        per_second: bool,
+    },
+    Soak {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Messages sent per second, in total.
+        #[arg(long)]
+        rate: u32,
+        #[command(flatten)]
+        rooms: Rooms,
+        /// Memory and open files are read after each slice of this many seconds.
+        #[arg(long, default_value_t = 20)]
+        slice: u64,
+        /// Growth is measured from the first slice after this.
+        #[arg(long, default_value_t = 60)]
+        warmup: u64,
     },
 }
 
@@ -134,22 +196,24 @@ type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut named = vec![("gateway".to_owned(), args.gateway_pid)];
-    named.extend(args.core_pid.map(|pid| ("core-svc".to_owned(), pid)));
+    let mut named = numbered("gateway", &args.gateway_pid);
+    named.extend(numbered("core-svc", &args.core_pid));
     named.extend(args.processes);
     let gateway = Gateway {
-        base: args.gateway.clone(),
-        pid: args.gateway_pid,
+        base: args.gateway[0].clone(),
+        bases: args.gateway,
+        pids: args.gateway_pid,
         processes: cpu::Processes::new(named),
         http: reqwest::Client::new(),
+        next_socket: AtomicUsize::new(0),
     };
     match args.scenario {
-        Scenario::Fanout { rate, rooms, per_room, seconds } => {
+        Scenario::Fanout { rate, rooms: Rooms { rooms, per_room }, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;
             let result = setup.run(&gateway, rate, Duration::from_secs(seconds)).await;
             result.print(&gateway);
         }
-        Scenario::Ramp { rooms, per_room, seconds } => {
+        Scenario::Ramp { rooms: Rooms { rooms, per_room }, seconds } => {
             let setup = gateway.fanout_setup(rooms, per_room).await?;
             let mut best: Option<RunResult> = None;
             for rate in [300, 450, 600, 750, 900, 1050, 1200, 1500, 2000, 3000] {
@@ -178,33 +242,63 @@ async fn main() -> anyhow::Result<()> {
             let reads = reads::Reads { database_url, messages, users, rooms, members_per_room, seconds, concurrency };
             reads.run(&gateway).await?;
         }
-        Scenario::Rest { connections, seconds } => rest::run(&gateway, connections, seconds).await?,
+        Scenario::Rest { connections, loops: None, seconds } => rest::wrk(&gateway, connections, seconds).await?,
+        Scenario::Rest { loops: Some(loops), seconds, .. } => rest::loops(&gateway, loops, seconds).await?,
+        Scenario::Chaos { database_url, users, rooms, rate, rest_readers, faults, warmup, after, per_second } => {
+            let faults = faults
+                .into_iter()
+                .map(|f| {
+                    let (name, command) = f.split_once('=').context("a fault is NAME=COMMAND")?;
+                    Ok(chaos::Fault { name: name.to_owned(), command: command.to_owned() })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let load = chaos::Load { users, rooms, rate, rest_readers };
+            let plan = chaos::Plan {
+                faults,
+                warmup: Duration::from_secs(warmup),
+                after: Duration::from_secs(after),
+                per_second,
+                database_url,
+            };
+            chaos::run(&gateway, load, plan).await?;
+        }
+        Scenario::Soak { seconds, rate, rooms: Rooms { rooms, per_room }, slice, warmup } => {
+            soak::Soak { rate, rooms, per_room, seconds, slice, warmup }.run(&gateway).await?
+        }
     }
     Ok(())
 }
 
+/// Names for the processes of one kind: `gateway` alone, or `gateway-0`,
+/// `gateway-1`, ... in the order given.
+fn numbered(kind: &str, pids: &[u32]) -> Vec<(String, u32)> {
+    match pids {
+        [pid] => vec![(kind.to_owned(), *pid)],
+        _ => pids.iter().enumerate().map(|(n, pid)| (format!("{kind}-{n}"), *pid)).collect(),
+    }
+}
+
 struct Gateway {
+    /// The first gateway, for setup.
     base: String,
-    pid: u32,
+    bases: Vec<String>,
+    pids: Vec<u32>,
     /// The stack's processes, whose CPU time each scenario reports.
     processes: cpu::Processes,
     http: reqwest::Client,
+    /// Sockets are spread over `bases` in turn.
+    next_socket: AtomicUsize,
 }
 
 impl Gateway {
+    /// The gateways' resident memory, summed.
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|status| {
-                let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-                line.split_whitespace().nth(1)?.parse().ok()
-            })
-            .unwrap_or(0)
+        self.pids.iter().map(|pid| soak::footprint(*pid).0).sum()
     }
 
-    /// CPU time the gateway has used so far.
+    /// CPU time the gateways have used so far.
     fn cpu(&self) -> Duration {
-        Duration::from_secs_f64(cpu::secs(self.pid))
+        Duration::from_secs_f64(cpu::secs(&self.pids))
     }
 
     /// Registers (or logs in) a user; its token.
@@ -268,8 +362,14 @@ impl Gateway {
         Ok(room)
     }
 
+    /// A socket on the next gateway in turn.
     async fn connect(&self, token: &str) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
-        let url = format!("{}/ws?token={token}", self.base.replacen("http", "ws", 1));
+        let n = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        self.connect_to(token, n % self.bases.len()).await
+    }
+
+    async fn connect_to(&self, token: &str, n: usize) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+        let url = format!("{}/ws?token={token}", self.bases[n].replacen("http", "ws", 1));
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
         let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
         ws.next().await.context("lobby frame")??;

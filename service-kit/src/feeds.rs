@@ -55,6 +55,14 @@ pub fn counting_connects() -> (async_nats::ConnectOptions, tokio::sync::watch::R
     (options, connects)
 }
 
+/// Whether the connection was made again since `connects` (from
+/// [`counting_connects`]) was last asked; marks it asked.
+pub fn came_back(connects: &mut tokio::sync::watch::Receiver<u64>) -> bool {
+    let changed = connects.has_changed().unwrap_or(false);
+    connects.mark_unchanged();
+    changed
+}
+
 /// The NATS subject of a room's live events.
 pub fn room_subject(prefix: &str, room_id: i64) -> String {
     format!("{prefix}.room.{room_id}")

@@ -3,7 +3,8 @@
 //! its own, composed here, outermost first:
 //!
 //! 1. [`deadline`]: the call's deadline, sent as `grpc-timeout`;
-//! 2. [`retry`]: idempotent calls retried within a budget;
+//! 2. [`retry`]: idempotent calls retried within a budget, each answer
+//!    read whole first;
 //! 3. [`shed`]: a limit of calls in flight for the whole gateway, failing fast past it;
 //! 4. a bounded buffer, then tower's power-of-two-choices balancer over the
 //!    replicas [`discovery`] finds, each replica behind its own limit of
@@ -59,6 +60,7 @@ pub async fn build(settings: Settings) -> Mesh {
     let balanced = tower::buffer::Buffer::new(Balance::new(changes), settings.max_in_flight);
     let retried = ServiceBuilder::new()
         .retry(retry::Idempotent::new(settings.retry_percent))
+        .map_future(retry::whole_answer)
         .map_request(retry::into_body)
         .layer(shed::ShedLayer::new(settings.max_in_flight, replicas))
         .service(balanced);

@@ -10,8 +10,11 @@
 //! repeated key with the message the first attempt stored.
 //!
 //! A request is retried from a copy of its encoded body, which [`collect`]
-//! reads whole first; the gateway's calls are unary or server-streaming,
-//! so a body is always one message.
+//! reads whole first; the gateway's calls are unary, so a body is always
+//! one message. The answer is read whole too ([`whole_answer`]) before the
+//! policy looks at it: a replica killed after its headers went out but
+//! before its trailers leaves a broken answer, retried like a connection
+//! that failed.
 
 use std::{sync::Arc, time::Duration};
 
@@ -70,7 +73,8 @@ impl Idempotent {
     }
 }
 
-/// Whether a call failed before any replica did its work.
+/// Whether a call failed without a replica's whole answer: it could not
+/// reach one, the answer broke off, or the replica said UNAVAILABLE.
 fn unreached<B>(result: &Result<Response<B>, BoxError>) -> bool {
     match result {
         Ok(response) => response.headers().get("grpc-status").is_some_and(|code| code == "14"),
@@ -78,6 +82,20 @@ fn unreached<B>(result: &Result<Response<B>, BoxError>) -> bool {
         // else is the connection failing.
         Err(error) => error.downcast_ref::<Status>().is_none(),
     }
+}
+
+/// Reads each answer's body and trailers whole, so that a body that breaks
+/// off is the call's error (not a status: the connection failed) rather
+/// than the caller's.
+pub async fn whole_answer(
+    call: impl std::future::Future<Output = Result<Response<Body>, BoxError>>,
+) -> Result<Response<Body>, BoxError> {
+    let (parts, body) = call.await?.into_parts();
+    let collected = body.collect().await.map_err(|status| format!("the answer broke off: {status}"))?;
+    let trailers = collected.trailers().cloned();
+    let whole = http_body_util::Full::new(collected.to_bytes())
+        .with_trailers(async move { trailers.map(Ok::<_, std::convert::Infallible>) });
+    Ok(Response::from_parts(parts, Body::new(whole)))
 }
 
 impl<B> Policy<Request<Bytes>, Response<B>, BoxError> for Idempotent {
@@ -135,6 +153,11 @@ pub fn into_body(request: Request<Bytes>) -> Request<Body> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body::Frame;
+    use tower::ServiceBuilder;
+
     use super::*;
 
     fn answered(code: &str) -> Result<Response<()>, BoxError> {
@@ -202,5 +225,56 @@ mod tests {
         // while no call succeeds.
         let retried = (0..500).filter(|_| policy.retry(&mut history, &mut answered("14")).is_some()).count();
         assert!((100..500).contains(&retried), "{retried} of 500 retried");
+    }
+
+    /// A replica that dies after its headers on the first call, and answers
+    /// whole on the second.
+    fn dying_once(calls: Arc<AtomicUsize>) -> BoxCloneSyncService<Request<Body>, Response<Body>, BoxError> {
+        BoxCloneSyncService::new(service_fn(move |_: Request<Body>| {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                let frames: Vec<Result<Frame<Bytes>, Status>> = if first {
+                    vec![Ok(Frame::data(Bytes::from_static(b"\0\0\0"))), Err(Status::internal("connection reset"))]
+                } else {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    vec![Ok(Frame::data(Bytes::from_static(b"answer"))), Ok(Frame::trailers(trailers))]
+                };
+                let body = Body::new(http_body_util::StreamBody::new(futures::stream::iter(frames)));
+                Ok::<_, BoxError>(Response::new(body))
+            }
+        }))
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_breaks_off_is_retried_and_the_retry_arrives_whole() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mesh = ServiceBuilder::new()
+            .retry(Idempotent::new(20.0))
+            .map_future(whole_answer)
+            .map_request(into_body)
+            .service(dying_once(calls.clone()));
+        let mut history = Request::new(Bytes::from_static(b"body"));
+        *history.uri_mut() = "/chat.v1.MessageService/History".parse().unwrap();
+        let answer = mesh.oneshot(history).await.expect("the retry's answer");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let whole = answer.into_body().collect().await.unwrap();
+        assert_eq!(whole.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(whole.to_bytes(), "answer");
+    }
+
+    #[tokio::test]
+    async fn a_broken_answer_to_a_write_is_an_error_not_a_retry() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mesh = ServiceBuilder::new()
+            .retry(Idempotent::new(20.0))
+            .map_future(whole_answer)
+            .map_request(into_body)
+            .service(dying_once(calls.clone()));
+        let mut join = Request::new(Bytes::from_static(b"body"));
+        *join.uri_mut() = "/chat.v1.RoomService/JoinRoom".parse().unwrap();
+        let error = mesh.oneshot(join).await.expect_err("no retry");
+        assert!(error.downcast_ref::<Status>().is_none(), "a connection failure, UNAVAILABLE to the caller: {error}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

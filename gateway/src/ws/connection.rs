@@ -83,11 +83,9 @@ pub struct Connection {
     /// The rooms the user was removed from while an enter was on its way:
     /// that enter, if into one of them, is undone once it succeeds.
     removed_meanwhile: Vec<i64>,
-    /// Changes each time the NATS connection comes back.
+    /// Changes each time the NATS connection comes back: wakes the socket
+    /// to begin its room's refill even if the room is quiet.
     nats_reconnects: watch::Receiver<u64>,
-    /// NATS came back while something was in flight: the room's refill
-    /// starts once it is done.
-    refill_due: bool,
 }
 
 /// The user's feed of removals from rooms (on any gateway's or replica's
@@ -113,9 +111,17 @@ struct InRoom {
     replayed: BTreeSet<i64>,
     /// How many frames `held` (and a replay's `waiting`) may hold.
     limit: usize,
-    /// The newest id written (or the client's `LastID`): a refill after
-    /// NATS comes back replays history from here.
+    /// The newest id taken to be written (written, or held or batched for
+    /// writing), or the client's `LastID`: a refill after NATS comes back
+    /// replays history from here.
     last_id: i64,
+    /// Changes each time the NATS connection comes back; looked at as each
+    /// frame is taken from the queue, so that the new connection's first
+    /// frame already goes through the refill's replay.
+    reconnects: watch::Receiver<u64>,
+    /// NATS came back and the refill's replay has begun: its first page is
+    /// read once nothing else is in flight.
+    refill_due: bool,
     _feed: Arc<Feed<Frame>>,
     /// Counts this socket in the room's presence while it is in the room.
     _here: Here,
@@ -211,6 +217,8 @@ struct Entered {
     here: Here,
     online: Vec<i64>,
     replay: Option<(Replay, Vec<Message>)>,
+    /// NATS's reconnections, from before the room's feed was subscribed.
+    reconnects: watch::Receiver<u64>,
 }
 
 impl Connection {
@@ -228,7 +236,6 @@ impl Connection {
             removals: None,
             removed_meanwhile: Vec::new(),
             nats_reconnects,
-            refill_due: false,
         }
     }
 
@@ -263,8 +270,7 @@ impl Connection {
         let mut expiry = std::pin::pin!(tokio::time::sleep(lifetime.unwrap_or_default()));
         let mut in_flight: Option<InFlight> = None;
         loop {
-            if self.refill_due && in_flight.is_none() {
-                self.refill_due = false;
+            if in_flight.is_none() && self.room.as_mut().is_some_and(|room| std::mem::take(&mut room.refill_due)) {
                 in_flight = self.refill();
             }
             tokio::select! {
@@ -301,7 +307,11 @@ impl Connection {
                 frames = next_live(&mut self.live) => {
                     self.send_all(socket, frames.into_iter().map(|frame| WsMessage::Text(frame.json))).await?;
                 }
-                Ok(()) = self.nats_reconnects.changed() => self.refill_due = true,
+                Ok(()) = self.nats_reconnects.changed() => {
+                    if let Some(room) = self.room.as_mut() {
+                        room.reconnected();
+                    }
+                }
                 removal = next_removal(&mut self.removals) => match removal {
                     Ok(removal) => self.on_removal(socket, removal, in_flight.is_some()).await?,
                     // Only removals were lost; rare enough to pass over.
@@ -353,29 +363,19 @@ impl Connection {
         self.deliver(socket, batch).await
     }
 
-    /// Writes room frames, minding the newest id for a refill.
+    /// Writes room frames.
     async fn deliver(&mut self, socket: &mut WebSocket, frames: Vec<Frame>) -> Step {
-        if let Some(room) = self.room.as_mut() {
-            room.last_id = frames.iter().map(|frame| frame.id).fold(room.last_id, i64::max);
-        }
         let count = frames.len() as u64;
         self.send_all(socket, frames.into_iter().map(|frame| WsMessage::Text(frame.json))).await?;
         self.sockets.deliveries.increment(count);
         Ok(())
     }
 
-    /// NATS is at most once: what was published while this gateway's
-    /// connection was down never comes. So the room's history after the
-    /// newest id written is replayed, as for a client's `LastID`, with the
-    /// same care for live frames meanwhile (no gap, no duplicate). A socket
-    /// that has written nothing of its room yet has no id to start from and
-    /// is not refilled; one already replaying reads on through history.
+    /// The refill's first page (see [`InRoom::begin_refill`]).
     fn refill(&mut self) -> Option<InFlight> {
-        let room = self.room.as_mut().filter(|room| room.replay.is_none() && room.last_id > 0)?;
-        tracing::debug!(uid = self.uid, room_id = room.id, after = room.last_id, "refilling after a NATS reconnect");
-        room.replay = Some(Replay::new(room.last_id, room.limit));
-        let (room_id, after) = (room.id, room.last_id);
-        let read = self.page_after(room_id, after);
+        let room = self.room.as_ref()?;
+        let after = room.replay.as_ref()?.read_to;
+        let read = self.page_after(room.id, after);
         Some(InFlight {
             step: Box::pin(async move { Done::Page(read.await) }),
             reference: None,
@@ -460,6 +460,8 @@ impl Connection {
         let (presence, uid) = (self.sockets.presence.clone(), self.uid);
         let users = self.removals.is_none().then(|| (self.sockets.users.clone(), self.uid));
         let first_page = last_id.map(|after| (after, self.page_after(room_id, after)));
+        let mut reconnects = self.sockets.nats_reconnects.clone();
+        reconnects.mark_unchanged();
         async move {
             // Before membership is checked: a removal after the check is heard.
             let removals = match users {
@@ -495,7 +497,7 @@ impl Connection {
                 }
             };
             let Some((last_id, read)) = first_page else {
-                return Ok(Entered { room_id, removals, feed, frames, live, here, online, replay: None });
+                return Ok(Entered { room_id, removals, feed, frames, live, here, online, replay: None, reconnects });
             };
             let mut replay = Replay::new(last_id, hub.queue());
             let mut read = std::pin::pin!(read);
@@ -511,7 +513,8 @@ impl Connection {
                     },
                 }
             };
-            Ok(Entered { room_id, removals, feed, frames, live, here, online, replay: Some((replay, page)) })
+            let replay = Some((replay, page));
+            Ok(Entered { room_id, removals, feed, frames, live, here, online, replay, reconnects })
         }
     }
 
@@ -522,7 +525,7 @@ impl Connection {
         entered: Entered,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
-        let Entered { room_id, removals, feed, frames, live, here, online, replay } = entered;
+        let Entered { room_id, removals, feed, frames, live, here, online, replay, reconnects } = entered;
         if removals.is_some() {
             self.removals = removals;
         }
@@ -537,6 +540,8 @@ impl Connection {
             replayed: BTreeSet::new(),
             limit: self.sockets.hub.queue(),
             last_id,
+            reconnects,
+            refill_due: false,
             _feed: feed,
             _here: here,
         });
@@ -558,18 +563,21 @@ impl Connection {
     async fn on_page(
         &mut self,
         socket: &mut WebSocket,
-        mut page: Vec<Message>,
+        page: Vec<Message>,
         reference: Option<String>,
     ) -> Result<Option<InFlight>, End> {
         // The socket may have left the room meanwhile (removed from it).
         let Some(room) = self.room.as_mut() else {
             return Ok(None);
         };
-        if let Err(problem) = room.take_page(&mut page) {
-            tracing::warn!(room_id = room.id, "history lacks a live event; the replay stops");
-            return self.leave(socket, problem, reference).await;
-        }
-        self.deliver(socket, page.into_iter().filter_map(Frame::of).collect()).await?;
+        let frames = match room.take_page(page) {
+            Ok(frames) => frames,
+            Err(problem) => {
+                tracing::warn!(room_id = room.id, "history lacks a live event; the replay stops");
+                return self.leave(socket, problem, reference).await;
+            }
+        };
+        self.deliver(socket, frames).await?;
         let room = self.room.as_mut().expect("a replay is in a room");
         let Some(replay) = room.replay.as_mut() else {
             return Ok(None);
@@ -834,8 +842,12 @@ impl InRoom {
     }
 
     /// A live frame, unless the replay gives it (or gave it) from history,
-    /// or it is the socket's own user's live-only event.
+    /// or it is the socket's own user's live-only event. NATS may have come
+    /// back while the frame came: it may be the new connection's first,
+    /// newer than what was lost meanwhile, so it goes through the refill's
+    /// replay (as do the frames after it, in a batch or held).
     fn admit(&mut self, frame: Frame) -> Option<Frame> {
+        self.reconnected();
         if frame.hidden_from == Some(self.uid) {
             return None;
         }
@@ -843,29 +855,67 @@ impl InRoom {
             Some(replay) => replay.live(frame)?,
             None => frame,
         };
-        (!self.replayed.remove(&frame.id)).then_some(frame)
+        if self.replayed.remove(&frame.id) {
+            return None;
+        }
+        self.last_id = self.last_id.max(frame.id);
+        Some(frame)
     }
 
-    /// Takes a page of the replay just read, leaving in it what is to be
-    /// written. The live frames that waited for it go on after it unless it
-    /// holds them.
-    fn take_page(&mut self, page: &mut Vec<Message>) -> Result<(), &'static str> {
+    /// Begins the refill if NATS came back since this was last asked.
+    fn reconnected(&mut self) {
+        if service_kit::feeds::came_back(&mut self.reconnects) {
+            self.begin_refill();
+        }
+    }
+
+    /// NATS is at most once: what was published while this gateway's
+    /// connection was down never comes. So the room's history after the
+    /// newest id taken to be written is replayed, as for a client's
+    /// `LastID`, with the same care for live frames meanwhile (no gap, no
+    /// duplicate). The replay begins at once, so that no live frame of the
+    /// new connection is written before what history gives: a replica whose
+    /// own connection was down publishes what it held back only once it is
+    /// back, after newer events from other replicas (the fault suite saw
+    /// those come out of order). Its first page is read once nothing else
+    /// is in flight; live frames wait for it meanwhile, or are read from
+    /// history in their turn. A socket that has taken nothing of its room
+    /// yet has no id to start from and is not refilled; one already
+    /// replaying reads on through history.
+    fn begin_refill(&mut self) {
+        if self.replay.is_some() || self.last_id == 0 {
+            return;
+        }
+        tracing::debug!(uid = self.uid, room_id = self.id, after = self.last_id, "refilling after a NATS reconnect");
+        self.replay = Some(Replay::new(self.last_id, self.limit));
+        self.refill_due = true;
+    }
+
+    /// Takes a page of the replay just read; what to write now: the frames
+    /// held before it first (taken before the replay began, or older than
+    /// what history had given: older than the page either way), then what
+    /// of the page is to be written. The live frames that waited for it go
+    /// on after it unless it holds them.
+    fn take_page(&mut self, mut page: Vec<Message>) -> Result<Vec<Frame>, &'static str> {
         let replay = self.replay.as_mut().expect("a page belongs to a replay");
-        let done = replay.take(page)?;
+        let done = replay.take(&mut page)?;
         let waiting = std::mem::take(&mut replay.waiting);
         if done {
             self.replay = None;
         }
         self.replayed.extend(page.iter().map(|message| message.id));
+        self.last_id = page.iter().map(|message| message.id).fold(self.last_id, i64::max);
         while self.replayed.len() > REPLAYED_KEPT {
             self.replayed.pop_first();
         }
+        let mut frames: Vec<Frame> = self.held.drain(..).collect();
+        frames.extend(page.into_iter().filter_map(Frame::of));
         for frame in waiting {
             if let Some(frame) = self.admit(frame) {
                 self.held.push_back(frame);
             }
         }
-        Ok(())
+        Ok(frames)
     }
 }
 
