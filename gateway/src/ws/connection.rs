@@ -17,7 +17,7 @@ use chat_proto::{
         TypingRequest, TypingResponse,
     },
 };
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use service_kit::{
     feeds::{Feed, Removal},
     live::Cursor,
@@ -30,6 +30,7 @@ use tokio::{
     },
     time::{Instant, MissedTickBehavior, interval, timeout},
 };
+use tokio_stream::wrappers::{BroadcastStream, WatchStream, errors::BroadcastStreamRecvError};
 use tonic::Code;
 use tracing::Instrument;
 
@@ -81,15 +82,19 @@ pub struct Connection {
     /// The rooms the user was removed from while an enter was on its way:
     /// that enter, if into one of them, is undone once it succeeds.
     removed_meanwhile: Vec<i64>,
-    /// Changes each time the NATS connection comes back: wakes the socket
-    /// to begin its room's refill even if the room is quiet.
-    nats_reconnects: watch::Receiver<u64>,
+    /// Yields each time the NATS connection comes back: wakes the socket
+    /// to begin its room's refill even if the room is quiet. A stream, so
+    /// that its wait stays registered across turns of the socket's loop
+    /// (every socket shares the one watch: a fresh `changed()` per frame
+    /// written would register with it, and unregister, each time).
+    nats_reconnects: WatchStream<u64>,
 }
 
 /// The user's feed of removals from rooms (on any gateway's or replica's
 /// doing), held while the socket lives.
 struct Removals {
-    queue: Receiver<Removal>,
+    /// A stream for the same reason as [`Connection::nats_reconnects`].
+    queue: BroadcastStream<Removal>,
     _feed: Arc<Feed<Removal>>,
 }
 
@@ -223,6 +228,7 @@ impl Connection {
     pub fn new(uid: i64, token: Token, sockets: Sockets) -> Self {
         let mut nats_reconnects = sockets.nats_reconnects.clone();
         nats_reconnects.mark_unchanged();
+        let nats_reconnects = WatchStream::from_changes(nats_reconnects);
         Self {
             uid,
             token,
@@ -307,16 +313,16 @@ impl Connection {
                 frames = next_live(&mut self.live) => {
                     self.send_all(socket, frames.into_iter().map(|frame| WsMessage::Text(frame.json))).await?;
                 }
-                Ok(()) = self.nats_reconnects.changed() => {
+                Some(_) = self.nats_reconnects.next() => {
                     if let Some(room) = self.room.as_mut() {
                         room.reconnected();
                     }
                 }
                 removal = next_removal(&mut self.removals) => match removal {
-                    Ok(removal) => Box::pin(self.on_removal(socket, removal, in_flight.is_some())).await?,
+                    Some(Ok(removal)) => Box::pin(self.on_removal(socket, removal, in_flight.is_some())).await?,
                     // Only removals were lost; rare enough to pass over.
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => self.removals = None,
+                    Some(Err(BroadcastStreamRecvError::Lagged(_))) => {}
+                    None => self.removals = None,
                 },
                 _ = ping.tick() => {
                     if in_flight.is_none() && last_heard.elapsed() > SILENCE_LIMIT {
@@ -472,7 +478,7 @@ impl Connection {
                 Some((users, uid)) => Some(
                     subscribed(users.feed(uid), "a user")
                         .await
-                        .map(|feed| Removals { queue: feed.subscribe(), _feed: feed })?,
+                        .map(|feed| Removals { queue: BroadcastStream::new(feed.subscribe()), _feed: feed })?,
                 ),
                 None => None,
             };
@@ -998,9 +1004,9 @@ async fn subscribed<E>(
     }
 }
 
-async fn next_removal(removals: &mut Option<Removals>) -> Result<Removal, RecvError> {
+async fn next_removal(removals: &mut Option<Removals>) -> Option<Result<Removal, BroadcastStreamRecvError>> {
     match removals {
-        Some(removals) => removals.queue.recv().await,
+        Some(removals) => removals.queue.next().await,
         None => std::future::pending().await,
     }
 }
