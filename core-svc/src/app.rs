@@ -105,6 +105,7 @@ impl Application {
             .connect(service_kit::settings::nats_servers(&config.nats_url))
             .await
             .context("connecting to NATS (NATS_URL)")?;
+        let nats_reconnects = service_kit::feeds::Reconnects::new(nats.statistics(), nats_reconnects);
         let feeds = Arc::new(Feeds::rooms(
             nats.clone(),
             config.nats_subject_prefix.clone(),

@@ -19,15 +19,12 @@ use chat_proto::{
 };
 use futures::SinkExt;
 use service_kit::{
-    feeds::{Feed, Removal},
+    feeds::{Feed, Reconnects, Removal},
     live::Cursor,
     presence::Here,
 };
 use tokio::{
-    sync::{
-        broadcast::{Receiver, error::RecvError},
-        watch,
-    },
+    sync::broadcast::{Receiver, error::RecvError},
     time::{Instant, MissedTickBehavior, interval, timeout},
 };
 use tonic::Code;
@@ -83,9 +80,9 @@ pub struct Connection {
     /// The rooms the user was removed from while an enter was on its way:
     /// that enter, if into one of them, is undone once it succeeds.
     removed_meanwhile: Vec<i64>,
-    /// Changes each time the NATS connection comes back: wakes the socket
-    /// to begin its room's refill even if the room is quiet.
-    nats_reconnects: watch::Receiver<u64>,
+    /// Wakes the socket when the NATS connection comes back, to begin its
+    /// room's refill even if the room is quiet.
+    nats_reconnects: Reconnects,
 }
 
 /// The user's feed of removals from rooms (on any gateway's or replica's
@@ -115,10 +112,10 @@ struct InRoom {
     /// writing), or the client's `LastID`: a refill after NATS comes back
     /// replays history from here.
     last_id: i64,
-    /// Changes each time the NATS connection comes back; looked at as each
-    /// frame is taken from the queue, so that the new connection's first
-    /// frame already goes through the refill's replay.
-    reconnects: watch::Receiver<u64>,
+    /// The NATS connection coming back: asked as each frame is taken from
+    /// the queue, so that the new connection's first frame already goes
+    /// through the refill's replay.
+    reconnects: Reconnects,
     /// NATS came back and the refill's replay has begun: its first page is
     /// read once nothing else is in flight.
     refill_due: bool,
@@ -218,13 +215,12 @@ struct Entered {
     online: Vec<i64>,
     replay: Option<(Replay, Vec<Message>)>,
     /// NATS's reconnections, from before the room's feed was subscribed.
-    reconnects: watch::Receiver<u64>,
+    reconnects: Reconnects,
 }
 
 impl Connection {
     pub fn new(uid: i64, token: Token, core: CoreClient, sockets: Sockets) -> Self {
-        let mut nats_reconnects = sockets.nats_reconnects.clone();
-        nats_reconnects.mark_unchanged();
+        let nats_reconnects = sockets.nats_reconnects.from_now();
         Self {
             uid,
             token,
@@ -307,7 +303,7 @@ impl Connection {
                 frames = next_live(&mut self.live) => {
                     self.send_all(socket, frames.into_iter().map(|frame| WsMessage::Text(frame.json))).await?;
                 }
-                Ok(()) = self.nats_reconnects.changed() => {
+                () = self.nats_reconnects.announced() => {
                     if let Some(room) = self.room.as_mut() {
                         room.reconnected();
                     }
@@ -460,8 +456,7 @@ impl Connection {
         let (presence, uid) = (self.sockets.presence.clone(), self.uid);
         let users = self.removals.is_none().then(|| (self.sockets.users.clone(), self.uid));
         let first_page = last_id.map(|after| (after, self.page_after(room_id, after)));
-        let mut reconnects = self.sockets.nats_reconnects.clone();
-        reconnects.mark_unchanged();
+        let reconnects = self.sockets.nats_reconnects.from_now();
         async move {
             // Before membership is checked: a removal after the check is heard.
             let removals = match users {
@@ -864,7 +859,7 @@ impl InRoom {
 
     /// Begins the refill if NATS came back since this was last asked.
     fn reconnected(&mut self) {
-        if service_kit::feeds::came_back(&mut self.reconnects) {
+        if self.reconnects.came_back() {
             self.begin_refill();
         }
     }
