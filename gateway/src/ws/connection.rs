@@ -17,6 +17,7 @@ use chat_proto::{
         TypingRequest, TypingResponse,
     },
 };
+use client_input::frame::ClientFrame;
 use futures::SinkExt;
 use service_kit::{
     feeds::{Feed, Removal},
@@ -35,7 +36,7 @@ use tracing::Instrument;
 
 use super::{
     MAX_FRAME, Sockets,
-    frames::{ClientFrame, Frame, ServerFrame},
+    frames::{Frame, ServerFrame},
 };
 use crate::{
     core_client::CoreClient,
