@@ -368,15 +368,23 @@ pub async fn two_in_a_room() -> TwoInARoom {
 
 pub async fn two_in_a_room_with(settings: Settings) -> TwoInARoom {
     let app = TestApp::spawn_with(settings).await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let room = app.create_room(&alice, "General", false).await;
-    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
-    let mut a = Ws::connect(&app.base, &alice.token).await;
-    let mut b = Ws::connect(&app.base, &bob.token).await;
+    let (alice, bob, room, a, b) = alice_and_bob_in_a_room(&app, &app).await;
+    TwoInARoom { app, alice, bob, room, a, b }
+}
+
+/// Alice registered on gateway `on_a` creates a room, Bob registered on
+/// `on_b` (the same gateway or another) joins it, and each enters it on a
+/// WebSocket of their gateway: the users, the room and the two sockets.
+pub async fn alice_and_bob_in_a_room(on_a: &TestApp, on_b: &TestApp) -> (User, User, i64, Ws, Ws) {
+    let alice = on_a.register("alice").await;
+    let bob = on_b.register("bob").await;
+    let room = on_a.create_room(&alice, "General", false).await;
+    on_b.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut a = Ws::connect(&on_a.base, &alice.token).await;
+    let mut b = Ws::connect(&on_b.base, &bob.token).await;
     a.enter(room).await;
     b.enter(room).await;
-    TwoInARoom { app, alice, bob, room, a, b }
+    (alice, bob, room, a, b)
 }
 
 /// A registered, logged-in user.
