@@ -5,6 +5,7 @@ use chat_proto::v1::{
     message_service_server::MessageServiceServer, room_service_server::RoomServiceServer,
     user_service_server::UserServiceServer,
 };
+use client_input::token::TokenKeys;
 use service_kit::{
     grpc::{self, CallLayer},
     live,
@@ -39,7 +40,6 @@ use crate::{
     rooms::Rooms,
     send_keys::SendKeys,
     shed::ShedLayer,
-    token::TokenKeys,
     users::{LoginLimit, LoginLimits, Users},
 };
 

@@ -551,7 +551,7 @@ impl TestApp {
         .fetch_all(&mut db)
         .await
         .expect("members added");
-        let keys = core_svc::token::TokenKeys::new(JWT_SECRET.as_bytes());
+        let keys = client_input::token::TokenKeys::new(JWT_SECRET.as_bytes());
         uids.into_iter().map(|uid| User { uid, token: keys.issue(uid, chrono::Duration::hours(1)).token }).collect()
     }
 

@@ -17,6 +17,7 @@ use chat_proto::{
         TypingRequest, TypingResponse,
     },
 };
+use client_input::frame::ClientFrame;
 use futures::SinkExt;
 use service_kit::{
     feeds::{Feed, Reconnects, Removal},
@@ -32,7 +33,7 @@ use tracing::Instrument;
 
 use super::{
     MAX_FRAME, Sockets,
-    frames::{ClientFrame, Frame, ServerFrame},
+    frames::{Frame, ServerFrame},
 };
 use crate::{
     core_client::CoreClient,

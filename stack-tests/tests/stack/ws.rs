@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use core_svc::token::TokenKeys;
+use client_input::token::TokenKeys;
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection};
