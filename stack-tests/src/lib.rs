@@ -480,6 +480,18 @@ impl TestApp {
         self.call(Method::GET, path, auth, None).await
     }
 
+    /// The value of one series of the gateway's `/metrics` (`name{labels}`),
+    /// 0 while it is not there. The metrics recorder is shared by every
+    /// gateway and core-svc of the test process.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, metrics) = self.get("/metrics", None).await;
+        let metrics = metrics.as_str().expect("plain text");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().expect("a number"))
+    }
+
     pub async fn put(&self, path: &str, auth: Option<&str>, body: Value) -> (StatusCode, Value) {
         self.call(Method::PUT, path, auth, Some(&body.to_string())).await
     }

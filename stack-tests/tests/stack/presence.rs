@@ -321,15 +321,9 @@ async fn while_redis_is_away_a_gateway_knows_its_own_sockets_and_renewals_catch_
 }
 
 /// How many times the gateways of this process have read a room's whole
-/// online list from Redis. (The metrics recorder is shared: other tests'
-/// enters count too, a few each.)
+/// online list from Redis (other tests' enters count too, a few each).
 async fn online_list_reads(app: &TestApp) -> f64 {
-    let (_, metrics) = app.get("/metrics", None).await;
-    let metrics = metrics.as_str().expect("plain text");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("chat_presence_list_reads_total "))
-        .map_or(0.0, |count| count.trim().parse().expect("a number"))
+    app.metric("chat_presence_list_reads_total").await
 }
 
 /// A big room coming online at once. Each enter used to read the room's
