@@ -5,7 +5,8 @@
 //! that falls too far behind learns so from
 //! [`broadcast::error::RecvError::Lagged`]. Presence and typing go on the
 //! feed's [`Board`] instead, each member's latest for every listener to read
-//! when it can (presence held to one change per member per second first).
+//! when it can (presence held to one change per member per second first),
+//! and each presence change is remembered for a while ([`Recent`]).
 //!
 //! Each event received is one span, `receive <prefix>.room.{id}` (the
 //! subject's template: one name for every room), continuing the trace of
@@ -30,7 +31,7 @@ use tokio::{
 use metrics::Gauge;
 
 use crate::{
-    live::{self, About, Board, Cursor, Throttle},
+    live::{self, About, Board, Cursor, Recent, Throttle},
     metrics::{BROADCAST_LATENCY, NATS_PUBLISH_ERRORS, NATS_RECONNECTS, ROOM_FEEDS},
     telemetry,
 };
@@ -199,6 +200,7 @@ pub struct Feed<E> {
     id: i64,
     sender: broadcast::Sender<E>,
     board: Arc<Board<E>>,
+    recent: Arc<Mutex<Recent>>,
     task: AbortHandle,
     feeds: Feeds<E>,
     open: Option<Gauge>,
@@ -213,6 +215,20 @@ impl<E: Clone> Feed<E> {
     /// listener of `uid`'s: never their own.
     pub fn live(&self, uid: i64) -> Cursor<E> {
         self.board.cursor(uid)
+    }
+
+    /// Whether an online list read at `at` can be brought up to date by
+    /// [`Feed::online_since`]: it was read after this feed began listening,
+    /// and not too long ago.
+    pub fn covers(&self, at: Instant) -> bool {
+        self.recent.lock().expect("lock poisoned").covers(at)
+    }
+
+    /// `online`, the room's members online as read at `at` (ascending),
+    /// with the presence changes this feed heard since applied; `None`
+    /// when it does not [cover](Feed::covers) `at`.
+    pub fn online_since(&self, at: Instant, online: &[i64]) -> Option<Vec<i64>> {
+        self.recent.lock().expect("lock poisoned").apply_since(at, online)
     }
 }
 
@@ -275,6 +291,7 @@ impl<E: Clone + Send + 'static> Hub<E> {
             return Ok(feed);
         }
         let subject = (self.subject)(&self.subject_prefix, id);
+        let recent = Arc::new(Mutex::new(Recent::new(Instant::now())));
         let mut subscriber = self.nats.subscribe(subject.clone()).await?;
         // The server has the subscription once it answers a ping after it.
         self.nats.flush().await?;
@@ -285,6 +302,7 @@ impl<E: Clone + Send + 'static> Hub<E> {
             listen: self.listen,
             to_listeners: sender.clone(),
             board: board.clone(),
+            recent: recent.clone(),
             throttle: Throttle::default(),
         };
         let (template, name) = (self.template.clone(), format!("receive {}", self.template));
@@ -346,7 +364,8 @@ impl<E: Clone + Send + 'static> Hub<E> {
         if let Some(open) = &self.open {
             open.increment(1.0);
         }
-        let feed = Arc::new(Feed { id, sender, board, task, feeds: self.feeds.clone(), open: self.open.clone() });
+        let feed =
+            Arc::new(Feed { id, sender, board, recent, task, feeds: self.feeds.clone(), open: self.open.clone() });
         feeds.insert(id, Arc::downgrade(&feed));
         Ok(feed)
     }
@@ -367,6 +386,7 @@ struct Fanout<E> {
     listen: Listen<E>,
     to_listeners: broadcast::Sender<E>,
     board: Arc<Board<E>>,
+    recent: Arc<Mutex<Recent>>,
     throttle: Throttle,
 }
 
@@ -376,7 +396,9 @@ impl<E: Clone> Fanout<E> {
     fn pass(&mut self, event: Event) -> Option<usize> {
         match &event.kind {
             Some(Kind::Presence(presence)) => {
-                if self.throttle.offer(event.uid, presence.online, Instant::now()) {
+                let now = Instant::now();
+                self.recent.lock().expect("lock poisoned").heard(event.uid, presence.online, now);
+                if self.throttle.offer(event.uid, presence.online, now) {
                     self.show(About::Presence(event.uid), event);
                 }
                 None

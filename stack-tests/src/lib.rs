@@ -89,7 +89,7 @@ pub struct Settings {
     pub database_max_connections: u32,
     pub database_acquire_timeout_ms: u64,
     /// How often the gateway probes core-svc, and how long a probe may take
-    /// before the replica is ejected.
+    /// before it counts as failed.
     pub core_probe_interval_ms: u64,
 }
 
@@ -205,6 +205,7 @@ pub fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) ->
         core_grpc_addr: format!("http://{core}"),
         core_resolve_interval_ms: 5000,
         core_probe_interval_ms: settings.core_probe_interval_ms,
+        core_eject_after_probes: 3,
         core_deadline_ms: 10_000,
         core_max_in_flight: 1024,
         core_max_in_flight_per_replica: 256,
@@ -485,6 +486,18 @@ impl TestApp {
 
     pub async fn get(&self, path: &str, auth: Option<&str>) -> (StatusCode, Value) {
         self.call(Method::GET, path, auth, None).await
+    }
+
+    /// The value of one series of the gateway's `/metrics` (`name{labels}`),
+    /// 0 while it is not there. The metrics recorder is shared by every
+    /// gateway and core-svc of the test process.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, metrics) = self.get("/metrics", None).await;
+        let metrics = metrics.as_str().expect("plain text");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().expect("a number"))
     }
 
     pub async fn put(&self, path: &str, auth: Option<&str>, body: Value) -> (StatusCode, Value) {

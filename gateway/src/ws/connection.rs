@@ -479,16 +479,22 @@ impl Connection {
             let feed = subscribed(hub.feed(room_id), "a room").await?;
             let mut frames = feed.subscribe();
             let live = feed.live(uid);
-            // Counted before the others are read, so the list has this socket.
             let here = presence.arrive(room_id, uid);
-            let online = match timeout(CALL_TIMEOUT, presence.online(room_id)).await {
-                Ok(Ok(online)) => online,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, room_id, "presence unknown; the online frame lists this gateway's only");
-                    presence.online_here(room_id)
+            // The room's list as read for every enter of the last second,
+            // with what the feed heard since: one read of Redis per room
+            // and second however many enter, not one each. This gateway's
+            // own sockets count at once, this one too, even those whose
+            // news is still on its way through Redis and NATS.
+            let lately = timeout(CALL_TIMEOUT, presence.online_lately(room_id, |at| feed.covers(at))).await;
+            let online = match lately.ok().and_then(|lately| feed.online_since(lately.at, lately.online.as_deref()?)) {
+                Some(mut online) => {
+                    online.extend(presence.online_here(room_id));
+                    online.sort_unstable();
+                    online.dedup();
+                    online
                 }
-                Err(_) => {
-                    tracing::warn!(room_id, "presence timed out; the online frame lists this gateway's only");
+                None => {
+                    tracing::warn!(room_id, "presence unknown; the online frame lists this gateway's only");
                     presence.online_here(room_id)
                 }
             };

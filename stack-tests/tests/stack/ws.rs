@@ -315,12 +315,7 @@ async fn a_client_that_stops_reading_is_disconnected_by_the_queue_limit() {
 /// How many sockets the gateways of this process have closed as too slow.
 /// (The metrics recorder is shared, and no other test's socket is too slow.)
 async fn closed_as_too_slow(app: &TestApp) -> f64 {
-    let (_, metrics) = app.get("/metrics", None).await;
-    let metrics = metrics.as_str().expect("plain text");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(r#"chat_ws_closed_by_server_total{reason="too_slow"} "#))
-        .map_or(0.0, |count| count.trim().parse().expect("a number"))
+    app.metric(r#"chat_ws_closed_by_server_total{reason="too_slow"}"#).await
 }
 
 #[tokio::test]
