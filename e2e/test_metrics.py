@@ -37,6 +37,7 @@ SCHEME = {
         "chat_ws_connections": "gauge",
         "chat_send_latency_seconds": "histogram",
         "chat_ws_closed_by_server_total": "counter",
+        "chat_presence_list_reads_total": "counter",
     },
     "core-svc": {
         **SHARED,

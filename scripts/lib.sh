@@ -242,8 +242,11 @@ ensure_jaeger() {
 CARGO_FUZZ_VERSION=0.13.2
 CARGO_FUZZ="$TOOLS/cargo-fuzz-$CARGO_FUZZ_VERSION/bin/cargo-fuzz"
 ensure_cargo_fuzz() {
-  rustup run nightly rustc --version >/dev/null 2>&1 ||
-    die "the fuzz targets need a nightly Rust toolchain (rustup toolchain install nightly)"
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    log "installing a nightly Rust toolchain for the fuzz targets (once)"
+    rustup toolchain install nightly --profile minimal >>"$RUN_DIR/rustup-nightly.log" 2>&1 ||
+      die "the fuzz targets need a nightly Rust toolchain; rustup could not install it (see $RUN_DIR/rustup-nightly.log)"
+  fi
   [ -x "$CARGO_FUZZ" ] && return 0
   log "building cargo-fuzz $CARGO_FUZZ_VERSION from crates.io (once)"
   CARGO_TARGET_DIR="$TOOLS/cargo-fuzz-build" cargo install --quiet --locked --version "$CARGO_FUZZ_VERSION" \

@@ -5,6 +5,7 @@ use chat_proto::v1::{
     message_service_server::MessageServiceServer, room_service_server::RoomServiceServer,
     user_service_server::UserServiceServer,
 };
+use client_input::token::TokenKeys;
 use service_kit::{
     grpc::{self, CallLayer},
     live,
@@ -39,7 +40,6 @@ use crate::{
     rooms::Rooms,
     send_keys::SendKeys,
     shed::ShedLayer,
-    token::TokenKeys,
     users::{LoginLimit, LoginLimits, Users},
 };
 
@@ -105,6 +105,7 @@ impl Application {
             .connect(service_kit::settings::nats_servers(&config.nats_url))
             .await
             .context("connecting to NATS (NATS_URL)")?;
+        let nats_reconnects = service_kit::feeds::Reconnects::new(nats.statistics(), nats_reconnects);
         let feeds = Arc::new(Feeds::rooms(
             nats.clone(),
             config.nats_subject_prefix.clone(),

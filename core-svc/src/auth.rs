@@ -10,6 +10,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use client_input::token::{TokenKeys, Verified};
 use futures::future::{BoxFuture, FutureExt};
 use http::HeaderValue;
 use ipnet::IpNet;
@@ -19,10 +20,7 @@ use tonic::{Request, Status, body::Body};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::{
-    error::Error,
-    token::{TokenError, TokenKeys, Verified},
-};
+use crate::error::Error;
 
 /// The caller's verified token, or `None` for an anonymous call.
 #[derive(Debug, Clone, Copy)]
@@ -147,11 +145,13 @@ where
 /// The paths of the services whose calls act for a user.
 const CHAT_SERVICES: &str = "/chat.v1.";
 
-fn token_error(error: TokenError) -> Error {
+fn token_error(error: client_input::Error) -> Error {
     match error {
-        TokenError::Missing => Error::Unauthenticated("missing token"),
-        TokenError::Expired => Error::Unauthenticated("token expired"),
-        TokenError::Invalid => Error::Unauthenticated("invalid token"),
+        client_input::Error::MissingToken => Error::Unauthenticated("missing token"),
+        client_input::Error::ExpiredToken => Error::Unauthenticated("token expired"),
+        client_input::Error::InvalidToken | client_input::Error::Malformed(_) => {
+            Error::Unauthenticated("invalid token")
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 //! - [`domain`]: the input types, parsed and validated at the edge.
 //! - [`auth`]: who the caller is, from the bearer token in the metadata.
 //! - [`limits`]: rate limits shared by every replica (through Redis).
-//! - [`token`], [`password`]: access tokens and password hashes.
+//! - [`password`]: password hashes (access tokens are `client_input::token`).
 //! - [`cache`]: Redis in front of the hot reads; never the source of truth.
 //! - [`membership`]: membership lookups in PostgreSQL, one query for the
 //!   concurrent checks of a room.
@@ -45,7 +45,6 @@ pub mod password;
 pub mod rooms;
 pub mod send_keys;
 pub mod shed;
-pub mod token;
 pub mod users;
 
 pub use app::Application;

@@ -22,16 +22,13 @@ use chrono::Utc;
 use futures::Stream;
 use metrics::Counter;
 use service_kit::{
-    feeds::{Feed, Hub, Removal},
+    feeds::{Feed, Hub, Reconnects, Removal},
     live::{self, Cursor},
     metrics::{DELIVERIES, GRPC, MESSAGES_RECEIVED},
     presence::{Here, Presence},
 };
 use tokio::{
-    sync::{
-        broadcast::{Receiver, error::RecvError},
-        watch,
-    },
+    sync::broadcast::{Receiver, error::RecvError},
     time::Sleep,
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -75,7 +72,7 @@ pub struct Messages {
     feeds: Arc<Feeds>,
     user_feeds: Arc<UserFeeds>,
     live: Live,
-    nats_reconnects: watch::Receiver<u64>,
+    nats_reconnects: Reconnects,
     /// Per user, shared by every replica: every write to a room's log but
     /// reactions (sends, edits, deletions) counts.
     send_limit: RateLimit,
@@ -112,8 +109,8 @@ pub struct MessageParts {
     pub feeds: Arc<Feeds>,
     pub user_feeds: Arc<UserFeeds>,
     pub live: Live,
-    /// Changes each time the NATS connection comes back.
-    pub nats_reconnects: watch::Receiver<u64>,
+    /// The NATS connection coming back.
+    pub nats_reconnects: Reconnects,
 }
 
 impl Messages {
@@ -192,7 +189,7 @@ struct Subscription {
     /// comes back, which may have dropped events meanwhile (it is at most
     /// once), the stream replays history from here.
     last_id: i64,
-    nats_reconnects: watch::Receiver<u64>,
+    nats_reconnects: Reconnects,
     shutdown: CancellationToken,
     /// Made once: a fresh `cancelled()` per event would register with the
     /// token (one lock shared by every stream) each time.
@@ -286,10 +283,8 @@ impl Subscription {
                         self.live_page.extend(shown);
                         continue;
                     }
-                    Ok(()) = self.nats_reconnects.changed() => {
-                        self.replay_from_newest();
-                        continue;
-                    }
+                    // The loop's turn asks whether it came back.
+                    () = self.nats_reconnects.announced() => continue,
                     () = &mut self.expiry => {
                         return Err(Status::unauthenticated("token expired; subscribe again with a new token and after_id"));
                     }
@@ -313,7 +308,7 @@ impl Subscription {
     /// Whether NATS came back since this was last asked; if so, the replay
     /// begins.
     fn reconnected(&mut self) -> bool {
-        let came_back = service_kit::feeds::came_back(&mut self.nats_reconnects);
+        let came_back = self.nats_reconnects.came_back();
         if came_back {
             self.replay_from_newest();
         }
@@ -444,11 +439,7 @@ impl MessageService for Messages {
             replay_page: VecDeque::new(),
             replayed: HashSet::new(),
             last_id: after_id.unwrap_or(0),
-            nats_reconnects: {
-                let mut reconnects = self.nats_reconnects.clone();
-                reconnects.mark_unchanged();
-                reconnects
-            },
+            nats_reconnects: self.nats_reconnects.from_now(),
             shutdown: self.shutdown.clone(),
             shutting_down: Box::pin(self.shutdown.clone().cancelled_owned()),
             expiry: Box::pin(tokio::time::sleep(until(session.expires_at))),

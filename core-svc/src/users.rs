@@ -7,6 +7,7 @@ use chat_proto::v1::{
     RegisterResponse, user_service_server::UserService,
 };
 use chrono::{DateTime, Utc};
+use client_input::token::TokenKeys;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use service_kit::db;
@@ -22,7 +23,6 @@ use crate::{
     limits::{RateLimit, WriteLimits},
     metrics::{LOGIN_FAILURES, RATE_LIMITED},
     password::Hasher,
-    token::TokenKeys,
 };
 
 const WRONG_CREDENTIALS: &str = "wrong email or password";

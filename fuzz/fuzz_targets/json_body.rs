@@ -4,7 +4,7 @@
 //! field whatever the case of its name.
 #![no_main]
 
-use gateway::extract::parse_case_insensitive;
+use client_input::json::parse_case_insensitive;
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::Value;

@@ -4,12 +4,12 @@
 //! ids get through.
 #![no_main]
 
-use gateway::routes::positive_id;
+use client_input::path::positive_id;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let raw = String::from_utf8_lossy(data).into_owned();
-    if let Ok(id) = positive_id(Some(raw.clone()), "room") {
+    let raw = String::from_utf8_lossy(data);
+    if let Ok(id) = positive_id(Some(&raw), "room") {
         assert!(id > 0, "{raw:?} gave {id}");
     }
 });

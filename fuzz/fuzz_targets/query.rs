@@ -1,20 +1,17 @@
-//! A query string as the history and search endpoints read it: axum's
-//! `Query` of a request URI, then the gateway's case-insensitive
-//! `QueryParams` with its `LastID` and `Limit` rules. Never a panic; what
-//! passes is within the contract's bounds.
+//! A query string as the history and search endpoints read it
+//! (`QueryParams`: percent-decoded, names case-insensitive, with the
+//! `LastID` and `Limit` rules). Never a panic; what passes is within the
+//! contract's bounds.
 #![no_main]
 
-use std::collections::HashMap;
-
-use axum::{extract::Query, http::Uri};
-use gateway::routes::QueryParams;
+use client_input::query::QueryParams;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    // The router hands over the query as text (a URI is ASCII); any UTF-8
+    // is tried here.
     let Ok(query) = std::str::from_utf8(data) else { return };
-    let Ok(uri) = format!("/search?{query}").parse::<Uri>() else { return };
-    let Ok(parsed) = Query::<HashMap<String, String>>::try_from_uri(&uri) else { return };
-    let params = QueryParams::new(parsed);
+    let params = QueryParams::parse(query);
     if let Ok(Some(last_id)) = params.number(&["lastid", "last_id"], "LastID") {
         assert!(last_id >= 0);
     }

@@ -3,7 +3,7 @@
 //! accepts keeps the contract's `Ref` bound.
 #![no_main]
 
-use gateway::ws::frames::{ClientFrame, MAX_REF};
+use client_input::frame::{ClientFrame, MAX_REF};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -59,6 +59,7 @@ impl Application {
             .connect(service_kit::settings::nats_servers(&config.nats_url))
             .await
             .context("NATS_URL")?;
+        let nats_reconnects = service_kit::feeds::Reconnects::new(nats.statistics(), nats_reconnects);
         let connected = async {
             while nats.connection_state() != async_nats::connection::State::Connected {
                 tokio::time::sleep(Duration::from_millis(20)).await;

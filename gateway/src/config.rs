@@ -32,6 +32,13 @@ pub struct Config {
     #[arg(long, env = "CORE_PROBE_INTERVAL_MS", default_value_t = 1000)]
     pub core_probe_interval_ms: u64,
 
+    /// How many checks in a row must fail or time out before a replica
+    /// stops taking calls (NOT_SERVING, or a call that cannot connect,
+    /// takes it out at once); a replica that is only slow is never taken
+    /// out when it is the last one taking calls.
+    #[arg(long, env = "CORE_EJECT_AFTER_PROBES", default_value_t = 3)]
+    pub core_eject_after_probes: u32,
+
     /// The deadline of every call to core-svc (sent as grpc-timeout).
     #[arg(long, env = "CORE_DEADLINE_MS", default_value_t = 10_000)]
     pub core_deadline_ms: u64,
@@ -102,6 +109,7 @@ impl Config {
         }
         problems.in_range("CORE_RESOLVE_INTERVAL_MS", self.core_resolve_interval_ms, 100..=3_600_000);
         problems.in_range("CORE_PROBE_INTERVAL_MS", self.core_probe_interval_ms, 100..=60_000);
+        problems.in_range("CORE_EJECT_AFTER_PROBES", self.core_eject_after_probes, 1..=100);
         problems.in_range("CORE_DEADLINE_MS", self.core_deadline_ms, 10..=3_600_000);
         problems.in_range("CORE_MAX_IN_FLIGHT", self.core_max_in_flight, 1..=1_000_000);
         problems.in_range("CORE_MAX_IN_FLIGHT_PER_REPLICA", self.core_max_in_flight_per_replica, 1..=1_000_000);
@@ -122,6 +130,7 @@ impl Config {
             timing: mesh::Timing {
                 resolve_every: Duration::from_millis(self.core_resolve_interval_ms),
                 probe_every: Duration::from_millis(self.core_probe_interval_ms),
+                eject_after: self.core_eject_after_probes,
             },
             deadline: Duration::from_millis(self.core_deadline_ms),
             max_in_flight: self.core_max_in_flight,
@@ -164,6 +173,10 @@ mod tests {
             .unwrap();
         assert_refused(Config { core_retry_percent: 101, ..defaults() }.validate(), "CORE_RETRY_PERCENT");
         assert_refused(Config { core_max_in_flight: 0, ..defaults() }.validate(), "CORE_MAX_IN_FLIGHT");
+        assert_refused(
+            Config { core_eject_after_probes: 0, ..defaults() }.validate(),
+            "CORE_EJECT_AFTER_PROBES must be 1 to 100, not 0",
+        );
         Config { nats_url: "nats://127.0.0.1:4222, nats://127.0.0.1:4223".into(), ..defaults() }.validate().unwrap();
         for bad in ["", "http://nats:4222", "nats://a:4222,", "nats://a:4222,http://b:4222"] {
             assert_refused(Config { nats_url: bad.into(), ..defaults() }.validate(), "NATS_URL");

@@ -37,6 +37,19 @@ impl ApiError {
     }
 }
 
+/// A client's input refused before any call: 400, or 401 for its token.
+impl From<client_input::Error> for ApiError {
+    fn from(error: client_input::Error) -> Self {
+        let status = match error {
+            client_input::Error::Malformed(_) => StatusCode::BAD_REQUEST,
+            client_input::Error::MissingToken
+            | client_input::Error::ExpiredToken
+            | client_input::Error::InvalidToken => StatusCode::UNAUTHORIZED,
+        };
+        Self::new(status, error.to_string())
+    }
+}
+
 /// core-svc's answer, in HTTP terms. Client errors keep core-svc's message;
 /// server errors never carry details.
 impl From<tonic::Status> for ApiError {

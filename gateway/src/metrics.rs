@@ -46,6 +46,7 @@ pub fn init() {
     metrics::counter!(CORE_CALLS_SHED).increment(0);
     metrics::counter!(CORE_RETRIES).increment(0);
     metrics::counter!(CORE_RETRIES_REFUSED).increment(0);
+    metrics::counter!(service_kit::metrics::PRESENCE_LIST_READS).increment(0);
     for reason in crate::ws::connection::CLOSE_REASONS {
         metrics::counter!(WS_CLOSED_BY_SERVER, "reason" => reason).increment(0);
     }

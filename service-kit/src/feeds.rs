@@ -5,7 +5,8 @@
 //! that falls too far behind learns so from
 //! [`broadcast::error::RecvError::Lagged`]. Presence and typing go on the
 //! feed's [`Board`] instead, each member's latest for every listener to read
-//! when it can (presence held to one change per member per second first).
+//! when it can (presence held to one change per member per second first),
+//! and each presence change is remembered for a while ([`Recent`]).
 //!
 //! Each event received is one span, `receive <prefix>.room.{id}` (the
 //! subject's template: one name for every room), continuing the trace of
@@ -14,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex, Weak, atomic::Ordering},
     time::SystemTime,
 };
 
@@ -22,7 +23,7 @@ use chat_proto::events::v1::{Event, Presence, event::Kind};
 use futures::StreamExt;
 use prost::Message as _;
 use tokio::{
-    sync::broadcast,
+    sync::{broadcast, watch},
     task::AbortHandle,
     time::{Duration, Instant, sleep_until},
 };
@@ -30,17 +31,16 @@ use tokio::{
 use metrics::Gauge;
 
 use crate::{
-    live::{self, About, Board, Cursor, Throttle},
+    live::{self, About, Board, Cursor, Recent, Throttle},
     metrics::{BROADCAST_LATENCY, NATS_PUBLISH_ERRORS, NATS_RECONNECTS, ROOM_FEEDS},
     telemetry,
 };
 
-/// Options for a NATS connection that count its connects: the receiver
-/// changes each time the connection is made again, after which a feed
-/// refills from history what NATS (at most once) dropped meanwhile; every
-/// connect but the first is counted in `chat_nats_reconnects_total`.
-pub fn counting_connects() -> (async_nats::ConnectOptions, tokio::sync::watch::Receiver<u64>) {
-    let (connected, connects) = tokio::sync::watch::channel(0_u64);
+/// Options for a NATS connection that announce its connects: the receiver
+/// changes each time the connection is made again (see [`Reconnects`]);
+/// every connect but the first is counted in `chat_nats_reconnects_total`.
+pub fn counting_connects() -> (async_nats::ConnectOptions, watch::Receiver<u64>) {
+    let (connected, connects) = watch::channel(0_u64);
     let options = async_nats::ConnectOptions::new().event_callback(move |event| {
         if matches!(event, async_nats::Event::Connected) {
             connected.send_modify(|count| {
@@ -55,12 +55,52 @@ pub fn counting_connects() -> (async_nats::ConnectOptions, tokio::sync::watch::R
     (options, connects)
 }
 
-/// Whether the connection was made again since `connects` (from
-/// [`counting_connects`]) was last asked; marks it asked.
-pub fn came_back(connects: &mut tokio::sync::watch::Receiver<u64>) -> bool {
-    let changed = connects.has_changed().unwrap_or(false);
-    connects.mark_unchanged();
-    changed
+/// How a listener learns that the NATS connection was made again, after
+/// which its feed refills from history what NATS (at most once) dropped
+/// meanwhile. Asked as each frame is taken, it reads the client's own count
+/// of connects, which the client raises before it passes on any message of
+/// the new connection: a frame of the new connection is never taken before
+/// the reconnect is seen. (The connect event comes through a task of its
+/// own, maybe after the new connection's first messages: it only wakes a
+/// listener that has no frame to take.)
+#[derive(Clone)]
+pub struct Reconnects {
+    stats: Arc<async_nats::Statistics>,
+    seen: u64,
+    wake: watch::Receiver<u64>,
+}
+
+impl Reconnects {
+    /// A client's reconnects (its `statistics()`), with `wake` from the
+    /// options of [`counting_connects`] it was made with.
+    pub fn new(stats: Arc<async_nats::Statistics>, wake: watch::Receiver<u64>) -> Self {
+        let mut reconnects = Self { stats, seen: 0, wake };
+        reconnects.came_back();
+        reconnects
+    }
+
+    /// The reconnects from now on.
+    pub fn from_now(&self) -> Self {
+        let mut reconnects = self.clone();
+        reconnects.came_back();
+        reconnects
+    }
+
+    /// Whether the connection was made again since this was last asked;
+    /// marks it asked.
+    pub fn came_back(&mut self) -> bool {
+        self.wake.mark_unchanged();
+        let connects = self.stats.connects.load(Ordering::Relaxed);
+        std::mem::replace(&mut self.seen, connects) != connects
+    }
+
+    /// Resolves when a connect is announced (call [`Self::came_back`] then);
+    /// never if the client is gone.
+    pub async fn announced(&mut self) {
+        if self.wake.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The NATS subject of a room's live events.
@@ -160,6 +200,7 @@ pub struct Feed<E> {
     id: i64,
     sender: broadcast::Sender<E>,
     board: Arc<Board<E>>,
+    recent: Arc<Mutex<Recent>>,
     task: AbortHandle,
     feeds: Feeds<E>,
     open: Option<Gauge>,
@@ -174,6 +215,20 @@ impl<E: Clone> Feed<E> {
     /// listener of `uid`'s: never their own.
     pub fn live(&self, uid: i64) -> Cursor<E> {
         self.board.cursor(uid)
+    }
+
+    /// Whether an online list read at `at` can be brought up to date by
+    /// [`Feed::online_since`]: it was read after this feed began listening,
+    /// and not too long ago.
+    pub fn covers(&self, at: Instant) -> bool {
+        self.recent.lock().expect("lock poisoned").covers(at)
+    }
+
+    /// `online`, the room's members online as read at `at` (ascending),
+    /// with the presence changes this feed heard since applied; `None`
+    /// when it does not [cover](Feed::covers) `at`.
+    pub fn online_since(&self, at: Instant, online: &[i64]) -> Option<Vec<i64>> {
+        self.recent.lock().expect("lock poisoned").apply_since(at, online)
     }
 }
 
@@ -236,6 +291,7 @@ impl<E: Clone + Send + 'static> Hub<E> {
             return Ok(feed);
         }
         let subject = (self.subject)(&self.subject_prefix, id);
+        let recent = Arc::new(Mutex::new(Recent::new(Instant::now())));
         let mut subscriber = self.nats.subscribe(subject.clone()).await?;
         // The server has the subscription once it answers a ping after it.
         self.nats.flush().await?;
@@ -246,6 +302,7 @@ impl<E: Clone + Send + 'static> Hub<E> {
             listen: self.listen,
             to_listeners: sender.clone(),
             board: board.clone(),
+            recent: recent.clone(),
             throttle: Throttle::default(),
         };
         let (template, name) = (self.template.clone(), format!("receive {}", self.template));
@@ -307,7 +364,8 @@ impl<E: Clone + Send + 'static> Hub<E> {
         if let Some(open) = &self.open {
             open.increment(1.0);
         }
-        let feed = Arc::new(Feed { id, sender, board, task, feeds: self.feeds.clone(), open: self.open.clone() });
+        let feed =
+            Arc::new(Feed { id, sender, board, recent, task, feeds: self.feeds.clone(), open: self.open.clone() });
         feeds.insert(id, Arc::downgrade(&feed));
         Ok(feed)
     }
@@ -328,6 +386,7 @@ struct Fanout<E> {
     listen: Listen<E>,
     to_listeners: broadcast::Sender<E>,
     board: Arc<Board<E>>,
+    recent: Arc<Mutex<Recent>>,
     throttle: Throttle,
 }
 
@@ -337,7 +396,9 @@ impl<E: Clone> Fanout<E> {
     fn pass(&mut self, event: Event) -> Option<usize> {
         match &event.kind {
             Some(Kind::Presence(presence)) => {
-                if self.throttle.offer(event.uid, presence.online, Instant::now()) {
+                let now = Instant::now();
+                self.recent.lock().expect("lock poisoned").heard(event.uid, presence.online, now);
+                if self.throttle.offer(event.uid, presence.online, now) {
                     self.show(About::Presence(event.uid), event);
                 }
                 None
@@ -364,5 +425,29 @@ impl<E: Clone> Fanout<E> {
         if let Some(shown) = (self.listen)(event) {
             self.board.put(about, shown);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconnect_is_seen_from_the_clients_count_before_its_event_comes() {
+        let stats = Arc::new(async_nats::Statistics::default());
+        stats.connects.store(1, Ordering::Relaxed);
+        let (announce, wake) = watch::channel(1_u64);
+        let mut reconnects = Reconnects::new(stats.clone(), wake);
+        assert!(!reconnects.came_back(), "the first connect is no reconnect");
+        let mut later = reconnects.from_now();
+        // The client counts the new connection before it passes on its
+        // first message; the event has not come yet.
+        stats.connects.store(2, Ordering::Relaxed);
+        assert!(reconnects.came_back());
+        assert!(!reconnects.came_back(), "seen once");
+        announce.send_replace(2);
+        assert!(!reconnects.came_back(), "the late event is the same reconnect");
+        assert!(later.came_back(), "every listener sees it");
+        assert!(!later.from_now().came_back());
     }
 }

@@ -1,8 +1,9 @@
 //! Live-only events (presence, typing): `chat.events.v1.Event`s with id 0,
 //! published straight on a room's subject, never through the message log
 //! nor the recent-history cache; the [`Throttle`] that holds presence
-//! frames back to one per member per second; and the [`Board`] a room feed
-//! keeps them on for its listeners.
+//! frames back to one per member per second; the [`Board`] a room feed
+//! keeps them on for its listeners; and the [`Recent`] presence changes it
+//! heard, that bring an online list read a moment ago up to date.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -25,6 +26,10 @@ pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 pub const TYPING_NEWS: Duration = Duration::from_secs(3);
 /// The most entries a listener takes from a board at once.
 const TAKE: usize = 64;
+/// How long a feed remembers the presence changes it heard: longer than an
+/// online list is shared for plus the longest its read may take (see
+/// `presence::SHARED_FOR`).
+pub const RECENT: Duration = Duration::from_secs(10);
 
 /// A live-only event as of now; the caller sets the room, the user and the kind.
 pub fn event() -> Event {
@@ -127,6 +132,62 @@ impl Throttle {
     fn pass(&mut self, uid: i64, online: bool, now: Instant) {
         self.members.insert(uid, Passed { at: now, online, held: None });
         self.ends.push_back((now + PRESENCE_EVERY, uid));
+    }
+}
+
+/// The presence changes a room feed heard in the last [`RECENT`], as they
+/// came (before the [`Throttle`]): an enter takes the room's online list
+/// read up to a second ago, shared by every enter of that second, and
+/// applies what changed since it was read, rather than reading the whole
+/// list again for each of thousands of members entering at once.
+pub struct Recent {
+    /// Each change, when it was heard, oldest first.
+    changes: VecDeque<(Instant, i64, bool)>,
+    /// Nothing heard up to this instant is known any more: the feed was not
+    /// listening yet, or it was forgotten.
+    unknown_to: Instant,
+}
+
+impl Recent {
+    /// The changes of a feed that began listening after `unknown_to`.
+    pub fn new(unknown_to: Instant) -> Self {
+        Self { changes: VecDeque::new(), unknown_to }
+    }
+
+    /// `uid` came online (or went offline) `now`.
+    pub fn heard(&mut self, uid: i64, online: bool, now: Instant) {
+        self.changes.push_back((now, uid, online));
+        while let Some(&(at, ..)) = self.changes.front()
+            && at + RECENT < now
+        {
+            self.changes.pop_front();
+            self.unknown_to = at;
+        }
+    }
+
+    /// Whether every change heard after `at` is still known.
+    pub fn covers(&self, at: Instant) -> bool {
+        at > self.unknown_to
+    }
+
+    /// `online` (ascending) as it stands once the changes heard after `at`
+    /// are applied, in the order they came; `None` if some may have been
+    /// forgotten (see [`Recent::covers`]).
+    pub fn apply_since(&self, at: Instant, online: &[i64]) -> Option<Vec<i64>> {
+        if !self.covers(at) {
+            return None;
+        }
+        let first = self.changes.partition_point(|&(heard, ..)| heard < at);
+        let latest: HashMap<i64, bool> = self.changes.range(first..).map(|&(_, uid, online)| (uid, online)).collect();
+        let mut applied: Vec<i64> = online.iter().copied().filter(|uid| latest.get(uid) != Some(&false)).collect();
+        let came: Vec<i64> = latest
+            .into_iter()
+            .filter(|&(uid, online)| online && applied.binary_search(&uid).is_err())
+            .map(|(uid, _)| uid)
+            .collect();
+        applied.extend(came);
+        applied.sort_unstable();
+        Some(applied)
     }
 }
 
@@ -280,6 +341,39 @@ mod tests {
         }
         let entries = board.entries.lock().unwrap();
         assert_eq!((entries.latest.len(), entries.order.len()), (20, 20));
+    }
+
+    #[test]
+    fn an_online_list_read_earlier_is_brought_up_to_date_by_the_changes_heard_since() {
+        let start = Instant::now();
+        let mut recent = Recent::new(start);
+        let at = |ms| start + Duration::from_millis(ms);
+        recent.heard(3, true, at(10));
+        let read = at(20);
+        recent.heard(9, true, at(30));
+        recent.heard(1, false, at(40));
+        recent.heard(5, true, at(50));
+        recent.heard(5, false, at(60));
+        recent.heard(4, false, at(70));
+        recent.heard(4, true, at(80));
+        // Read after 3 came: the list has 3, and 4 who went and came back.
+        assert_eq!(recent.apply_since(read, &[1, 2, 3, 4]), Some(vec![2, 3, 4, 9]));
+        assert_eq!(recent.apply_since(at(100), &[1, 2]), Some(vec![1, 2]), "nothing heard since");
+        assert_eq!(recent.apply_since(start, &[]), None, "read before the feed listened");
+    }
+
+    #[test]
+    fn changes_older_than_recent_are_forgotten_and_a_list_read_before_them_is_not_brought_up_to_date() {
+        let start = Instant::now();
+        let mut recent = Recent::new(start);
+        let read = start + Duration::from_millis(5);
+        recent.heard(7, true, start + Duration::from_millis(10));
+        assert!(recent.covers(read));
+        recent.heard(8, true, start + RECENT + Duration::from_millis(20));
+        assert_eq!(recent.changes.len(), 1, "7's is forgotten");
+        assert_eq!(recent.apply_since(read, &[]), None, "it would lack 7");
+        let later = start + Duration::from_millis(15);
+        assert_eq!(recent.apply_since(later, &[7]), Some(vec![7, 8]));
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub const MESSAGES_RECEIVED: &str = "chat_messages_received_total";
 pub const NATS_RECONNECTS: &str = "chat_nats_reconnects_total";
 /// Live publications that failed.
 pub const NATS_PUBLISH_ERRORS: &str = "chat_nats_publish_errors_total";
+/// Reads of a room's whole online list from Redis for the sockets entering
+/// it (the gateway's; it starts it at zero).
+pub const PRESENCE_LIST_READS: &str = "chat_presence_list_reads_total";
 /// The archiver's records per stored batch: the one histogram of counts,
 /// not seconds (its buckets are set where the recorder is made, in `ops`).
 pub const ARCHIVER_BATCH_SIZE: &str = "chat_archiver_batch_size_messages";
@@ -39,6 +42,7 @@ pub fn describe(transport: Option<&'static str>) {
     metrics::describe_counter!(MESSAGES_RECEIVED, "Messages clients sent");
     metrics::describe_counter!(NATS_RECONNECTS, "Reconnections of the NATS client");
     metrics::describe_counter!(NATS_PUBLISH_ERRORS, "Live publications that failed");
+    metrics::describe_counter!(PRESENCE_LIST_READS, "Reads of a room's whole online list for the sockets entering it");
     metrics::describe_counter!(crate::export::SPANS_DROPPED, "Spans the export queue had no room for");
     metrics::counter!(crate::export::SPANS_DROPPED).increment(0);
     if let Some(transport) = transport {

@@ -89,7 +89,7 @@ pub struct Settings {
     pub database_max_connections: u32,
     pub database_acquire_timeout_ms: u64,
     /// How often the gateway probes core-svc, and how long a probe may take
-    /// before the replica is ejected.
+    /// before it counts as failed.
     pub core_probe_interval_ms: u64,
 }
 
@@ -205,6 +205,7 @@ pub fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) ->
         core_grpc_addr: format!("http://{core}"),
         core_resolve_interval_ms: 5000,
         core_probe_interval_ms: settings.core_probe_interval_ms,
+        core_eject_after_probes: 3,
         core_deadline_ms: 10_000,
         core_max_in_flight: 1024,
         core_max_in_flight_per_replica: 256,
@@ -368,15 +369,23 @@ pub async fn two_in_a_room() -> TwoInARoom {
 
 pub async fn two_in_a_room_with(settings: Settings) -> TwoInARoom {
     let app = TestApp::spawn_with(settings).await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let room = app.create_room(&alice, "General", false).await;
-    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
-    let mut a = Ws::connect(&app.base, &alice.token).await;
-    let mut b = Ws::connect(&app.base, &bob.token).await;
+    let (alice, bob, room, a, b) = alice_and_bob_in_a_room(&app, &app).await;
+    TwoInARoom { app, alice, bob, room, a, b }
+}
+
+/// Alice registered on gateway `on_a` creates a room, Bob registered on
+/// `on_b` (the same gateway or another) joins it, and each enters it on a
+/// WebSocket of their gateway: the users, the room and the two sockets.
+pub async fn alice_and_bob_in_a_room(on_a: &TestApp, on_b: &TestApp) -> (User, User, i64, Ws, Ws) {
+    let alice = on_a.register("alice").await;
+    let bob = on_b.register("bob").await;
+    let room = on_a.create_room(&alice, "General", false).await;
+    on_b.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut a = Ws::connect(&on_a.base, &alice.token).await;
+    let mut b = Ws::connect(&on_b.base, &bob.token).await;
     a.enter(room).await;
     b.enter(room).await;
-    TwoInARoom { app, alice, bob, room, a, b }
+    (alice, bob, room, a, b)
 }
 
 /// A registered, logged-in user.
@@ -479,6 +488,18 @@ impl TestApp {
         self.call(Method::GET, path, auth, None).await
     }
 
+    /// The value of one series of the gateway's `/metrics` (`name{labels}`),
+    /// 0 while it is not there. The metrics recorder is shared by every
+    /// gateway and core-svc of the test process.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, metrics) = self.get("/metrics", None).await;
+        let metrics = metrics.as_str().expect("plain text");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().expect("a number"))
+    }
+
     pub async fn put(&self, path: &str, auth: Option<&str>, body: Value) -> (StatusCode, Value) {
         self.call(Method::PUT, path, auth, Some(&body.to_string())).await
     }
@@ -543,7 +564,7 @@ impl TestApp {
         .fetch_all(&mut db)
         .await
         .expect("members added");
-        let keys = core_svc::token::TokenKeys::new(JWT_SECRET.as_bytes());
+        let keys = client_input::token::TokenKeys::new(JWT_SECRET.as_bytes());
         uids.into_iter().map(|uid| User { uid, token: keys.issue(uid, chrono::Duration::hours(1)).token }).collect()
     }
 

@@ -2,9 +2,10 @@
 //! (a list, or a DNS name with one address per replica, as a headless
 //! Service has), re-resolved every `resolve_every` and after a failure, each
 //! probed with `grpc.health.v1`. A replica joins the balancer once it answers
-//! SERVING and leaves it when a probe fails, answers NOT_SERVING, or a call
-//! to it cannot connect; left out, it is probed again after a backoff that
-//! doubles up to [`MAX_BACKOFF`].
+//! SERVING and leaves it when it answers NOT_SERVING, when a call to it
+//! cannot connect, or when several probes in a row fail or are slow (see
+//! [`leaves`]); left out, it is probed again after a backoff that doubles up
+//! to [`MAX_BACKOFF`].
 //!
 //! The changes come out as a `tower::discover` stream for the balancer.
 
@@ -67,6 +68,9 @@ pub struct Timing {
     /// Between probes of a replica in the balancer, and the first backoff
     /// of one out of it; also the longest a probe may take.
     pub probe_every: Duration,
+    /// How many probes in a row must fail or be slow before a replica in
+    /// the balancer leaves it.
+    pub eject_after: u32,
 }
 
 /// What the balancer sees: a replica's channel, keyed by its address.
@@ -85,6 +89,8 @@ struct Replica {
     scheme: String,
     channel: Channel,
     in_balancer: bool,
+    /// The probes in a row that failed or were slow while it was in the balancer.
+    failed_probes: u32,
     backoff: Duration,
     next_probe: Instant,
 }
@@ -160,6 +166,7 @@ async fn resolve(targets: &[Target], replicas: &mut HashMap<SocketAddr, Replica>
                         scheme: target.scheme.clone(),
                         channel: channel(&target.scheme, addr),
                         in_balancer: false,
+                        failed_probes: 0,
                         backoff: Duration::ZERO,
                         next_probe: Instant::now(),
                     });
@@ -200,12 +207,13 @@ async fn probe_due(replicas: &mut HashMap<SocketAddr, Replica>, changes: &Change
     let due: Vec<(SocketAddr, Channel)> =
         replicas.iter().filter(|(_, r)| r.next_probe <= now).map(|(addr, r)| (*addr, r.channel.clone())).collect();
     let answers = join_all(
-        due.into_iter().map(|(addr, channel)| async move { (addr, serving(channel, timing.probe_every).await) }),
+        due.into_iter().map(|(addr, channel)| async move { (addr, probe(channel, timing.probe_every).await) }),
     )
     .await;
-    for (addr, serving) in answers {
+    for (addr, probe) in answers {
+        let others_in_balancer = replicas.iter().filter(|(other, r)| **other != addr && r.in_balancer).count();
         let Some(replica) = replicas.get_mut(&addr) else { continue };
-        if serving {
+        if probe == Probe::Serving {
             if !replica.in_balancer {
                 tracing::info!(%addr, "core-svc replica in the balancer");
                 replica.in_balancer = true;
@@ -214,17 +222,61 @@ async fn probe_due(replicas: &mut HashMap<SocketAddr, Replica>, changes: &Change
                 replica.channel = channel(&replica.scheme, addr);
                 let _ = changes.send(Ok(Change::Insert(addr, replica.channel.clone()))).await;
             }
+            replica.failed_probes = 0;
             replica.backoff = Duration::ZERO;
             replica.next_probe = Instant::now() + timing.probe_every;
-        } else {
-            eject(addr, replica, changes, timing.probe_every).await;
+            continue;
         }
+        if !replica.in_balancer {
+            eject(addr, replica, changes, timing.probe_every).await;
+            continue;
+        }
+        replica.failed_probes += 1;
+        if leaves(probe, replica.failed_probes, timing.eject_after, others_in_balancer) {
+            tracing::warn!(%addr, ?probe, failed_probes = replica.failed_probes, "core-svc replica fails its probes");
+            eject(addr, replica, changes, timing.probe_every).await;
+        } else {
+            tracing::info!(%addr, ?probe, failed_probes = replica.failed_probes, "core-svc replica kept in the balancer");
+            replica.next_probe = Instant::now() + timing.probe_every;
+        }
+    }
+}
+
+/// What one health check of a replica found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Serving,
+    /// It answered, and says it cannot serve (a dependency down, its id
+    /// lease lost).
+    NotServing,
+    /// No answer: it could not connect, or the call broke.
+    Failed,
+    /// No answer within the probe's limit: stopped, or only busy.
+    Slow,
+}
+
+/// Whether a replica in the balancer leaves it after a probe that was not
+/// SERVING, the `in_a_row`th such probe. NOT_SERVING is the replica's own
+/// word and counts at once. A failed or slow probe counts once `eject_after`
+/// have come in a row: one slow answer under load (a probe waits behind the
+/// replica's calls) is no sign of a dead process, and ejecting on it turned
+/// a busy replica into every call failing at once. And slowness alone never
+/// takes the last replica out: with none in the balancer every call fails
+/// at once, where a slow replica still answers most of them by their
+/// deadline (one that is stopped holds each call until its deadline).
+fn leaves(probe: Probe, in_a_row: u32, eject_after: u32, others_in_balancer: usize) -> bool {
+    match probe {
+        Probe::Serving => false,
+        Probe::NotServing => true,
+        Probe::Failed => in_a_row >= eject_after,
+        Probe::Slow => in_a_row >= eject_after && others_in_balancer > 0,
     }
 }
 
 /// Takes a replica out of the balancer (if it is in) and sets its next probe
 /// after a backoff that doubles each time.
 async fn eject(addr: SocketAddr, replica: &mut Replica, changes: &ChangeTx, first_backoff: Duration) {
+    replica.failed_probes = 0;
     if replica.in_balancer {
         tracing::warn!(%addr, "core-svc replica ejected");
         replica.in_balancer = false;
@@ -234,14 +286,16 @@ async fn eject(addr: SocketAddr, replica: &mut Replica, changes: &ChangeTx, firs
     replica.next_probe = Instant::now() + replica.backoff;
 }
 
-/// Whether the replica answers SERVING within `limit`.
-async fn serving(channel: Channel, limit: Duration) -> bool {
+/// Asks the replica whether it is serving, waiting at most `limit`.
+async fn probe(channel: Channel, limit: Duration) -> Probe {
     let mut health = HealthClient::new(channel);
     let check = health.check(HealthCheckRequest { service: String::new() });
-    matches!(
-        tokio::time::timeout(limit, check).await,
-        Ok(Ok(answer)) if answer.get_ref().status() == ServingStatus::Serving
-    )
+    match tokio::time::timeout(limit, check).await {
+        Ok(Ok(answer)) if answer.get_ref().status() == ServingStatus::Serving => Probe::Serving,
+        Ok(Ok(_)) => Probe::NotServing,
+        Ok(Err(_)) => Probe::Failed,
+        Err(_) => Probe::Slow,
+    }
 }
 
 #[cfg(test)]
@@ -257,5 +311,20 @@ mod tests {
         for bad in ["", "a:1", "ftp://a:1", "http://", "http://a:1,,http://b:2"] {
             assert!(parse_targets(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_replica_leaves_after_several_bad_probes_in_a_row_and_slowness_never_empties_the_balancer() {
+        assert!(leaves(Probe::NotServing, 1, 3, 0), "NOT_SERVING is its own word: at once, even the last one");
+        for probe in [Probe::Failed, Probe::Slow] {
+            assert!(!leaves(probe, 1, 3, 2), "{probe:?}: one is not enough");
+            assert!(!leaves(probe, 2, 3, 2), "{probe:?}: nor two");
+            assert!(leaves(probe, 3, 3, 2), "{probe:?}: the third in a row");
+            assert!(leaves(probe, 1, 1, 2), "{probe:?}: at once when set to 1");
+        }
+        assert!(leaves(Probe::Failed, 3, 3, 0), "a replica that cannot be reached leaves, even the last");
+        assert!(!leaves(Probe::Slow, 3, 3, 0), "the last one is kept while it is only slow");
+        assert!(!leaves(Probe::Slow, 100, 3, 0), "however long");
+        assert!(!leaves(Probe::Serving, 5, 3, 2));
     }
 }

@@ -246,35 +246,33 @@ mod tests {
         }))
     }
 
-    #[tokio::test]
-    async fn an_answer_that_breaks_off_is_retried_and_the_retry_arrives_whole() {
+    /// Calls `path` through the retries and `whole_answer` over a replica
+    /// that dies once: the answer, and how many calls the replica took.
+    async fn through_a_replica_dying_once(path: &str) -> (Result<Response<Body>, BoxError>, usize) {
         let calls = Arc::new(AtomicUsize::new(0));
         let mesh = ServiceBuilder::new()
             .retry(Idempotent::new(20.0))
             .map_future(whole_answer)
             .map_request(into_body)
             .service(dying_once(calls.clone()));
-        let mut history = Request::new(Bytes::from_static(b"body"));
-        *history.uri_mut() = "/chat.v1.MessageService/History".parse().unwrap();
-        let answer = mesh.oneshot(history).await.expect("the retry's answer");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-        let whole = answer.into_body().collect().await.unwrap();
+        let answer = mesh.oneshot(request(path)).await;
+        (answer, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_breaks_off_is_retried_and_the_retry_arrives_whole() {
+        let (answer, calls) = through_a_replica_dying_once("/chat.v1.MessageService/History").await;
+        assert_eq!(calls, 2);
+        let whole = answer.expect("the retry's answer").into_body().collect().await.unwrap();
         assert_eq!(whole.trailers().unwrap()["grpc-status"], "0");
         assert_eq!(whole.to_bytes(), "answer");
     }
 
     #[tokio::test]
     async fn a_broken_answer_to_a_write_is_an_error_not_a_retry() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mesh = ServiceBuilder::new()
-            .retry(Idempotent::new(20.0))
-            .map_future(whole_answer)
-            .map_request(into_body)
-            .service(dying_once(calls.clone()));
-        let mut join = Request::new(Bytes::from_static(b"body"));
-        *join.uri_mut() = "/chat.v1.RoomService/JoinRoom".parse().unwrap();
-        let error = mesh.oneshot(join).await.expect_err("no retry");
+        let (answer, calls) = through_a_replica_dying_once("/chat.v1.RoomService/JoinRoom").await;
+        let error = answer.expect_err("no retry");
         assert!(error.downcast_ref::<Status>().is_none(), "a connection failure, UNAVAILABLE to the caller: {error}");
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(calls, 1);
     }
 }

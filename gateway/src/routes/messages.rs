@@ -2,23 +2,22 @@
 //! `PATCH` and `DELETE /messages/{roomID}/{messageID}`, `PUT
 //! /messages/{roomID}/{messageID}/reactions`.
 
-use std::collections::HashMap;
-
 use axum::{
     Json,
     body::Bytes,
-    extract::{Query, State},
+    extract::{RawQuery, State},
 };
 use chat_proto::v1::{DeleteRequest, EditRequest, HistoryRequest, ReactRequest};
+use client_input::{json::parse_case_insensitive, query::QueryParams};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, EntryPath, PathParam, QueryParams, fields, parse_entry_path, parse_path_id};
+use super::{AppState, EntryPath, PathParam, fields, parse_entry_path, parse_path_id};
 use crate::{
     core_client::CoreClient,
     error::{ApiError, ErrorBody},
-    extract::{JsonBody, Token, parse_case_insensitive},
+    extract::{JsonBody, Token},
     wire::MessageBody,
 };
 
@@ -52,11 +51,11 @@ async fn history(
     State(mut core): State<CoreClient>,
     token: Token,
     room_id: PathParam,
-    query: Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Json<Vec<MessageBody>>, ApiError> {
     let room_id = parse_path_id(room_id, "room")?;
-    let query = QueryParams::new(query);
+    let query = QueryParams::parse(query.as_deref().unwrap_or_default());
     let last_id = match query.number(&["lastid", "last_id"], "LastID")? {
         Some(last_id) => last_id,
         None if body.iter().all(u8::is_ascii_whitespace) => 0,

@@ -2,15 +2,16 @@
 //! carries its OpenAPI description, so `/openapi.json` is built from the
 //! same code that answers.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{FromRef, Path, Query, rejection::PathRejection},
+    extract::{FromRef, Path, rejection::PathRejection},
     http::StatusCode,
     response::IntoResponse,
     routing::get,
 };
+use client_input::path::positive_id;
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{ApiKey, ApiKeyValue, SecurityScheme},
@@ -118,58 +119,13 @@ type EntryPath = Result<Path<(String, String)>, PathRejection>;
 
 /// A positive id from the path; anything else is 400.
 fn parse_path_id(raw: PathParam, what: &str) -> Result<i64, ApiError> {
-    positive_id(raw.ok().map(|Path(raw)| raw), what)
+    Ok(positive_id(raw.as_ref().ok().map(|Path(raw)| raw.as_str()), what)?)
 }
 
 /// A room's id and one of its entries' from the path.
 fn parse_entry_path(raw: EntryPath) -> Result<(i64, i64), ApiError> {
-    let (room, entry) = raw.ok().map(|Path(ids)| ids).unzip();
+    let (room, entry) = raw.as_ref().ok().map(|Path((room, entry))| (room.as_str(), entry.as_str())).unzip();
     Ok((positive_id(room, "room")?, positive_id(entry, "message")?))
-}
-
-/// A positive id from a path segment (already percent-decoded); anything
-/// else is `invalid <what> id`. Public for the fuzz targets (`fuzz/`).
-pub fn positive_id(raw: Option<String>, what: &str) -> Result<i64, ApiError> {
-    raw.and_then(|raw| raw.parse::<i64>().ok())
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::bad_request(format!("invalid {what} id")))
-}
-
-/// A request's query parameters, their names matched case-insensitively
-/// as a body's fields are. Public for the fuzz targets (`fuzz/`).
-pub struct QueryParams(HashMap<String, String>);
-
-impl QueryParams {
-    pub fn new(Query(query): Query<HashMap<String, String>>) -> Self {
-        Self(query.into_iter().map(|(name, value)| (name.to_lowercase(), value)).collect())
-    }
-
-    /// The value of the first of `names` (lower case) that is present.
-    pub fn text(&self, names: &[&str]) -> Option<&str> {
-        names.iter().find_map(|name| self.0.get(*name)).map(String::as_str)
-    }
-
-    /// A number that is not negative; `invalid <what>` otherwise.
-    pub fn number(&self, names: &[&str], what: &str) -> Result<Option<i64>, ApiError> {
-        self.text(names)
-            .map(|value| {
-                value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| ApiError::bad_request(format!("invalid {what}")))
-            })
-            .transpose()
-    }
-
-    /// `Limit`, 1 to 100; 0 (core-svc's default, 100) when absent.
-    pub fn limit(&self) -> Result<u32, ApiError> {
-        match self.number(&["limit"], "Limit")? {
-            None => Ok(0),
-            Some(limit @ 1..=100) => Ok(limit as u32),
-            Some(_) => Err(ApiError::bad_request("Limit must be 1 to 100")),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,15 +1,14 @@
 //! Search: `GET /search`, full-text over the caller's rooms.
 
-use std::collections::HashMap;
-
 use axum::{
     Json,
-    extract::{Query, State},
+    extract::{RawQuery, State},
 };
 use chat_proto::v1::SearchRequest;
+use client_input::query::QueryParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, QueryParams};
+use super::AppState;
 use crate::{
     core_client::CoreClient,
     error::{ApiError, ErrorBody},
@@ -53,9 +52,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 async fn search(
     State(mut core): State<CoreClient>,
     token: Token,
-    query: Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<MessageBody>>, ApiError> {
-    let query = QueryParams::new(query);
+    let query = QueryParams::parse(query.as_deref().unwrap_or_default());
     let request = SearchRequest {
         query: query.text(&["q"]).unwrap_or_default().to_owned(),
         room_id: query.number(&["roomid", "room_id"], "RoomID")?.unwrap_or(0),

@@ -17,26 +17,24 @@ use chat_proto::{
         TypingRequest, TypingResponse,
     },
 };
+use client_input::frame::ClientFrame;
 use futures::{SinkExt, StreamExt};
 use service_kit::{
-    feeds::{Feed, Removal},
+    feeds::{Feed, Reconnects, Removal},
     live::Cursor,
     presence::Here,
 };
 use tokio::{
-    sync::{
-        broadcast::{Receiver, error::RecvError},
-        watch,
-    },
+    sync::broadcast::{Receiver, error::RecvError},
     time::{Instant, MissedTickBehavior, interval, timeout},
 };
-use tokio_stream::wrappers::{BroadcastStream, WatchStream, errors::BroadcastStreamRecvError};
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tonic::Code;
 use tracing::Instrument;
 
 use super::{
     MAX_FRAME, Sockets,
-    frames::{ClientFrame, Frame, ServerFrame},
+    frames::{Frame, ServerFrame},
 };
 use crate::{
     extract::Token,
@@ -82,18 +80,16 @@ pub struct Connection {
     /// The rooms the user was removed from while an enter was on its way:
     /// that enter, if into one of them, is undone once it succeeds.
     removed_meanwhile: Vec<i64>,
-    /// Yields each time the NATS connection comes back: wakes the socket
-    /// to begin its room's refill even if the room is quiet. A stream, so
-    /// that its wait stays registered across turns of the socket's loop
-    /// (every socket shares the one watch: a fresh `changed()` per frame
-    /// written would register with it, and unregister, each time).
-    nats_reconnects: WatchStream<u64>,
+    /// Wakes the socket when the NATS connection comes back, to begin its
+    /// room's refill even if the room is quiet.
+    nats_reconnects: Reconnects,
 }
 
 /// The user's feed of removals from rooms (on any gateway's or replica's
 /// doing), held while the socket lives.
 struct Removals {
-    /// A stream for the same reason as [`Connection::nats_reconnects`].
+    /// A stream, so that its wait stays registered across turns of the
+    /// socket's loop rather than made anew for every frame written.
     queue: BroadcastStream<Removal>,
     _feed: Arc<Feed<Removal>>,
 }
@@ -118,10 +114,10 @@ struct InRoom {
     /// writing), or the client's `LastID`: a refill after NATS comes back
     /// replays history from here.
     last_id: i64,
-    /// Changes each time the NATS connection comes back; looked at as each
-    /// frame is taken from the queue, so that the new connection's first
-    /// frame already goes through the refill's replay.
-    reconnects: watch::Receiver<u64>,
+    /// The NATS connection coming back: asked as each frame is taken from
+    /// the queue, so that the new connection's first frame already goes
+    /// through the refill's replay.
+    reconnects: Reconnects,
     /// NATS came back and the refill's replay has begun: its first page is
     /// read once nothing else is in flight.
     refill_due: bool,
@@ -221,14 +217,12 @@ struct Entered {
     online: Vec<i64>,
     replay: Option<(Replay, Vec<Message>)>,
     /// NATS's reconnections, from before the room's feed was subscribed.
-    reconnects: watch::Receiver<u64>,
+    reconnects: Reconnects,
 }
 
 impl Connection {
     pub fn new(uid: i64, token: Token, sockets: Sockets) -> Self {
-        let mut nats_reconnects = sockets.nats_reconnects.clone();
-        nats_reconnects.mark_unchanged();
-        let nats_reconnects = WatchStream::from_changes(nats_reconnects);
+        let nats_reconnects = sockets.nats_reconnects.from_now();
         Self {
             uid,
             token,
@@ -313,7 +307,7 @@ impl Connection {
                 frames = next_live(&mut self.live) => {
                     self.send_all(socket, frames.into_iter().map(|frame| WsMessage::Text(frame.json))).await?;
                 }
-                Some(_) = self.nats_reconnects.next() => {
+                () = self.nats_reconnects.announced() => {
                     if let Some(room) = self.room.as_mut() {
                         room.reconnected();
                     }
@@ -470,8 +464,7 @@ impl Connection {
         let (presence, uid) = (self.sockets.presence.clone(), self.uid);
         let users = self.removals.is_none().then(|| (self.sockets.users.clone(), self.uid));
         let first_page = last_id.map(|after| (after, self.page_after(room_id, after)));
-        let mut reconnects = self.sockets.nats_reconnects.clone();
-        reconnects.mark_unchanged();
+        let reconnects = self.sockets.nats_reconnects.from_now();
         async move {
             // Before membership is checked: a removal after the check is heard.
             let removals = match users {
@@ -493,16 +486,22 @@ impl Connection {
             let feed = subscribed(hub.feed(room_id), "a room").await?;
             let mut frames = feed.subscribe();
             let live = feed.live(uid);
-            // Counted before the others are read, so the list has this socket.
             let here = presence.arrive(room_id, uid);
-            let online = match timeout(CALL_TIMEOUT, presence.online(room_id)).await {
-                Ok(Ok(online)) => online,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, room_id, "presence unknown; the online frame lists this gateway's only");
-                    presence.online_here(room_id)
+            // The room's list as read for every enter of the last second,
+            // with what the feed heard since: one read of Redis per room
+            // and second however many enter, not one each. This gateway's
+            // own sockets count at once, this one too, even those whose
+            // news is still on its way through Redis and NATS.
+            let lately = timeout(CALL_TIMEOUT, presence.online_lately(room_id, |at| feed.covers(at))).await;
+            let online = match lately.ok().and_then(|lately| feed.online_since(lately.at, lately.online.as_deref()?)) {
+                Some(mut online) => {
+                    online.extend(presence.online_here(room_id));
+                    online.sort_unstable();
+                    online.dedup();
+                    online
                 }
-                Err(_) => {
-                    tracing::warn!(room_id, "presence timed out; the online frame lists this gateway's only");
+                None => {
+                    tracing::warn!(room_id, "presence unknown; the online frame lists this gateway's only");
                     presence.online_here(room_id)
                 }
             };
@@ -874,7 +873,7 @@ impl InRoom {
 
     /// Begins the refill if NATS came back since this was last asked.
     fn reconnected(&mut self) {
-        if service_kit::feeds::came_back(&mut self.reconnects) {
+        if self.reconnects.came_back() {
             self.begin_refill();
         }
     }

@@ -69,8 +69,8 @@ pub struct Sockets {
     pub presence: Presence,
     /// The turns of [`ENTERS_AT_ONCE`].
     pub enters: Arc<Semaphore>,
-    /// Changes each time this gateway's NATS connection comes back.
-    pub nats_reconnects: tokio::sync::watch::Receiver<u64>,
+    /// This gateway's NATS connection coming back.
+    pub nats_reconnects: service_kit::feeds::Reconnects,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub deliveries: Counter,

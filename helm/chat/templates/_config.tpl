@@ -68,6 +68,7 @@ TRUST_FORWARDED_FOR: {{ include "chat.trustForwardedFor" . | quote }}
 {{- with .Values.gateway.config }}
 CORE_RESOLVE_INTERVAL_MS: {{ int64 .coreResolveIntervalMs | quote }}
 CORE_PROBE_INTERVAL_MS: {{ int64 .coreProbeIntervalMs | quote }}
+CORE_EJECT_AFTER_PROBES: {{ int64 .coreEjectAfterProbes | quote }}
 CORE_DEADLINE_MS: {{ int64 .coreDeadlineMs | quote }}
 CORE_MAX_IN_FLIGHT: {{ int64 .coreMaxInFlight | quote }}
 CORE_MAX_IN_FLIGHT_PER_REPLICA: {{ int64 .coreMaxInFlightPerReplica | quote }}

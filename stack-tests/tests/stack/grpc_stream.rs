@@ -5,7 +5,7 @@ use std::time::Duration;
 use chat_proto::v1::{
     InviteRequest, Message, MessageKind, SubscribeRequest, message_service_client::MessageServiceClient,
 };
-use core_svc::token::TokenKeys;
+use client_input::token::TokenKeys;
 use stack_tests::{
     Grpc, JWT_SECRET, Settings, Shared, TestApp, User, assert_status, authed, spawn_archiver, spawn_core,
 };

@@ -1,7 +1,7 @@
 //! `chat.v1.UserService` over gRPC, as another service would call it.
 
 use chat_proto::v1::{ChangeNameRequest, GetProfileRequest, LoginRequest, RegisterRequest};
-use core_svc::token::TokenKeys;
+use client_input::token::TokenKeys;
 use stack_tests::{JWT_SECRET, Settings, TestApp, assert_status, authed, bearer};
 use tonic::{Code, Request};
 

@@ -2,7 +2,10 @@
 //! `enter`, `GET /room/{roomID}/online` and `ListOnline`, and a gateway
 //! that dies taking its members offline.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use chat_proto::v1::{ListOnlineRequest, MessageKind};
 use reqwest::StatusCode;
@@ -315,4 +318,54 @@ async fn while_redis_is_away_a_gateway_knows_its_own_sockets_and_renewals_catch_
     // her entry ran out, as a dead gateway's would.)
     assert_eq!(a.side().await, presence(room, bob.uid, true));
     a.expect_no_side(Duration::from_millis(1500)).await;
+}
+
+/// How many times the gateways of this process have read a room's whole
+/// online list from Redis (other tests' enters count too, a few each).
+async fn online_list_reads(app: &TestApp) -> f64 {
+    app.metric("chat_presence_list_reads_total").await
+}
+
+/// A big room coming online at once. Each enter used to read the room's
+/// whole online list from Redis: 5,000 members entering made 12.5 million
+/// reads, Redis fell behind, and enters were refused. Now the enters of one
+/// second share one read, each bringing it up to date with the changes its
+/// room feed heard since: every enter succeeds, the list is read a few
+/// times rather than once per enter, and every socket still learns of every
+/// member once, from its online frame or one presence frame after it.
+#[tokio::test]
+async fn members_entering_one_room_at_once_share_reads_of_its_online_list_and_each_learns_of_everyone_once() {
+    const MEMBERS: usize = 150;
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "Everyone", false).await;
+    let members = app.members(room, MEMBERS).await;
+    let everyone: BTreeSet<i64> = members.iter().map(|member| member.uid).collect();
+    let mut sockets = Vec::with_capacity(MEMBERS);
+    for member in &members {
+        sockets.push(Ws::connect(&app.base, &member.token).await);
+    }
+
+    let reads_before = online_list_reads(&app).await;
+    futures::future::join_all(sockets.iter_mut().map(|ws| ws.enter(room))).await;
+    let reads = online_list_reads(&app).await - reads_before;
+
+    let learnt = futures::future::join_all(sockets.iter_mut().zip(&members).map(async |(ws, me)| {
+        let online = ws.side().await;
+        assert_eq!((&online["Type"], &online["RoomID"]), (&json!("online"), &json!(room)), "{online}");
+        let mut known: BTreeSet<i64> = serde_json::from_value(online["Online"].clone()).expect("an array of uids");
+        assert!(known.contains(&me.uid), "the socket itself is listed");
+        let mut told = BTreeSet::new();
+        while known != everyone {
+            let frame = ws.side().await;
+            assert_eq!(frame["Online"], json!(true), "nobody left: {frame}");
+            let uid = frame["UID"].as_i64().expect("a uid");
+            assert!(told.insert(uid), "told twice that {uid} came");
+            known.insert(uid);
+        }
+        known.len()
+    }))
+    .await;
+    assert!(learnt.iter().all(|&known| known == MEMBERS));
+    assert!(reads < (MEMBERS / 5) as f64, "{reads} reads of the online list for {MEMBERS} enters");
 }

@@ -1,5 +1,5 @@
 use chrono::Duration;
-use core_svc::token::TokenKeys;
+use client_input::token::TokenKeys;
 use reqwest::StatusCode;
 use serde_json::json;
 

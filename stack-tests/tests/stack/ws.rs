@@ -3,13 +3,13 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use core_svc::token::TokenKeys;
+use client_input::token::TokenKeys;
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection};
 use stack_tests::{
-    JWT_SECRET, Pair, Settings, Shared, TestApp, TwoInARoom, User, Ws, spawn_archiver, spawn_core, spawn_gateway,
-    two_in_a_room,
+    JWT_SECRET, Pair, Settings, Shared, TestApp, TwoInARoom, User, Ws, alice_and_bob_in_a_room, spawn_archiver,
+    spawn_core, spawn_gateway, two_in_a_room,
 };
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -166,14 +166,7 @@ async fn resume_with_last_id_delivers_every_missed_message_once_then_live_ones()
 async fn clients_on_two_gateways_and_two_core_replicas_talk_and_ids_stay_unique() {
     let pair = Pair::spawn().await;
     let (app_a, app_b) = (&pair.a, &pair.b);
-    let alice = app_a.register("alice").await;
-    let bob = app_b.register("bob").await;
-    let room = app_a.create_room(&alice, "General", false).await;
-    app_b.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
-    let mut a = Ws::connect(&app_a.base, &alice.token).await;
-    let mut b = Ws::connect(&app_b.base, &bob.token).await;
-    a.enter(room).await;
-    b.enter(room).await;
+    let (alice, bob, _room, mut a, mut b) = alice_and_bob_in_a_room(app_a, app_b).await;
 
     let mut ids = HashSet::new();
     for i in 0..50 {
@@ -322,12 +315,7 @@ async fn a_client_that_stops_reading_is_disconnected_by_the_queue_limit() {
 /// How many sockets the gateways of this process have closed as too slow.
 /// (The metrics recorder is shared, and no other test's socket is too slow.)
 async fn closed_as_too_slow(app: &TestApp) -> f64 {
-    let (_, metrics) = app.get("/metrics", None).await;
-    let metrics = metrics.as_str().expect("plain text");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(r#"chat_ws_closed_by_server_total{reason="too_slow"} "#))
-        .map_or(0.0, |count| count.trim().parse().expect("a number"))
+    app.metric(r#"chat_ws_closed_by_server_total{reason="too_slow"}"#).await
 }
 
 #[tokio::test]

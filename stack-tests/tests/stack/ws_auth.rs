@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use core_svc::token::TokenKeys;
+use client_input::token::TokenKeys;
 use serde_json::json;
 use stack_tests::{JWT_SECRET, TestApp, Ws};
 
