@@ -73,6 +73,7 @@ impl Application {
         let lease = Duration::from_secs(config.presence_lease_secs);
         let presence = Presence::new(&config.redis_url, &config.redis_key_prefix, lease, live);
         let sockets = Sockets {
+            core: Arc::new(core.clone()),
             users: Arc::new(UserHub::users(
                 nats.clone(),
                 config.nats_subject_prefix.clone(),

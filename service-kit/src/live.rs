@@ -12,8 +12,10 @@ use std::{
 };
 
 use chat_proto::events::v1::Event;
+use futures::StreamExt;
 use prost::Message as _;
 use tokio::{sync::watch, time::Instant};
+use tokio_stream::wrappers::WatchStream;
 
 use crate::feeds::{self, room_subject, room_subject_template};
 
@@ -250,9 +252,9 @@ impl<E: Clone> Board<E> {
     /// A listener from now on, reading on behalf of `uid`: it never gets
     /// what is about `uid` themself.
     pub fn cursor(self: &Arc<Self>, uid: i64) -> Cursor<E> {
-        let mut newest = self.newest.subscribe();
-        let read_to = *newest.borrow_and_update();
-        Cursor { board: self.clone(), read_to, newest, uid }
+        let newest = self.newest.subscribe();
+        let read_to = *newest.borrow();
+        Cursor { board: self.clone(), read_to, newest: WatchStream::from_changes(newest), behind: false, uid }
     }
 }
 
@@ -260,7 +262,14 @@ impl<E: Clone> Board<E> {
 pub struct Cursor<E> {
     board: Arc<Board<E>>,
     read_to: u64,
-    newest: watch::Receiver<u64>,
+    /// Yields each time the board has something newer: one wait that
+    /// stays registered however often the listener's task polls it (a
+    /// socket's task polls it on every frame it writes), where a new
+    /// `changed()` each time would register anew with the board's watch.
+    newest: WatchStream<u64>,
+    /// Whether the board may hold entries past `read_to`: it said so, or a
+    /// take stopped at [`TAKE`]. The board's lock is taken only then.
+    behind: bool,
     uid: i64,
 }
 
@@ -269,13 +278,16 @@ impl<E: Clone> Cursor<E> {
     /// news), oldest first, waiting for something if nothing did.
     pub async fn next(&mut self) -> Vec<E> {
         loop {
-            let taken = self.take();
-            if !taken.is_empty() {
-                return taken;
+            if std::mem::take(&mut self.behind) {
+                let taken = self.take();
+                if !taken.is_empty() {
+                    return taken;
+                }
             }
-            if self.newest.changed().await.is_err() {
+            if self.newest.next().await.is_none() {
                 return std::future::pending().await;
             }
+            self.behind = true;
         }
     }
 
@@ -283,7 +295,9 @@ impl<E: Clone> Cursor<E> {
     pub fn take(&mut self) -> Vec<E> {
         let entries = self.board.entries.lock().expect("lock poisoned");
         let mut taken = Vec::new();
+        let mut read = 0;
         for (&seq, &about) in entries.order.range(self.read_to + 1..).take(TAKE) {
+            read += 1;
             self.read_to = seq;
             let (_, at, shown) = &entries.latest[&about];
             let stale = matches!(about, About::Typing(_)) && at.elapsed() > TYPING_NEWS;
@@ -291,6 +305,7 @@ impl<E: Clone> Cursor<E> {
                 taken.push(shown.clone());
             }
         }
+        self.behind = read == TAKE;
         taken
     }
 }

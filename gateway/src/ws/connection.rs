@@ -18,7 +18,7 @@ use chat_proto::{
     },
 };
 use client_input::frame::ClientFrame;
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use service_kit::{
     feeds::{Feed, Reconnects, Removal},
     live::Cursor,
@@ -28,6 +28,7 @@ use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     time::{Instant, MissedTickBehavior, interval, timeout},
 };
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tonic::Code;
 use tracing::Instrument;
 
@@ -36,7 +37,6 @@ use super::{
     frames::{Frame, ServerFrame},
 };
 use crate::{
-    core_client::CoreClient,
     extract::Token,
     metrics::{SEND_LATENCY, WS_CLOSED_BY_SERVER, WS_CONNECTIONS},
     routes::rfc3339,
@@ -70,7 +70,6 @@ pub struct Connection {
     /// Set when an `auth` frame replaced the token: the socket's deadline
     /// moves to the new one's.
     renewed: bool,
-    core: CoreClient,
     sockets: Sockets,
     /// Left with [`Connection::leave_room`], which ends `live` too.
     room: Option<InRoom>,
@@ -89,7 +88,9 @@ pub struct Connection {
 /// The user's feed of removals from rooms (on any gateway's or replica's
 /// doing), held while the socket lives.
 struct Removals {
-    queue: Receiver<Removal>,
+    /// A stream, so that its wait stays registered across turns of the
+    /// socket's loop rather than made anew for every frame written.
+    queue: BroadcastStream<Removal>,
     _feed: Arc<Feed<Removal>>,
 }
 
@@ -220,13 +221,12 @@ struct Entered {
 }
 
 impl Connection {
-    pub fn new(uid: i64, token: Token, core: CoreClient, sockets: Sockets) -> Self {
+    pub fn new(uid: i64, token: Token, sockets: Sockets) -> Self {
         let nats_reconnects = sockets.nats_reconnects.from_now();
         Self {
             uid,
             token,
             renewed: false,
-            core,
             sockets,
             room: None,
             live: None,
@@ -270,6 +270,9 @@ impl Connection {
             if in_flight.is_none() && self.room.as_mut().is_some_and(|room| std::mem::take(&mut room.refill_due)) {
                 in_flight = self.refill();
             }
+            // What answers a client frame, a call's end, a removal or
+            // shutdown is boxed: their futures are far larger than the
+            // waiting, and would otherwise size every socket's task.
             tokio::select! {
                 incoming = socket.recv(), if in_flight.is_none() => {
                     last_heard = Instant::now();
@@ -280,7 +283,7 @@ impl Connection {
                         Some(Err(error)) if too_big(&error) => {
                             return Err(End::Close(TOO_BIG));
                         }
-                        Some(Ok(WsMessage::Text(text))) => in_flight = self.on_text(socket, &text).await?,
+                        Some(Ok(WsMessage::Text(text))) => in_flight = Box::pin(self.on_text(socket, &text)).await?,
                         Some(Ok(WsMessage::Binary(_))) => self.error(socket, "invalid operation", None).await?,
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                         Some(Ok(WsMessage::Close(_))) | None => return Ok(()),
@@ -291,7 +294,7 @@ impl Connection {
                     let reference = in_flight.take().expect("guarded").reference;
                     // The client was not read meanwhile: its silence counts from now.
                     last_heard = Instant::now();
-                    in_flight = self.on_done(socket, done, reference).await?;
+                    in_flight = Box::pin(self.on_done(socket, done, reference)).await?;
                     if std::mem::take(&mut self.renewed) {
                         lifetime = self.token.lifetime();
                         expiry.as_mut().reset(Instant::now() + lifetime.unwrap_or_default());
@@ -310,10 +313,10 @@ impl Connection {
                     }
                 }
                 removal = next_removal(&mut self.removals) => match removal {
-                    Ok(removal) => self.on_removal(socket, removal, in_flight.is_some()).await?,
+                    Some(Ok(removal)) => Box::pin(self.on_removal(socket, removal, in_flight.is_some())).await?,
                     // Only removals were lost; rare enough to pass over.
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => self.removals = None,
+                    Some(Err(BroadcastStreamRecvError::Lagged(_))) => {}
+                    None => self.removals = None,
                 },
                 _ = ping.tick() => {
                     if in_flight.is_none() && last_heard.elapsed() > SILENCE_LIMIT {
@@ -324,15 +327,19 @@ impl Connection {
                 () = &mut expiry, if lifetime.is_some() => {
                     return Err(End::Close(EXPIRED));
                 }
-                () = &mut shutdown => {
-                    if let Some(InFlight { step, reference, finish_at_shutdown: true }) = in_flight.take() {
-                        self.on_done(socket, step.await, reference).await?;
-                    }
-                    self.flush(socket).await?;
-                    return Err(End::Close(SHUTDOWN));
-                }
+                () = &mut shutdown => return Box::pin(self.shut_down(socket, in_flight)).await,
             }
         }
+    }
+
+    /// At shutdown: finishes a send in flight, writes what was queued, and
+    /// closes.
+    async fn shut_down(&mut self, socket: &mut WebSocket, in_flight: Option<InFlight>) -> Step {
+        if let Some(InFlight { step, reference, finish_at_shutdown: true }) = in_flight {
+            self.on_done(socket, step.await, reference).await?;
+        }
+        self.flush(socket).await?;
+        Err(End::Close(SHUTDOWN))
     }
 
     /// Writes what the room had already queued for this socket.
@@ -450,7 +457,7 @@ impl Connection {
         room_id: i64,
         last_id: Option<i64>,
     ) -> impl Future<Output = Result<Entered, &'static str>> + Send + use<> {
-        let mut rooms = self.core.rooms.clone();
+        let mut rooms = self.sockets.core.rooms.clone();
         let membership = self.token.request(CheckMembershipRequest { room_id });
         let enters = self.sockets.enters.clone();
         let hub = self.sockets.hub.clone();
@@ -464,7 +471,7 @@ impl Connection {
                 Some((users, uid)) => Some(
                     subscribed(users.feed(uid), "a user")
                         .await
-                        .map(|feed| Removals { queue: feed.subscribe(), _feed: feed })?,
+                        .map(|feed| Removals { queue: BroadcastStream::new(feed.subscribe()), _feed: feed })?,
                 ),
                 None => None,
             };
@@ -630,7 +637,7 @@ impl Connection {
         room_id: i64,
         after: i64,
     ) -> impl Future<Output = Result<Vec<Message>, &'static str>> + Send + use<> {
-        let mut messages = self.core.messages.clone();
+        let mut messages = self.sockets.core.messages.clone();
         let request =
             self.token.request(HistoryRequest { room_id, last_id: 0, limit: REPLAY_PAGE, after_id: Some(after) });
         async move { call(messages.history(request)).await.map(|page| page.messages) }
@@ -648,7 +655,7 @@ impl Connection {
         // core-svc alone judges the text (empty, too long, control
         // characters), the reply and the key: one set of rules, answered
         // with a reason each.
-        let mut messages = self.core.messages.clone();
+        let mut messages = self.sockets.core.messages.clone();
         let request = self.token.request(SendRequest {
             room_id,
             text: frame.text.clone().unwrap_or_default(),
@@ -681,7 +688,7 @@ impl Connection {
         let Some(message_id) = message_id.filter(|id| *id > 0) else {
             return self.error(socket, "no such message", reference).await.map(|()| None);
         };
-        let mut rooms = self.core.rooms.clone();
+        let mut rooms = self.sockets.core.rooms.clone();
         let request = self.token.request(MarkReadRequest { room_id, message_id });
         let step = Box::pin(async move { Done::Read(call(rooms.mark_read(request)).await.map(drop)) });
         Ok(Some(InFlight { step, reference: reference.map(str::to_owned), finish_at_shutdown: false }))
@@ -721,7 +728,7 @@ impl Connection {
         let Some(room_id) = self.room.as_ref().map(|room| room.id) else {
             return self.error(socket, "not in room", reference).await.map(|()| None);
         };
-        let mut messages = self.core.messages.clone();
+        let mut messages = self.sockets.core.messages.clone();
         let request = self.token.request(TypingRequest { room_id });
         let span = tracing::info_span!(parent: None, "typing", otel.kind = "server", user.id = self.uid, chat.room.id = room_id);
         let typed = async move { Done::Typed(messages.typing(request).await.map(|typed| typed.into_inner())) };
@@ -741,7 +748,7 @@ impl Connection {
         let Some(token) = token else {
             return self.error(socket, "invalid token", reference).await.map(|()| None);
         };
-        let mut users = self.core.users.clone();
+        let mut users = self.sockets.core.users.clone();
         let request = token.request(GetProfileRequest { uid: 0 });
         let uid = self.uid;
         let authed = async move {
@@ -996,9 +1003,9 @@ async fn subscribed<E>(
     }
 }
 
-async fn next_removal(removals: &mut Option<Removals>) -> Result<Removal, RecvError> {
+async fn next_removal(removals: &mut Option<Removals>) -> Option<Result<Removal, BroadcastStreamRecvError>> {
     match removals {
-        Some(removals) => removals.queue.recv().await,
+        Some(removals) => removals.queue.next().await,
         None => std::future::pending().await,
     }
 }

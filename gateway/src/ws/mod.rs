@@ -61,6 +61,9 @@ pub const ENTERS_AT_ONCE: usize = 256;
 /// it, and the counters of every frame (made once, not looked up per frame).
 #[derive(Clone)]
 pub struct Sockets {
+    /// The clients of core-svc, one set for every socket: a set per socket
+    /// would hold its own boxed copy of the mesh's layers for each client.
+    pub core: Arc<CoreClient>,
     pub hub: Arc<Hub>,
     pub users: Arc<UserHub>,
     pub presence: Presence,
@@ -95,7 +98,5 @@ pub async fn upgrade(
         .max_frame_size(READ_LIMIT)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            tracker.track_future(connection::Connection::new(uid, token, core, sockets).run(socket))
-        }))
+        .on_upgrade(move |socket| tracker.track_future(connection::Connection::new(uid, token, sockets).run(socket))))
 }
