@@ -61,6 +61,7 @@ SCHEME = {
         "chat_archiver_lag_seconds": "gauge",
         "chat_archiver_batch_size_messages": "histogram",
         "chat_archiver_batch_duration_seconds": "histogram",
+        "chat_archiver_store_delay_seconds": "histogram",
         "chat_archiver_records_read_total": "counter",
         "chat_archiver_messages_inserted_total": "counter",
         "chat_archiver_dead_letters_total": "counter",

@@ -56,8 +56,8 @@ struct Batch {
     /// `process <topic>`, linked to the trace of every message in the batch
     /// (OpenTelemetry's messaging conventions: no one message is its parent).
     span: tracing::Span,
-    /// The log time of its newest record, in ms since the epoch.
-    newest_ms: i64,
+    /// Each record's log time, in ms since the epoch.
+    logged_ms: Vec<i64>,
 }
 
 impl Archiver {
@@ -186,7 +186,8 @@ impl Archiver {
             messaging.consumer.group.name = self.group,
             messaging.batch.message_count = Empty,
         );
-        let mut batch = Batch { records: Vec::new(), next_offsets: TopicPartitionList::new(), span, newest_ms: 0 };
+        let mut batch =
+            Batch { records: Vec::new(), next_offsets: TopicPartitionList::new(), span, logged_ms: Vec::new() };
         let deadline = Instant::now() + self.batch_wait;
         batch.add(&first)?;
         while batch.len() < self.batch_size {
@@ -216,7 +217,7 @@ impl Archiver {
                     self.postgres_up.set(1.0);
                     metrics::histogram!(BATCH_SIZE).record(batch.len() as f64);
                     metrics::histogram!(BATCH_DURATION).record(started.elapsed().as_secs_f64());
-                    self.consumer.context().stored(batch.newest_ms);
+                    self.consumer.context().stored(&batch.logged_ms);
                     tracing::debug!(
                         read = batch.len(),
                         inserted = done.inserted,
@@ -302,7 +303,7 @@ impl Batch {
     fn add(&mut self, record: &impl rdkafka::Message) -> anyhow::Result<()> {
         let trace = telemetry::fields_from(|field| std::str::from_utf8(header(record, field)?).ok());
         telemetry::link(&self.span, &trace);
-        self.newest_ms = self.newest_ms.max(record.timestamp().to_millis().unwrap_or(0));
+        self.logged_ms.push(record.timestamp().to_millis().unwrap_or(0));
         let withdrawn =
             header(record, message_log::WITHDRAWN).and_then(|id| std::str::from_utf8(id).ok()?.parse().ok());
         let carried = match (withdrawn, record.payload()) {

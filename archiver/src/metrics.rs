@@ -20,6 +20,8 @@ pub const LAG_MESSAGES: &str = "chat_archiver_lag_messages";
 pub const LAG_SECONDS: &str = "chat_archiver_lag_seconds";
 /// Seconds to store a batch, retries included.
 pub const BATCH_DURATION: &str = "chat_archiver_batch_duration_seconds";
+/// Seconds from each record's logging to its batch being stored.
+pub const STORE_DELAY: &str = "chat_archiver_store_delay_seconds";
 pub const RECORDS_READ: &str = "chat_archiver_records_read_total";
 pub const MESSAGES_INSERTED: &str = "chat_archiver_messages_inserted_total";
 pub const DEAD_LETTERS: &str = "chat_archiver_dead_letters_total";
@@ -35,6 +37,7 @@ pub fn init() {
     metrics::describe_gauge!(LAG_SECONDS, "Seconds since the newest record stored was logged; 0 when caught up");
     metrics::describe_histogram!(BATCH_SIZE, "Records per stored batch");
     metrics::describe_histogram!(BATCH_DURATION, "Seconds to store a batch");
+    metrics::describe_histogram!(STORE_DELAY, "Seconds from a record's logging to its storing, per record");
     metrics::describe_counter!(RECORDS_READ, "Records read from the message log");
     metrics::describe_counter!(MESSAGES_INSERTED, "Messages inserted into history");
     metrics::describe_counter!(DEAD_LETTERS, "Records set aside as dead letters");
@@ -62,9 +65,16 @@ impl Lag {
         Self { topic: topic.to_owned(), newest_stored_ms: AtomicI64::new(0), reported: Mutex::default() }
     }
 
-    /// A batch whose newest record was logged at `ms` is stored.
-    pub fn stored(&self, ms: i64) {
-        self.newest_stored_ms.fetch_max(ms, Ordering::Relaxed);
+    /// A batch whose records were logged at `logged_ms` is stored.
+    pub fn stored(&self, logged_ms: &[i64]) {
+        let now = now_ms();
+        let delay = metrics::histogram!(STORE_DELAY);
+        for ms in logged_ms {
+            delay.record((now - ms).max(0) as f64 / 1000.0);
+        }
+        if let Some(newest) = logged_ms.iter().max() {
+            self.newest_stored_ms.fetch_max(*newest, Ordering::Relaxed);
+        }
     }
 }
 
@@ -86,13 +96,17 @@ impl ClientContext for Lag {
         }
         *reported = now_reported;
         let newest = self.newest_stored_ms.load(Ordering::Relaxed);
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |now| now.as_millis() as i64);
         if behind == 0 {
             metrics::gauge!(LAG_SECONDS).set(0.0);
         } else if newest > 0 {
-            metrics::gauge!(LAG_SECONDS).set((now_ms - newest).max(0) as f64 / 1000.0);
+            metrics::gauge!(LAG_SECONDS).set((now_ms() - newest).max(0) as f64 / 1000.0);
         }
     }
 }
 
 impl ConsumerContext for Lag {}
+
+/// Now, in ms since the epoch (the log's clock).
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |now| now.as_millis() as i64)
+}

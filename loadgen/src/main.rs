@@ -23,7 +23,10 @@
 //!
 //! `--gateway` takes several gateways (comma-separated): sockets and
 //! requests are spread over them.
+//! `--archiver-metrics` makes each fan-out run (the ramp's too) report how
+//! long the archiver took to store what it sent ([`archiver`]).
 
+mod archiver;
 mod chaos;
 mod cpu;
 mod reads;
@@ -65,6 +68,10 @@ struct Args {
     /// the engines); the processes under it count too.
     #[arg(long = "process", value_parser = cpu::named_pid)]
     processes: Vec<(String, u32)>,
+    /// The archiver's `/metrics` URL: the fan-out then reports how long
+    /// the archiver took to store what it sent ([`archiver`]).
+    #[arg(long)]
+    archiver_metrics: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -207,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
         processes: cpu::Processes::new(named),
         http: reqwest::Client::new(),
         next_socket: AtomicUsize::new(0),
+        archiver_metrics: args.archiver_metrics,
     };
     match args.scenario {
         Scenario::Fanout { rate, rooms: Rooms { rooms, per_room }, seconds } => {
@@ -289,6 +297,7 @@ struct Gateway {
     http: reqwest::Client,
     /// Sockets are spread over `bases` in turn.
     next_socket: AtomicUsize,
+    archiver_metrics: Option<String>,
 }
 
 impl Gateway {
@@ -711,6 +720,8 @@ struct RunResult {
     /// What each process spent per delivery during the run (its last
     /// deliveries included).
     cpu: String,
+    /// How long the archiver took to store the run's messages.
+    archiver: Option<String>,
 }
 
 impl Fanout {
@@ -718,6 +729,7 @@ impl Fanout {
     /// sender on its own phase so that sends are spread evenly in time.
     async fn run(&self, gateway: &Gateway, rate: u32, duration: Duration) -> RunResult {
         self.latencies.lock().await.reset();
+        let archived_before = archiver::read(&gateway.http, gateway.archiver_metrics.as_deref()).await;
         let cpu_before = gateway.processes.sample();
         let wall = Instant::now();
         let rooms = self.senders.len();
@@ -756,7 +768,24 @@ impl Fanout {
         let latencies = self.latencies.lock().await.clone();
         let wall = wall.elapsed().as_secs_f64();
         let cpu = gateway.processes.report(&cpu_before, &gateway.processes.sample(), wall, delivered, "delivery");
-        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies, cpu }
+        let archiver = self.archived(gateway, &archived_before, sent).await;
+        RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies, cpu, archiver }
+    }
+
+    /// The archiver's delays for the run's `sent` messages, once it has
+    /// stored them all (or 30 s have passed: those it has not are missing
+    /// from the report, which says how many it has).
+    async fn archived(&self, gateway: &Gateway, before: &archiver::Buckets, sent: u64) -> Option<String> {
+        let url = gateway.archiver_metrics.as_deref();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let after = archiver::read(&gateway.http, url).await;
+            let stored = archiver::stored(before, &after);
+            if stored >= sent || Instant::now() > deadline || url.is_none() {
+                return archiver::report(before, &after).map(|report| format!("{report}, {stored} of {sent} stored"));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
@@ -786,5 +815,8 @@ impl RunResult {
             gateway.rss_kib() / 1024,
             self.cpu,
         );
+        if let Some(archiver) = &self.archiver {
+            println!("  {archiver}");
+        }
     }
 }
