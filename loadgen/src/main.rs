@@ -768,21 +768,26 @@ impl Fanout {
         let latencies = self.latencies.lock().await.clone();
         let wall = wall.elapsed().as_secs_f64();
         let cpu = gateway.processes.report(&cpu_before, &gateway.processes.sample(), wall, delivered, "delivery");
-        let archiver = self.archived(gateway, &archived_before, sent).await;
+        let archiver = self.archived(gateway, &archived_before).await;
         RunResult { rate, sent, expected: sent * self.per_room as u64, delivered, elapsed, latencies, cpu, archiver }
     }
 
-    /// The archiver's delays for the run's `sent` messages, once it has
-    /// stored them all (or 30 s have passed: those it has not are missing
-    /// from the report, which says how many it has).
-    async fn archived(&self, gateway: &Gateway, before: &archiver::Buckets, sent: u64) -> Option<String> {
-        let url = gateway.archiver_metrics.as_deref();
+    /// The archiver's delays for what the run sent, once it has caught up:
+    /// nothing more stored for a second (some sends may have been refused,
+    /// so their count is no target), or 30 s passed.
+    async fn archived(&self, gateway: &Gateway, before: &archiver::Buckets) -> Option<String> {
+        let url = gateway.archiver_metrics.as_deref()?;
         let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut stored, mut unchanged_since) = (0, Instant::now());
         loop {
-            let after = archiver::read(&gateway.http, url).await;
-            let stored = archiver::stored(before, &after);
-            if stored >= sent || Instant::now() > deadline || url.is_none() {
-                return archiver::report(before, &after).map(|report| format!("{report}, {stored} of {sent} stored"));
+            let after = archiver::read(&gateway.http, Some(url)).await;
+            let now_stored = archiver::stored(before, &after);
+            if now_stored != stored {
+                (stored, unchanged_since) = (now_stored, Instant::now());
+            }
+            let caught_up = stored > 0 && unchanged_since.elapsed() >= Duration::from_secs(1);
+            if caught_up || Instant::now() > deadline {
+                return archiver::report(before, &after);
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
