@@ -30,7 +30,7 @@ use service_kit::{
     feeds::{self, room_subject, room_subject_template, user_subject, user_subject_template},
     message_log, telemetry,
 };
-use tracing::field::Empty;
+use tracing::{Instrument, field::Empty};
 
 use crate::{
     archive::ArchiveProgress,
@@ -40,6 +40,22 @@ use crate::{
     ids::IdGenerator,
     metrics::{EVENTS_WITHDRAWN, KAFKA_PRODUCE_DURATION, KAFKA_PRODUCE_ERRORS, MESSAGES_LOGGED},
 };
+
+/// Runs a write of the event path on a task of its own, and waits for it.
+/// A call's future is dropped when its client goes away (a gateway that
+/// died, a socket closed mid-send) or its deadline passes; a write cut off
+/// between the log's acknowledgement and the live subject would leave an
+/// event that history holds but no live reader ever sees, and that the
+/// recent history lacks below newer ones (a hole a resume would skip). Once
+/// begun, a write goes to its end, whoever still waits for it.
+pub async fn to_the_end<T: Send + 'static>(write: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    match tokio::spawn(write.in_current_span()).await {
+        Ok(done) => done,
+        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+        // Only a runtime that shuts down cancels it.
+        Err(_) => Err(Error::Unavailable("temporarily unavailable")),
+    }
+}
 
 /// How long a send may wait for the message log before it is refused as
 /// "temporarily unavailable"; nothing is stored then.
@@ -139,20 +155,24 @@ impl Events {
     /// state (a text, a deletion, one user's reaction), so one the log takes
     /// after all, late, only sets what the client asked for, and never over
     /// a newer change (the archiver applies the one with the highest id).
-    pub async fn publish(&self, room_id: i64, uid: i64, kind: Kind) -> Result<Event> {
+    pub async fn publish(self: &Arc<Self>, room_id: i64, uid: i64, kind: Kind) -> Result<Event> {
         let event = self.prepare(room_id, uid, kind)?;
-        match self.log(&event).await {
-            Ok(logged) => {
-                self.spread(&event, logged, Spread::First).await;
-                Ok(event)
-            }
-            Err(refused) => {
-                if event.is_entry() {
-                    self.withdraw(room_id, event.id);
+        let events = self.clone();
+        to_the_end(async move {
+            match events.log(&event).await {
+                Ok(logged) => {
+                    events.spread(&event, logged, Spread::First).await;
+                    Ok(event)
                 }
-                Err(refused)
+                Err(refused) => {
+                    if event.is_entry() {
+                        events.withdraw(room_id, event.id);
+                    }
+                    Err(refused)
+                }
             }
-        }
+        })
+        .await
     }
 
     /// The event by `uid` in `room_id`, with its id and time, not sent yet.

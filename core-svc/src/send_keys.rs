@@ -22,6 +22,11 @@
 //!   left a hole in the room's recent history (the crash came before the
 //!   cache), the room's recent history is dropped (`Spread::Again`).
 //!
+//! From the reservation to the live subject an attempt runs on a task of
+//! its own ([`to_the_end`]): a caller that goes away (its gateway died, its
+//! deadline passed) does not cut it short, so only a replica that dies
+//! leaves a claim to lapse.
+//!
 //! An attempt the log refuses gives the key back (deletes the reservation,
 //! if it still holds the claim) and withdraws the message, as any refused
 //! send; a retry then makes a new message. One whose claim was taken over
@@ -32,7 +37,7 @@
 //! again after the claim lapses (harmless, as above, except that live
 //! readers may see it twice).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chat_proto::events::v1::Event;
 use prost::Message as _;
@@ -43,7 +48,7 @@ use tracing::Instrument;
 use crate::{
     domain::SendKey,
     error::{Error, Result},
-    events::{Events, PRODUCE_TIMEOUT, Spread},
+    events::{Events, PRODUCE_TIMEOUT, Spread, to_the_end},
 };
 
 /// How long an attempt holds a key before another may take it over: past
@@ -55,6 +60,7 @@ const POLL: Duration = Duration::from_millis(100);
 pub const KEPT_HOURS: i32 = 24;
 const FORGET_EVERY: Duration = Duration::from_secs(3600);
 
+#[derive(Clone)]
 pub struct SendKeys {
     db: PgPool,
 }
@@ -80,7 +86,7 @@ impl SendKeys {
     /// it was given.
     pub async fn send(
         &self,
-        events: &Events,
+        events: &Arc<Events>,
         uid: i64,
         key: &SendKey,
         fresh: impl AsyncFnOnce() -> Result<Event>,
@@ -95,20 +101,32 @@ impl SendKeys {
                         Some(event) => event,
                         None => (fresh.take().expect("prepared once"))().await?,
                     };
-                    let claim = rand::random::<i64>();
-                    if self.reserve(uid, key, &event, claim).await? {
-                        return self.log(events, uid, key, event, claim, Spread::First).await;
+                    let (keys, events, key) = (self.clone(), events.clone(), key.clone());
+                    let reserved = to_the_end(async move {
+                        let claim = rand::random::<i64>();
+                        if !keys.reserve(uid, &key, &event, claim).await? {
+                            return Ok(Err(event));
+                        }
+                        keys.log(&events, uid, &key, event, claim, Spread::First).await.map(Ok)
+                    });
+                    match reserved.await? {
+                        Ok(event) => return Ok(event),
+                        // Another attempt reserved it first: answer as it does.
+                        Err(event) => prepared = Some(event),
                     }
-                    // Another attempt reserved it first: answer as it does.
-                    prepared = Some(event);
                 }
                 Some(reservation) if reservation.expired => self.forget_expired(uid, key).await?,
                 Some(reservation) if reservation.logged => return decode(&reservation.event),
                 Some(reservation) if reservation.lapsed => {
-                    let claim = rand::random::<i64>();
-                    if let Some(event) = self.take_over(uid, key, claim).await? {
+                    let (keys, events, key) = (self.clone(), events.clone(), key.clone());
+                    let taken = to_the_end(async move {
+                        let claim = rand::random::<i64>();
+                        let Some(event) = keys.take_over(uid, &key, claim).await? else { return Ok(None) };
                         tracing::warn!(uid, id = event.id, "a send's key was taken over; its event is logged again");
-                        return self.log(events, uid, key, event, claim, Spread::Again).await;
+                        keys.log(&events, uid, &key, event, claim, Spread::Again).await.map(Some)
+                    });
+                    if let Some(event) = taken.await? {
+                        return Ok(event);
                     }
                 }
                 Some(_) if tokio::time::Instant::now() >= give_up => {

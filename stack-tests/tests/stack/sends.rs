@@ -231,3 +231,55 @@ fn written(event: &Event) -> String {
     let time = chrono::DateTime::from_timestamp(at.seconds, at.nanos as u32).unwrap();
     time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
+
+/// A client that goes away mid-send (its gateway died, it gave up waiting)
+/// drops its call. Whatever point core-svc's work had reached, a message
+/// the log took must still reach the room's live readers and its recent
+/// history, and the retry with the key answer it: here calls are cut off
+/// after a delay that grows by a quarter of a millisecond each time, so
+/// that some end between the log's acknowledgement and the live subject.
+#[tokio::test]
+async fn a_send_whose_caller_goes_away_after_the_log_took_it_still_reaches_everyone() {
+    let app = TestApp::spawn().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "General", false).await;
+    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
+    let mut watcher = Ws::connect(&app.base, &bob.token).await;
+    watcher.enter(room).await;
+    // Read meanwhile, as a client does: a message that never comes live
+    // ends this with a wait for a frame that fails.
+    let (heard, mut live_ids) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let _ = heard.send(watcher.recv().await["ID"].as_i64().unwrap());
+        }
+    });
+    let mut grpc = app.grpc().await;
+    let mut acknowledged = Vec::new();
+    for n in 0..60u64 {
+        let send = || SendRequest { room_id: room, text: format!("cut {n}"), reply_to: 0, key: format!("cut-{n}") };
+        let cut_after = std::time::Duration::from_micros(250 * n);
+        let mut messages = grpc.messages.clone();
+        let _ = tokio::time::timeout(cut_after, messages.send(authed(&alice, send()))).await;
+        let sent = grpc.messages.send(authed(&alice, send())).await.expect("the retry is answered").into_inner();
+        acknowledged.push(sent.message_id);
+    }
+    let mut live = Vec::new();
+    while live.len() < acknowledged.len() {
+        let id = live_ids.recv().await;
+        live.push(id.unwrap_or_else(|| panic!("{} of {} came live: {live:?}", live.len(), acknowledged.len())));
+    }
+    reader.abort();
+    assert_eq!(live, acknowledged, "each once, in order");
+    let (_, history) = app.get(&format!("/messages/{room}?Limit=100"), Some(&alice.token)).await;
+    let mut listed: Vec<i64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entry| entry["ID"].as_i64())
+        .filter(|id| live.contains(id))
+        .collect();
+    listed.reverse();
+    assert_eq!(listed, acknowledged, "the recent history lists them all");
+}
