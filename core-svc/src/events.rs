@@ -61,6 +61,14 @@ pub async fn to_the_end<T: Send + 'static>(write: impl Future<Output = Result<T>
 /// "temporarily unavailable"; nothing is stored then.
 pub const PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the answer to a write waits for its live copy to be out on
+/// NATS. A connection that is down holds what is published until it is
+/// back: answered meanwhile, a client's next send could go out through
+/// another replica's connection first, and live readers would see the two
+/// out of order. Past this wait the answer goes anyway (the event is
+/// durable; history has it).
+const LIVE_WAIT: Duration = Duration::from_secs(5);
+
 /// An event the message log acknowledged: where it is, and what the rest
 /// of its path carries.
 pub struct Logged {
@@ -242,7 +250,7 @@ impl Events {
     }
 
     /// After the log's acknowledgement: the event into the room's recent
-    /// history, then out on the room's live subject.
+    /// history, then out on the room's live subject (see [`LIVE_WAIT`]).
     pub async fn spread(&self, event: &Event, logged: Logged, spread: Spread) {
         let Logged { partition, offset, payload } = logged;
         let (room_id, id) = (event.room_id, event.id);
@@ -256,9 +264,15 @@ impl Events {
             Spread::Again => self.cache.forget_recent(room_id),
         }
         let subject = room_subject(&self.subject_prefix, room_id);
-        if let Err(error) = feeds::publish(&self.nats, subject, &self.room_template, payload).await {
+        let live = async {
+            feeds::publish(&self.nats, subject, &self.room_template, payload).await?;
+            self.nats.flush().await.map_err(async_nats::Error::from)
+        };
+        match tokio::time::timeout(LIVE_WAIT, live).await {
+            Ok(Ok(())) => {}
             // Durable already; live clients catch up from history.
-            tracing::warn!(%error, room_id, id, "cannot publish a live event");
+            Ok(Err(error)) => tracing::warn!(%error, room_id, id, "cannot publish a live event"),
+            Err(_) => tracing::warn!(room_id, id, "NATS did not take a live event in time; it may come late"),
         }
     }
 

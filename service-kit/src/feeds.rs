@@ -36,12 +36,21 @@ use crate::{
     telemetry,
 };
 
+/// The first attempt to reconnect is at once, each next one this much later
+/// than the one before, up to [`RECONNECT_AT_MOST`].
+const RECONNECT_STEP: Duration = Duration::from_millis(50);
+const RECONNECT_AT_MOST: Duration = Duration::from_millis(500);
+
 /// Options for a NATS connection that announce its connects: the receiver
 /// changes each time the connection is made again (see [`Reconnects`]);
 /// every connect but the first is counted in `chat_nats_reconnects_total`.
+/// A lost connection is tried again every [`RECONNECT_AT_MOST`] at most
+/// (the client's own backoff reaches 4 s): while it is down, live events
+/// wait, and a core-svc replica holds its writes' answers for them.
 pub fn counting_connects() -> (async_nats::ConnectOptions, watch::Receiver<u64>) {
     let (connected, connects) = watch::channel(0_u64);
-    let options = async_nats::ConnectOptions::new().event_callback(move |event| {
+    let backoff = |attempts: usize| (RECONNECT_STEP * attempts.saturating_sub(1) as u32).min(RECONNECT_AT_MOST);
+    let options = async_nats::ConnectOptions::new().reconnect_delay_callback(backoff).event_callback(move |event| {
         if matches!(event, async_nats::Event::Connected) {
             connected.send_modify(|count| {
                 if *count > 0 {

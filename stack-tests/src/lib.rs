@@ -68,6 +68,9 @@ impl Shared {
 
 pub struct Settings {
     pub redis_url: String,
+    /// The NATS server (by default the shared one); a test may put a
+    /// [`testkit::Proxy`] in front of it for one replica.
+    pub nats_url: String,
     pub login_per_ip: u32,
     pub login_max_failures: u32,
     pub send_per_second: u32,
@@ -97,6 +100,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             redis_url: testkit::redis_url(),
+            nats_url: testkit::nats_url(),
             login_per_ip: 10_000,
             login_max_failures: 5,
             send_per_second: 10_000,
@@ -161,7 +165,7 @@ pub async fn spawn_core(shared: &Shared, settings: &Settings) -> (SocketAddr, on
         kafka_topic: shared.topic.clone(),
         kafka_partitions: 4,
         kafka_replication_factor: 1,
-        nats_url: testkit::nats_url(),
+        nats_url: settings.nats_url.clone(),
         nats_subject_prefix: shared.nats_prefix.clone(),
         send_rate_per_second: NonZeroU32::new(settings.send_per_second).unwrap(),
         send_burst: NonZeroU32::new(settings.send_per_second).unwrap(),
@@ -210,7 +214,7 @@ pub fn gateway_config(shared: &Shared, settings: &Settings, core: SocketAddr) ->
         core_max_in_flight: 1024,
         core_max_in_flight_per_replica: 256,
         core_retry_percent: 20,
-        nats_url: testkit::nats_url(),
+        nats_url: settings.nats_url.clone(),
         nats_subject_prefix: shared.nats_prefix.clone(),
         redis_url: settings.redis_url.clone(),
         redis_key_prefix: shared.redis_prefix.clone(),
