@@ -18,7 +18,7 @@ use rdkafka::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
-use stack_tests::{Pair, TestApp, Ws, assert_status, authed, eventually};
+use stack_tests::{Pair, TestApp, TwoInARoom, Ws, assert_status, authed, eventually, two_in_a_room};
 use tonic::Code;
 
 fn error(text: &str) -> Value {
@@ -240,13 +240,7 @@ fn written(event: &Event) -> String {
 /// that some end between the log's acknowledgement and the live subject.
 #[tokio::test]
 async fn a_send_whose_caller_goes_away_after_the_log_took_it_still_reaches_everyone() {
-    let app = TestApp::spawn().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let room = app.create_room(&alice, "General", false).await;
-    app.put("/join", Some(&bob.token), json!({"RoomID": room})).await;
-    let mut watcher = Ws::connect(&app.base, &bob.token).await;
-    watcher.enter(room).await;
+    let TwoInARoom { app, alice, room, b: mut watcher, .. } = two_in_a_room().await;
     // Read meanwhile, as a client does: a message that never comes live
     // ends this with a wait for a frame that fails.
     let (heard, mut live_ids) = tokio::sync::mpsc::unbounded_channel();
