@@ -27,19 +27,40 @@ const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 /// Buckets of the archiver's batch sizes, in records.
 const BATCH_SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
-/// The process-wide recorder, installed on first use.
+/// How often the recorder folds histogram samples into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The process-wide recorder, installed on first use, with its upkeep.
 pub fn recorder() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets(&BUCKETS)
             .and_then(|builder| {
                 builder.set_buckets_for_metric(Matcher::Full(ARCHIVER_BATCH_SIZE.to_owned()), &BATCH_SIZE_BUCKETS)
             })
             .expect("non-empty buckets")
             .install_recorder()
-            .expect("no other metrics recorder is installed")
+            .expect("no other metrics recorder is installed");
+        keep_up(handle.clone());
+        handle
     })
+}
+
+/// The recorder keeps every histogram sample until a scrape or an upkeep
+/// folds it into the buckets, and nothing but its caller runs the upkeep:
+/// a process nobody scrapes (compose without its observability profile,
+/// the soak) grew by 8 bytes a sample, 1.5 MiB every 10 minutes at the
+/// soak's rate. A thread of its own, so that it needs no runtime; it lasts
+/// as long as the process.
+fn keep_up(handle: PrometheusHandle) {
+    let upkeep = move || {
+        loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        }
+    };
+    std::thread::Builder::new().name("metrics-upkeep".into()).spawn(upkeep).expect("a thread for the metrics upkeep");
 }
 
 /// The metrics in the Prometheus text format, as `GET /metrics` answers.
