@@ -67,7 +67,7 @@ pub const PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// another replica's connection first, and live readers would see the two
 /// out of order. Past this wait the answer goes anyway (the event is
 /// durable; history has it).
-const LIVE_WAIT: Duration = Duration::from_secs(5);
+pub const LIVE_WAIT: Duration = Duration::from_secs(5);
 
 /// An event the message log acknowledged: where it is, and what the rest
 /// of its path carries.

@@ -12,8 +12,8 @@
 //! history, resume and live readers go by id.
 //!
 //! One attempt at a time holds the key (its `claim`, for [`CLAIM`], longer
-//! than the log may take to answer), from the reservation to the log's
-//! acknowledgement, which marks it `logged`. Another attempt meanwhile:
+//! than the log and NATS may take to answer), from the reservation to the
+//! live subject, after which it marks it `logged`. Another attempt meanwhile:
 //! - finds it `logged`: answers the stored message;
 //! - finds it claimed: waits for the holder to finish;
 //! - finds the claim lapsed and not `logged` (the holder crashed, before or
@@ -48,12 +48,12 @@ use tracing::Instrument;
 use crate::{
     domain::SendKey,
     error::{Error, Result},
-    events::{Events, PRODUCE_TIMEOUT, Spread, to_the_end},
+    events::{Events, LIVE_WAIT, PRODUCE_TIMEOUT, Spread, to_the_end},
 };
 
 /// How long an attempt holds a key before another may take it over: past
-/// the log's longest wait for an acknowledgement.
-const CLAIM: Duration = PRODUCE_TIMEOUT.saturating_add(Duration::from_secs(2));
+/// the log's longest wait for an acknowledgement and NATS's for the live copy.
+const CLAIM: Duration = PRODUCE_TIMEOUT.saturating_add(LIVE_WAIT).saturating_add(Duration::from_secs(2));
 /// How often a waiting attempt looks at the key again.
 const POLL: Duration = Duration::from_millis(100);
 /// How long a key stands for its message.
@@ -161,6 +161,11 @@ impl SendKeys {
                 return Err(refused);
             }
         };
+        // Spread before it is marked: a replica that dies on the way leaves
+        // the key unmarked, and the retry that takes it over spreads the
+        // event again. Marked first, the retry would answer an event that
+        // no live reader ever saw (the fault suite's replica kill did).
+        events.spread(&event, logged, spread).await;
         let marked =
             sqlx::query("UPDATE send_keys SET logged = true WHERE user_id = $1 AND key = $2 AND message_id = $3")
                 .bind(uid)
@@ -173,7 +178,6 @@ impl SendKeys {
             // Logged all the same: answered as such.
             tracing::warn!(%error, uid, id = event.id, "cannot mark a send's key logged");
         }
-        events.spread(&event, logged, spread).await;
         Ok(event)
     }
 

@@ -751,7 +751,12 @@ impl Ws {
     /// Sends a message; its `sent` frame and the copy the room delivers
     /// back (in either order). Other frames stay queued for [`Ws::recv`].
     pub async fn say(&mut self, text: &str) -> (Value, Value) {
-        self.send(json!({"Type": "message", "Text": text})).await;
+        self.say_frame(json!({"Type": "message", "Text": text})).await
+    }
+
+    /// [`Ws::say`] with a message frame of the caller's (a reply, a key).
+    pub async fn say_frame(&mut self, message: Value) -> (Value, Value) {
+        self.send(message.clone()).await;
         let mut sent: Option<Value> = None;
         let mut copies: Vec<Value> = Vec::new();
         loop {
@@ -765,7 +770,7 @@ impl Ws {
             let frame = self.read_main().await;
             match frame["Type"].as_str() {
                 Some("sent") if sent.is_none() => sent = Some(frame),
-                Some("error") => panic!("{text:?} refused: {frame}"),
+                Some("error") => panic!("{message} refused: {frame}"),
                 _ => copies.push(frame),
             }
         }

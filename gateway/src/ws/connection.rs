@@ -851,7 +851,8 @@ impl InRoom {
     }
 
     /// A live frame, unless the replay gives it (or gave it) from history,
-    /// or it is the socket's own user's live-only event. NATS may have come
+    /// it is the newest written again, or it is the socket's own user's
+    /// live-only event. NATS may have come
     /// back while the frame came: it may be the new connection's first,
     /// newer than what was lost meanwhile, so it goes through the refill's
     /// replay (as do the frames after it, in a batch or held).
@@ -864,7 +865,11 @@ impl InRoom {
             Some(replay) => replay.live(frame)?,
             None => frame,
         };
-        if self.replayed.remove(&frame.id) {
+        // The newest written, again: a replica that died after publishing an
+        // event and before marking its key has it published again by the
+        // retry that takes the key over (live-only events have no id).
+        let again = frame.id != 0 && frame.id == self.last_id;
+        if self.replayed.remove(&frame.id) || again {
             return None;
         }
         self.last_id = self.last_id.max(frame.id);

@@ -54,9 +54,7 @@ async fn a_reply_answers_an_entry_of_its_own_room_and_nothing_else() {
     let (first, _) = ws.say("first").await;
     let first = first["MessageID"].as_i64().unwrap();
 
-    ws.send(json!({"Type": "message", "Text": "re: first", "ReplyTo": first})).await;
-    let sent = answer(&mut ws).await;
-    let copy = ws.recv().await;
+    let (sent, copy) = ws.say_frame(json!({"Type": "message", "Text": "re: first", "ReplyTo": first})).await;
     assert_eq!((copy["ID"].clone(), copy["ReplyTo"].clone()), (sent["MessageID"].clone(), json!(first)), "{copy}");
     let (_, history) = app.get(&format!("/messages/{room}"), Some(&alice.token)).await;
     assert_eq!(history[0]["ReplyTo"], first);
